@@ -1,0 +1,136 @@
+"""The model zoo: which models cachepilot knows, where their weights are, and how to load them.
+
+toy-wan ships inside the package (checkpoints/toy-wan). Real families load from a local diffusers
+folder, given by `model_path` or found as `$CACHEPILOT_MODELS_DIR/<name>`; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from cachepilot.errors import CorruptWeightsError, UnknownModelError, WeightsNotFoundError
+
+MODELS_DIR_ENV = "CACHEPILOT_MODELS_DIR"
+CHECKSUMS_FILE = "checksums.json"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str  # toy-wan | wan | hunyuanvideo | cogvideox | ltx-video
+    pipeline_class: str  # diffusers (or cachepilot) pipeline class that loads the folder
+    description: str
+    embedded: bool = False  # weights ship with cachepilot
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in [
+        ModelSpec("toy-wan", "toy-wan", "ToyWanPipeline", "1.7M-param WanTransformer3DModel on 3x8x16x16 synthetic videos", embedded=True),
+        ModelSpec("wan2.1-t2v-1.3b", "wan", "WanPipeline", "Wan2.1 text-to-video 1.3B (Wan-AI/Wan2.1-T2V-1.3B-Diffusers)"),
+        ModelSpec("wan2.1-t2v-14b", "wan", "WanPipeline", "Wan2.1 text-to-video 14B (Wan-AI/Wan2.1-T2V-14B-Diffusers)"),
+        ModelSpec("wan2.2-t2v-a14b", "wan", "WanPipeline", "Wan2.2 text-to-video A14B (Wan-AI/Wan2.2-T2V-A14B-Diffusers)"),
+        ModelSpec("hunyuanvideo", "hunyuanvideo", "HunyuanVideoPipeline", "HunyuanVideo 13B (hunyuanvideo-community/HunyuanVideo)"),
+        ModelSpec("cogvideox-5b", "cogvideox", "CogVideoXPipeline", "CogVideoX 5B (THUDM/CogVideoX-5b)"),
+        ModelSpec("ltx-video", "ltx-video", "LTXPipeline", "LTX-Video 2B (Lightricks/LTX-Video)"),
+    ]
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+
+
+def embedded_path(name: str) -> Path:
+    return Path(str(resources.files("cachepilot.checkpoints").joinpath(name)))
+
+
+def weights_path(name: str, model_path: str | Path | None = None) -> Path | None:
+    """Where this model's diffusers folder is expected (None: nowhere configured)."""
+    spec = get_spec(name)
+    if model_path is not None:
+        return Path(model_path)
+    if spec.embedded:
+        return embedded_path(name)
+    root = os.environ.get(MODELS_DIR_ENV)
+    return Path(root) / name if root else None
+
+
+def weights_present(name: str, model_path: str | Path | None = None) -> bool:
+    path = weights_path(name, model_path)
+    return path is not None and (path / "model_index.json").is_file()
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """Record sha256 of every weight file, so a truncated or altered file is caught at load time."""
+    from cachepilot.io import atomic_write_text
+
+    digests = {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*.safetensors"))}
+    atomic_write_text(folder / CHECKSUMS_FILE, json.dumps(digests, indent=2) + "\n")
+
+
+def verify_checksums(folder: Path) -> None:
+    listing = folder / CHECKSUMS_FILE
+    if not listing.is_file():
+        return
+    for rel, digest in json.loads(listing.read_text()).items():
+        path = folder / rel
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weight file missing: {path}; reinstall cachepilot or retrain the model")
+        if file_digest(path) != digest:
+            raise CorruptWeightsError(f"weight file is corrupted (checksum mismatch): {path}; reinstall or re-export it")
+
+
+def load_pipeline(name: str, model_path: str | Path | None = None, device: str | None = None, torch_dtype=None):
+    """Load a known model as a diffusers pipeline from local files only, with clear errors."""
+    import diffusers
+
+    spec = get_spec(name)
+    path = weights_path(name, model_path)
+    if path is None:
+        raise WeightsNotFoundError(
+            f"no weights for {name!r}: pass --model-path DIR (a local diffusers folder) or set {MODELS_DIR_ENV}"
+        )
+    if not path.is_dir():
+        raise WeightsNotFoundError(f"weights folder for {name!r} not found: {path}")
+    if not (path / "model_index.json").is_file():
+        raise WeightsNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    verify_checksums(path)
+    if spec.family == "toy-wan":
+        from cachepilot.models.toy_wan import ToyWanPipeline as pipeline_class
+    else:
+        pipeline_class = getattr(diffusers, spec.pipeline_class)
+    kwargs = {"local_files_only": True}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    from diffusers.utils import logging as diffusers_logging
+
+    bar_was_on = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # loading takes well under a second; keep stderr for errors
+    try:
+        pipe = pipeline_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, EnvironmentError, json.JSONDecodeError, RuntimeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CorruptWeightsError(f"could not load {name!r} from {path}: {first_line}") from err
+    finally:
+        if bar_was_on:
+            diffusers_logging.enable_progress_bar()
+    if device is not None:
+        pipe.to(device)
+    return pipe

@@ -1,0 +1,1 @@
+"""Shipped artefacts (toy-wan weights, policies, calibrations); data only, located via importlib.resources."""

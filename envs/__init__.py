@@ -1,0 +1,1 @@
+"""Gymnasium environments around denoising: single and batched episodes, observations, rewards."""

@@ -1,0 +1,1 @@
+"""How policies and models are used: generation, apply/remove on pipelines, ablation."""

@@ -1,0 +1,1 @@
+"""How policies (and the toy-wan testbed model) are made: RL, distillation, oracle search, calibration."""

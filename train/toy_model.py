@@ -1,0 +1,224 @@
+"""Train toy-wan, the embedded default DiT: flow matching on synthetic moving-shape videos (Lightning).
+
+Why Lightning: training takes hours on a 2-core CPU and minutes on a GPU, so it must resume from its
+last checkpoint across sittings and pick up whatever accelerator is there, with TensorBoard logs.
+The exported weights are the EMA of the trained ones, saved as a diffusers pipeline folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, IterableDataset
+
+from cachepilot.models.toy_wan import components, scenes
+from cachepilot.models.toy_wan.pipeline import ToyWanPipeline
+
+
+@dataclass
+class ToyTrainConfig:
+    max_steps: int = 20_000
+    batch_size: int = 8
+    lr: float = 4e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 250
+    ema_decay: float = 0.999
+    cfg_dropout: float = 0.1  # fraction of prompts replaced by the empty prompt, so CFG works
+    flow_shift: float = components.FLOW_SHIFT
+    val_every: int = 500
+    seed: int = 0
+
+
+def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """Wan's timestep shift: sigma = shift * u / (1 + (shift - 1) * u); spends more training on high noise."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+class SceneStream(IterableDataset):
+    """An endless stream of (video, prompt) rendered on the fly from a prompt split."""
+
+    def __init__(self, split: str, seed: int):
+        self.prompts = scenes.load_split(split)
+        self.seed = seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1009 + (info.id if info else 0))
+        while True:
+            scene = scenes.sample_scene(rng, self.prompts)
+            yield scenes.render(scene, rng), scene.prompt
+
+
+class FixedScenes(torch.utils.data.Dataset):
+    """One deterministic render per prompt of a split (for validation loss)."""
+
+    def __init__(self, split: str, seed: int = 1234):
+        rng = random.Random(seed)
+        self.items = [(scenes.render(scenes.parse_prompt(p), rng), p) for p in scenes.load_split(split)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class SceneDataModule(L.LightningDataModule):
+    def __init__(self, batch_size: int = 16, seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+
+    def train_dataloader(self):
+        return DataLoader(SceneStream("train", self.seed), batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def val_dataloader(self):
+        return DataLoader(FixedScenes("val"), batch_size=self.batch_size)
+
+
+class ToyWanModule(L.LightningModule):
+    """Flow matching (v = noise - x0, as Wan) for the transformer and the prompt encoder, with an EMA copy."""
+
+    def __init__(self, **config):
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = ToyTrainConfig(**config)
+        self.transformer = components.build_transformer()
+        self.text_encoder = components.build_text_encoder()
+        self.ema = torch.nn.ModuleDict({"transformer": copy.deepcopy(self.transformer), "text_encoder": copy.deepcopy(self.text_encoder)})
+        self.ema.requires_grad_(False)
+
+    def _loss(self, transformer, text_encoder, videos, prompts, sigmas, noise) -> torch.Tensor:
+        embeds = text_encoder(text_encoder.tokenize(prompts))
+        s = sigmas.view(-1, 1, 1, 1, 1)
+        noisy = (1 - s) * videos + s * noise
+        pred = transformer(noisy, sigmas * 1000, embeds, return_dict=False)[0]
+        return F.mse_loss(pred.float(), (noise - videos).float())
+
+    def training_step(self, batch, batch_idx):
+        videos, prompts = batch
+        prompts = ["" if random.random() < self.cfg.cfg_dropout else p for p in prompts]
+        sigmas = shifted_sigmas(torch.rand(videos.shape[0], device=self.device), self.cfg.flow_shift)
+        loss = self._loss(self.transformer, self.text_encoder, videos, prompts, sigmas, torch.randn_like(videos))
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        decay = min(self.cfg.ema_decay, (1 + self.global_step) / (10 + self.global_step))
+        with torch.no_grad():
+            for name in ("transformer", "text_encoder"):
+                for e, p in zip(self.ema[name].parameters(), getattr(self, name).parameters()):
+                    e.lerp_(p.detach(), 1 - decay)
+
+    def validation_step(self, batch, batch_idx):
+        videos, prompts = batch
+        g = torch.Generator().manual_seed(batch_idx)
+        sigmas = torch.linspace(0.05, 0.95, videos.shape[0])
+        noise = torch.randn(videos.shape, generator=g).to(videos)
+        loss = self._loss(self.ema["transformer"], self.ema["text_encoder"], videos, prompts, sigmas.to(videos), noise)
+        self.log("val/loss_ema", loss, prog_bar=True, batch_size=videos.shape[0])
+
+    def configure_optimizers(self):
+        params = list(self.transformer.parameters()) + list(self.text_encoder.parameters())
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        warmup = self.cfg.warmup_steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def ema_pipeline(self) -> ToyWanPipeline:
+        return ToyWanPipeline(
+            text_encoder=copy.deepcopy(self.ema["text_encoder"]).eval().cpu(),
+            transformer=copy.deepcopy(self.ema["transformer"]).eval().cpu(),
+            scheduler=components.build_scheduler(),
+        )
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    path = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return path if path.exists() else None
+
+
+def train_toy_wan(
+    run_dir: str | Path = "runs/toy-wan",
+    config: ToyTrainConfig | None = None,
+    accelerator: str = "auto",
+    devices: str | int = "auto",
+    strategy: str = "auto",
+    precision: str | None = None,
+    resume: bool = True,
+) -> ToyWanModule:
+    """Train (or resume training) toy-wan; checkpoints and TensorBoard logs go under `run_dir`."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    config = config or ToyTrainConfig()
+    run_dir = Path(run_dir)
+    ckpt = last_checkpoint(run_dir) if resume else None
+    resumed_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt else 0
+    L.seed_everything(config.seed + resumed_step, workers=True)  # a fresh data stream after each resume
+    module = ToyWanModule(**asdict(config))
+    datamodule = SceneDataModule(batch_size=config.batch_size, seed=config.seed + resumed_step)
+    if precision is None:
+        precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_steps=config.max_steps,
+        accelerator=accelerator,
+        devices=devices,
+        strategy=strategy,
+        precision=precision,
+        val_check_interval=config.val_every,
+        check_val_every_n_epoch=None,
+        logger=TensorBoardLogger(run_dir, name="tb", version=0),
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=100, save_top_k=0)],
+        log_every_n_steps=10,
+        gradient_clip_val=1.0,
+        enable_progress_bar=True,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    return module
+
+
+def load_module(run_dir: str | Path) -> tuple[ToyWanModule, dict]:
+    """Load the last training checkpoint of a run (for export)."""
+    ckpt = last_checkpoint(Path(run_dir))
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint at {Path(run_dir) / 'checkpoints' / 'last.ckpt'}; train first")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    module = ToyWanModule(**state["hyper_parameters"])
+    module.load_state_dict(state["state_dict"])
+    return module, {"global_step": state["global_step"], "callbacks": state.get("callbacks", {})}
+
+
+def _smoothed_loss(run_dir: Path) -> float | None:
+    """Mean of the last logged training losses, read back from TensorBoard."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:  # pragma: no cover
+        return None
+    acc = EventAccumulator(str(run_dir / "tb" / "version_0"))
+    acc.Reload()
+    if "train/loss" not in acc.Tags().get("scalars", []):
+        return None
+    values = [e.value for e in acc.Scalars("train/loss")][-50:]
+    return sum(values) / len(values) if values else None
+
+
+def export_toy_wan(run_dir: str | Path, out_dir: str | Path) -> dict:
+    """Write the EMA weights of a run as a diffusers pipeline folder (atomically) and return training facts."""
+    from cachepilot.io import atomic_directory
+
+    run_dir = Path(run_dir)
+    module, facts = load_module(run_dir)
+    pipe = module.ema_pipeline()
+    with atomic_directory(out_dir) as tmp:
+        pipe.save_pretrained(tmp)
+    loss = _smoothed_loss(run_dir)
+    return {"training_steps": facts["global_step"], "final_train_loss": None if loss is None or math.isnan(loss) else round(loss, 4),
+            "batch_size": module.cfg.batch_size, "lr": module.cfg.lr}
