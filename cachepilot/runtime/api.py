@@ -1,0 +1,87 @@
+"""apply_cache / remove_cache / cache_summary / reset_cache: the one entry point to the runtime."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks import HookRegistry
+
+from cachepilot.errors import CachepilotError
+from cachepilot.models.adapters import adapter_for
+
+from .engine import CacheRuntime
+from .hooks import BLOCK_HOOK, EMBEDDER_HOOK, TRANSFORMER_HOOK, BlockHook, TimeEmbedderHook, TransformerHook
+from .ledger import CacheSummary
+from .policy import Policy
+
+
+class CacheStackingError(CachepilotError):
+    pass
+
+
+def _transformer(pipe_or_transformer) -> tuple[torch.nn.Module, object | None]:
+    if isinstance(pipe_or_transformer, torch.nn.Module):
+        return pipe_or_transformer, None
+    transformer = getattr(pipe_or_transformer, "transformer", None)
+    if not isinstance(transformer, torch.nn.Module):
+        raise CachepilotError(f"{type(pipe_or_transformer).__name__} has no `transformer` to cache")
+    return transformer, pipe_or_transformer
+
+
+def _runtime(transformer) -> CacheRuntime | None:
+    registry = getattr(transformer, "_diffusers_hook", None)
+    hook = registry.get_hook(TRANSFORMER_HOOK) if registry is not None else None
+    return hook.runtime if hook is not None else None
+
+
+def apply_cache(pipe_or_transformer, policy: Policy, num_inference_steps: int | None = None,
+                batched_cfg: bool | None = None) -> CacheRuntime:
+    """Hook `policy` into a diffusers pipeline's transformer (or a transformer). Returns the runtime.
+
+    Refuses to stack on another active cache (cachepilot's own, or one enabled with diffusers'
+    `enable_cache`). `batched_cfg` says whether one call carries [uncond; cond] for batched-CFG
+    models when applying to a bare transformer (for a pipeline it is read from the pipeline).
+    """
+    transformer, pipe = _transformer(pipe_or_transformer)
+    adapter = adapter_for(transformer)
+    if _runtime(transformer) is not None:
+        raise CacheStackingError("a cachepilot cache is already applied to this transformer; call remove_cache first")
+    if getattr(transformer, "is_cache_enabled", False):
+        raise CacheStackingError("a diffusers cache is enabled on this transformer (enable_cache); "
+                                 "call transformer.disable_cache() before applying cachepilot")
+    runtime = CacheRuntime(transformer, adapter, policy, num_inference_steps, batched_cfg, pipe)
+    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(TransformerHook(runtime), TRANSFORMER_HOOK)
+    if adapter.time_embedder is not None:
+        embedder = getattr(transformer, adapter.time_embedder)
+        HookRegistry.check_if_exists_or_initialize(embedder).register_hook(TimeEmbedderHook(runtime), EMBEDDER_HOOK)
+    for index, block in enumerate(adapter.blocks(transformer)):
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(runtime, index), BLOCK_HOOK)
+    return runtime
+
+
+def remove_cache(pipe_or_transformer) -> None:
+    """Remove cachepilot's hooks; the transformer computes exactly what it computed before."""
+    transformer, _ = _transformer(pipe_or_transformer)
+    runtime = _runtime(transformer)
+    if runtime is None:
+        return
+    registry = transformer._diffusers_hook
+    registry.remove_hook(TRANSFORMER_HOOK, recurse=False)
+    if runtime.adapter.time_embedder is not None:
+        getattr(transformer, runtime.adapter.time_embedder)._diffusers_hook.remove_hook(EMBEDDER_HOOK, recurse=False)
+    for block in runtime.adapter.blocks(transformer):
+        block._diffusers_hook.remove_hook(BLOCK_HOOK, recurse=False)
+
+
+def reset_cache(pipe_or_transformer) -> None:
+    """Start a new generation explicitly (needed only where the pipeline passes no step index)."""
+    runtime = _runtime(_transformer(pipe_or_transformer)[0])
+    if runtime is not None:
+        runtime.reset()
+
+
+def cache_summary(pipe_or_transformer) -> CacheSummary:
+    """What the cache did in the latest generation: actions per step and branch, compute, time."""
+    runtime = _runtime(_transformer(pipe_or_transformer)[0])
+    if runtime is None:
+        raise CachepilotError("no cachepilot cache is applied to this transformer")
+    return runtime.summary
