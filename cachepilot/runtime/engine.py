@@ -43,6 +43,7 @@ class BranchState:
     has_diff: list[bool] = field(default_factory=list)
     cfg_drift: list[float | None] = field(default_factory=list)
     prev_temb: torch.Tensor | None = None
+    prev_block_temb: torch.Tensor | None = None
     prev_modulated: torch.Tensor | None = None
     prev_probe: torch.Tensor | None = None
     mag_ratio: list[float | None] = field(default_factory=list)
@@ -73,6 +74,7 @@ class Call:
     frames: int | None
     started: float
     temb: torch.Tensor | None = None
+    block_temb: torch.Tensor | None = None
     h_in: Streams | None = None
     h_at: dict[int, Streams] = field(default_factory=dict)
     modulated: torch.Tensor | None = None
@@ -99,6 +101,10 @@ def _put(target: Streams | None, idx, values: Streams, size: int) -> Streams:
     for t, v in zip(target, values):
         t[idx] = v
     return target
+
+
+def _put1(target: torch.Tensor | None, sample: int, value: torch.Tensor, size: int) -> torch.Tensor:
+    return _put(None if target is None else (target,), [sample], (value,), size)[0]
 
 
 class CacheRuntime:
@@ -216,6 +222,8 @@ class CacheRuntime:
         call, state = self.call, self.branches[branch]
         temb = call.temb[row] if call.temb is not None and call.temb.shape[0] > row else None
         temb_change = rel_l1(temb, state.prev_temb[sample]) if temb is not None and state.prev_temb is not None else None
+        proj = call.block_temb[row] if call.block_temb is not None else None
+        proj_change = rel_l1(proj, state.prev_block_temb[sample]) if proj is not None and state.prev_block_temb is not None else None
         modulated = call.modulated[row] if call.modulated is not None else None
         mod_change = rel_l1(modulated, state.prev_modulated[sample]) if modulated is not None and state.prev_modulated is not None else None
         probe_change = None
@@ -225,10 +233,12 @@ class CacheRuntime:
         if state.mag_ratio[sample] is not None and state.since_full[sample] is not None:
             acc_err = state.acc_err[sample] + abs(1 - state.acc_ratio[sample] * state.mag_ratio[sample])
         full = self.full.get(sample, 0.0)
-        indicator = modulated if self.adapter.teacache_indicator == "modulated" else temb
+        by_modulated = self.adapter.teacache_indicator == "modulated"
+        indicator = modulated if by_modulated else temb
         return Signals(
             step=call.step, num_steps=call.num_steps, branch=branch, sample=sample, sigma=call.sigma,
-            timestep=call.timestep, temb_rel_l1=temb_change, modulated_rel_l1=mod_change, probe_rel_l1=probe_change,
+            timestep=call.timestep, temb_rel_l1=temb_change, temb_proj_rel_l1=proj_change, modulated_rel_l1=mod_change,
+            indicator_rel_l1=mod_change if by_modulated else temb_change, probe_rel_l1=probe_change,
             residual_norm_ratio=state.mag_ratio[sample], mag_accumulated_error=acc_err, motion_energy=state.motion[sample],
             cfg_diff_drift=state.cfg_drift[sample], steps_since_full=state.since_full[sample],
             compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, indicator=indicator,
@@ -250,12 +260,12 @@ class CacheRuntime:
             plan.append(action)
             state = self.branches[branch]
             # per-call signal memories are updated every call, whatever was decided (as TeaCache does)
-            if call.temb is not None:
-                state.prev_temb = _put(None if state.prev_temb is None else (state.prev_temb,), [sample], (call.temb[row : row + 1],), state.size)[0]
-            if call.modulated is not None:
-                state.prev_modulated = _put(None if state.prev_modulated is None else (state.prev_modulated,), [sample], (call.modulated[row : row + 1],), state.size)[0]
-            if probe is not None:
-                state.prev_probe = _put(None if state.prev_probe is None else (state.prev_probe,), [sample], (probe[0][row : row + 1],), state.size)[0]
+            for attr, value in (("prev_temb", call.temb), ("prev_block_temb", call.block_temb), ("prev_modulated", call.modulated)):
+                if value is not None:
+                    setattr(state, attr, _put1(getattr(state, attr), sample, value[row : row + 1], state.size))
+            # First-Block / DB cache compare with the probe residual of the last FULL (diffusers, ParaAttention)
+            if probe is not None and action.kind is Kind.FULL:
+                state.prev_probe = _put1(state.prev_probe, sample, probe[0][row : row + 1], state.size)
         call.plan = plan
 
     # ---- execution ------------------------------------------------------------------------
@@ -274,9 +284,11 @@ class CacheRuntime:
             if self.policy.needs_modulated_input or adapter.teacache_indicator == "modulated":
                 if adapter.modulated_input is not None:
                     call.modulated = adapter.modulated_input(block, args, kwargs).detach()
-            if call.temb is None:  # no time embedder hook: use the block's timestep embedding argument
-                temb = adapter.temb(args, kwargs)
-                call.temb = temb.reshape(temb.shape[0], -1) if temb is not None and temb.shape[0] == hidden.shape[0] else None
+            temb = adapter.temb(args, kwargs)  # the block's timestep-embedding argument (Wan: timestep_proj)
+            if temb is not None and temb.shape[0] == hidden.shape[0]:
+                call.block_temb = temb.detach().reshape(temb.shape[0], -1)
+            if call.temb is None:  # no time embedder hook: the block argument is the timestep embedding
+                call.temb = call.block_temb
         if index == self.policy.probe_blocks:
             self._decide(current)
         if index in self.block_ks:

@@ -42,9 +42,11 @@ class Signals:
     sample: int  # index of the sample within its branch's batch
     sigma: float | None  # noise level of this step (flow-matching sigma), when known
     timestep: float | None  # the timestep the transformer received (first element)
-    temb_rel_l1: float | None  # change of the timestep embedding vs this branch's previous call
-    modulated_rel_l1: float | None  # change of block 0's modulated input (TeaCache on HunyuanVideo / LTX)
-    probe_rel_l1: float | None  # change of the residual of the first `probe_blocks` blocks (First-Block / DB cache)
+    temb_rel_l1: float | None  # change of the timestep embedding vs this branch's previous call (Wan: temb)
+    temb_proj_rel_l1: float | None  # change of the blocks' timestep argument (Wan: timestep_proj, TeaCache ret-steps)
+    modulated_rel_l1: float | None  # change of block 0's modulated input norm1(x) * (1 + scale) + shift
+    indicator_rel_l1: float | None  # TeaCache's indicator change for this family: temb, or the modulated input
+    probe_rel_l1: float | None  # change of the first `probe_blocks` blocks' residual vs its value at the last FULL
     residual_norm_ratio: float | None  # ||r|| ratio between the last two FULL residuals, per step in between (MagCache)
     mag_accumulated_error: float | None  # sum of |1 - prod(ratio)| over calls since the last FULL, using that ratio
     motion_energy: float | None  # MoReg score of the last FULL residual (0 = static, larger = more motion)

@@ -1,0 +1,89 @@
+"""Runtime overhead and real savings on toy-wan (CPU), 50-step CFG generations.
+
+1. Overhead: the runtime with a policy that always says FULL vs the bare pipeline (median wall time,
+   runs interleaved in one process). Target: within 3%.
+2. Savings: a fixed schedule that computes 40% of the calls (FULL on evenly spaced steps, STEP between)
+   vs always-FULL, timing the transformer calls only. Target: >= 2x.
+
+    python benchmarks/runtime_overhead.py [--runs 7] [--json results/runtime_overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from cachepilot.models.registry import load_pipeline
+from cachepilot.policies.base import NoCache
+from cachepilot.policies.schedule import FixedSchedule
+from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+
+PROMPT = "a red circle moving left quickly and a blue square standing still on a gradient background"
+
+
+def timed(pipe, steps: int, seed: int) -> float:
+    start = time.perf_counter()
+    pipe(PROMPT, num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed), output_type="latent")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--fraction", type=float, default=0.4)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    pipe = load_pipeline("toy-wan")
+    pipe.set_progress_bar_config(disable=True)
+    timed(pipe, 5, 0)  # warm-up
+
+    bare, hooked, transformer_full, transformer_sched, pipeline_sched = [], [], [], [], []
+    schedule = FixedSchedule.uniform(args.steps, args.fraction)
+    for run in range(args.runs):  # interleave so drift in machine speed hits all variants alike
+        bare.append(timed(pipe, args.steps, run))
+        apply_cache(pipe, NoCache())
+        hooked.append(timed(pipe, args.steps, run))
+        transformer_full.append(cache_summary(pipe).wall_time)
+        remove_cache(pipe)
+        apply_cache(pipe, schedule)
+        pipeline_sched.append(timed(pipe, args.steps, run))
+        summary = cache_summary(pipe)
+        transformer_sched.append(summary.wall_time)
+        remove_cache(pipe)
+
+    med = statistics.median
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "runs": args.runs, "steps": args.steps,
+        "bare_pipeline_s": med(bare), "runtime_full_pipeline_s": med(hooked),
+        "overhead_pct": 100 * (med(hooked) / med(bare) - 1),
+        "schedule_computed_fraction": summary.computed_fraction,
+        "transformer_full_s": med(transformer_full), "transformer_schedule_s": med(transformer_sched),
+        "transformer_speedup": med(transformer_full) / med(transformer_sched),
+        "pipeline_speedup": med(bare) / med(pipeline_sched),
+    }
+    print(f"machine: {result['machine']}; median of {args.runs} runs, {args.steps} steps, CFG")
+    print("| measurement | value |")
+    print("|---|---|")
+    print(f"| bare pipeline, s / video | {result['bare_pipeline_s']:.3f} |")
+    print(f"| runtime, always FULL, s / video | {result['runtime_full_pipeline_s']:.3f} |")
+    print(f"| runtime overhead | {result['overhead_pct']:+.1f}% |")
+    print(f"| fixed schedule computed fraction | {result['schedule_computed_fraction']:.2f} |")
+    print(f"| transformer time, always FULL / schedule, s | {result['transformer_full_s']:.3f} / {result['transformer_schedule_s']:.3f} |")
+    print(f"| transformer wall-clock speedup | {result['transformer_speedup']:.2f}x |")
+    print(f"| whole-pipeline speedup | {result['pipeline_speedup']:.2f}x |")
+    if args.json:
+        from cachepilot.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

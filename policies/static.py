@@ -1,0 +1,27 @@
+"""Static / FORA-style caching: compute every N-th step, reuse the whole step in between."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cachepilot.runtime import FULL, STEP, Action, Signals
+
+from .base import BasePolicy
+
+
+@dataclass
+class StaticConfig:
+    interval: int = 2  # FULL on steps 0, N, 2N, ...; STEP otherwise
+    sweep: tuple[int, ...] = (2, 3, 4, 5)
+
+
+class StaticCache(BasePolicy):
+    name = "static"
+
+    def __init__(self, config: StaticConfig | None = None, **overrides):
+        self.config = config or StaticConfig(**overrides)
+        if self.config.interval < 1:
+            raise ValueError(f"interval must be >= 1, got {self.config.interval}")
+
+    def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
+        return FULL if signals.step % self.config.interval == 0 else STEP

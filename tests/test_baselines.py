@@ -1,0 +1,119 @@
+"""Each baseline's decisions equal a hand-computed application of its published rule on recorded signals."""
+
+import pytest
+import torch
+
+from cachepilot.policies.dbcache import DBCache
+from cachepilot.policies.first_block import FirstBlockCache
+from cachepilot.policies.magcache import MagCache, MagCacheConfig, nearest_interp
+from cachepilot.policies.static import StaticCache
+from cachepilot.policies.teacache import TeaCache
+from cachepilot.runtime import FULL, STEP, Action, Signals, step_actions
+
+ALL = step_actions(6, (1, 2))
+NONE = dict(sigma=None, timestep=None, temb_rel_l1=None, temb_proj_rel_l1=None, modulated_rel_l1=None,
+            indicator_rel_l1=None, probe_rel_l1=None, residual_norm_ratio=None, mag_accumulated_error=None,
+            motion_energy=None, cfg_diff_drift=None, steps_since_full=0, compute_spent=0.0)
+
+
+def sig(step, n, branch="cond", sample=0, **fields):
+    return Signals(step=step, num_steps=n, branch=branch, sample=sample, **(NONE | fields))
+
+
+def run(policy, signals, valid=ALL):
+    policy.reset()
+    return ["F" if (a := policy.decide(s, valid)) == FULL else ("S" if a == STEP else str(a)) for s in signals]
+
+
+def test_teacache_rule_with_identity_polynomial():
+    policy = TeaCache(threshold=0.3, coefficients=(0, 0, 0, 1, 0))  # poly(x) = x: acc is the plain sum
+    changes = [None, 0.1, 0.15, 0.1, 0.2, 0.01]
+    # step 0 forced; 0.1 -> acc .1 skip; .25 skip; .35 >= .3 compute (acc 0); .2 skip; last step forced
+    assert run(policy, [sig(i, 6, indicator_rel_l1=c) for i, c in enumerate(changes)]) == ["F", "S", "S", "F", "S", "F"]
+
+
+def test_teacache_keeps_one_accumulator_per_branch():
+    policy = TeaCache(threshold=0.3, coefficients=(0, 0, 0, 1, 0))
+    seq = []
+    for i, (c, u) in enumerate([(None, None), (0.2, 0.05), (0.2, 0.05), (0.01, 0.01)]):
+        seq += [sig(i, 4, "cond", indicator_rel_l1=c), sig(i, 4, "uncond", indicator_rel_l1=u)]
+    # cond: F, .2 S, .4 F, last F ; uncond: F, .05 S, .10 S, last F
+    assert run(policy, seq) == ["F", "F", "S", "S", "F", "S", "F", "F"]
+
+
+def test_teacache_ret_steps_forces_first_five_and_reads_timestep_proj():
+    policy = TeaCache(threshold=0.3, coefficients=(0, 0, 0, 1, 0), ret_steps=True)
+    signals = [sig(i, 8, temb_proj_rel_l1=0.1, indicator_rel_l1=9.0) for i in range(8)]
+    # forced first five; then .1, .2 skip, .3 is not < .3: compute; no forced last step
+    assert run(policy, signals) == ["F"] * 5 + ["S", "S", "F"]
+
+
+def test_teacache_polynomial_is_the_official_wan_fit():
+    policy = TeaCache()  # Wan2.1 1.3B, ret-steps off
+    x = 0.05
+    expected = 2.39676752e03 * x**4 - 1.31110545e03 * x**3 + 2.01331979e02 * x**2 - 8.29855975e00 * x + 1.37887774e-01
+    assert float(policy.rescale(x)) == pytest.approx(expected)
+
+
+def test_magcache_rule():
+    ratios = (1.0, 0.99, 0.98, 0.97, 0.96, 0.95, 0.9, 0.9, 0.9, 0.9)
+    policy = MagCache(MagCacheConfig(mag_ratios={"cond": ratios, "uncond": ratios}, threshold=0.12, max_skip_steps=2))
+    # retention: steps 0,1 computed; then see the step-by-step arithmetic in the module docstring
+    assert run(policy, [sig(i, 10) for i in range(10)]) == ["F", "F", "S", "S", "F", "S", "F", "S", "F", "S"]
+
+
+def test_magcache_nearest_interp_matches_diffusers():
+    from diffusers.hooks.mag_cache import nearest_interp as diffusers_interp
+
+    src = [1.0 + 0.01 * i for i in range(100)]
+    for n in (1, 7, 30, 50, 100, 150):
+        assert nearest_interp(src, n) == pytest.approx(diffusers_interp(torch.tensor(src), n).tolist())
+
+
+def test_magcache_official_wan_ratios_split_per_branch():
+    import json
+
+    from cachepilot.models.registry import embedded_path
+
+    data = json.loads(embedded_path("calibration").joinpath("magcache_wan2.1-t2v-1.3b.json").read_text())
+    config = MagCacheConfig.from_interleaved(data["mag_ratios"])
+    assert len(config.mag_ratios["cond"]) == len(config.mag_ratios["uncond"]) == 50
+    assert config.mag_ratios["cond"][:3] == (1.0, 1.0124, 1.00166)
+
+
+def test_static():
+    assert run(StaticCache(interval=3), [sig(i, 7) for i in range(7)]) == ["F", "S", "S", "F", "S", "S", "F"]
+
+
+def test_first_block_cache_reuses_the_tail_below_threshold():
+    changes = [None, 0.01, 0.2, 0.05, 0.06]
+    assert run(FirstBlockCache(threshold=0.05), [sig(i, 5, probe_rel_l1=c) for i, c in enumerate(changes)]) == [
+        "F", "BLOCK_1", "F", "BLOCK_1", "F"]
+
+
+def test_dbcache_warms_up_then_reuses_after_front_blocks():
+    policy = DBCache(front_blocks=2, threshold=0.1, warmup_steps=2)
+    assert policy.probe_blocks == 2 and policy.block_ks == (2,)
+    changes = [None, 0.01, 0.01, 0.5, 0.05]
+    assert run(policy, [sig(i, 5, probe_rel_l1=c) for i, c in enumerate(changes)]) == ["F", "F", "BLOCK_2", "F", "BLOCK_2"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: StaticCache(interval=2),
+    lambda: TeaCache(threshold=1.5, coefficients=(0, 0, 0, 1, 0)),
+    lambda: MagCache(MagCacheConfig(mag_ratios={"cond": (1.0,) + (0.98,) * 9}, threshold=0.12)),
+    lambda: FirstBlockCache(threshold=0.5),
+    lambda: DBCache(front_blocks=2, threshold=0.5, warmup_steps=2),
+], ids=["static", "teacache", "magcache", "first-block", "dbcache"])
+def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
+    from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+
+    apply_cache(toy_pipe, make())
+    try:
+        frames = toy_pipe("a red square moving up slowly on a plain background", num_inference_steps=10,
+                          generator=torch.Generator().manual_seed(0)).frames
+        summary = cache_summary(toy_pipe)
+    finally:
+        remove_cache(toy_pipe)
+    assert frames.shape == (1, 8, 16, 16, 3) and torch.isfinite(torch.as_tensor(frames)).all()
+    assert summary.computed_fraction < 1.0
