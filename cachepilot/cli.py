@@ -65,7 +65,7 @@ def cmd_train_model(args) -> int:
     if not args.export_only:
         config = ToyTrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
         train_toy_wan(args.run_dir, config, accelerator=args.accelerator, devices=args.devices,
-                      strategy=args.strategy, resume=not args.no_resume)
+                      strategy=args.strategy, resume=not args.no_resume, init_from=args.init_from)
     facts = export_toy_wan(args.run_dir, args.out)
     write_checksums(Path(args.out))
     update_card(args.out, **toy_wan_card_sections(), training=facts)
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if the run has a checkpoint")
     p.add_argument("--export-only", action="store_true", help="only export the run's last checkpoint")
+    p.add_argument("--init-from", help="without a run checkpoint, warm-start from this exported folder "
+                   "(e.g. checkpoints/toy-wan) and count its training steps")
     p.set_defaults(func=cmd_train_model)
 
     p = sub.add_parser("check-model", help="judge toy-wan generations: colour and motion accuracy on a split")

@@ -34,6 +34,7 @@ class ToyTrainConfig:
     flow_shift: float = components.FLOW_SHIFT
     val_every: int = 500
     seed: int = 0
+    prior_steps: int = 0  # steps already behind the weights we start from (warm start from an export)
 
 
 def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -131,6 +132,14 @@ class ToyWanModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def load_exported(self, folder: str | Path) -> None:
+        """Start from an exported pipeline's weights: both the trained and the EMA copies."""
+        pipe = ToyWanPipeline.from_pretrained(folder)
+        for name in ("transformer", "text_encoder"):
+            state = getattr(pipe, name).state_dict()
+            getattr(self, name).load_state_dict(state)
+            self.ema[name].load_state_dict(state)
+
     def ema_pipeline(self) -> ToyWanPipeline:
         return ToyWanPipeline(
             text_encoder=copy.deepcopy(self.ema["text_encoder"]).eval().cpu(),
@@ -152,8 +161,14 @@ def train_toy_wan(
     strategy: str = "auto",
     precision: str | None = None,
     resume: bool = True,
+    init_from: str | Path | None = None,
 ) -> ToyWanModule:
-    """Train (or resume training) toy-wan; checkpoints and TensorBoard logs go under `run_dir`."""
+    """Train (or resume training) toy-wan; checkpoints and TensorBoard logs go under `run_dir`.
+
+    Resuming from `run_dir`'s last checkpoint restores everything (optimiser, EMA, step). Without one,
+    `init_from` warm-starts the weights (and their EMA) from an exported pipeline folder such as
+    checkpoints/toy-wan, so training can go on across machines from the shipped weights alone.
+    """
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -162,7 +177,13 @@ def train_toy_wan(
     ckpt = last_checkpoint(run_dir) if resume else None
     resumed_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt else 0
     L.seed_everything(config.seed + resumed_step, workers=True)  # a fresh data stream after each resume
+    if ckpt is None and init_from is not None:
+        from cachepilot.models.card import read_card
+
+        config.prior_steps = int(read_card(init_from).get("training", {}).get("training_steps", 0))
     module = ToyWanModule(**asdict(config))
+    if ckpt is None and init_from is not None:
+        module.load_exported(init_from)
     datamodule = SceneDataModule(batch_size=config.batch_size, seed=config.seed + resumed_step)
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
@@ -220,5 +241,5 @@ def export_toy_wan(run_dir: str | Path, out_dir: str | Path) -> dict:
     with atomic_directory(out_dir) as tmp:
         pipe.save_pretrained(tmp)
     loss = _smoothed_loss(run_dir)
-    return {"training_steps": facts["global_step"], "final_train_loss": None if loss is None or math.isnan(loss) else round(loss, 4),
+    return {"training_steps": module.cfg.prior_steps + facts["global_step"], "final_train_loss": None if loss is None or math.isnan(loss) else round(loss, 4),
             "batch_size": module.cfg.batch_size, "lr": module.cfg.lr}
