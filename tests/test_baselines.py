@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from cachepilot.policies.adacache import AdaCache
 from cachepilot.policies.dbcache import DBCache
 from cachepilot.policies.first_block import FirstBlockCache
 from cachepilot.policies.magcache import MagCache, MagCacheConfig, nearest_interp
@@ -13,7 +14,7 @@ from cachepilot.runtime import FULL, STEP, Action, Signals, step_actions
 ALL = step_actions(6, (1, 2))
 NONE = dict(sigma=None, timestep=None, temb_rel_l1=None, temb_proj_rel_l1=None, modulated_rel_l1=None,
             indicator_rel_l1=None, probe_rel_l1=None, residual_norm_ratio=None, mag_accumulated_error=None,
-            motion_energy=None, cfg_diff_drift=None, steps_since_full=0, compute_spent=0.0)
+            motion_energy=None, cfg_diff_drift=None, mid_block_change=None, steps_since_full=0, compute_spent=0.0)
 
 
 def sig(step, n, branch="cond", sample=0, **fields):
@@ -98,13 +99,35 @@ def test_dbcache_warms_up_then_reuses_after_front_blocks():
     assert run(policy, [sig(i, 5, probe_rel_l1=c) for i, c in enumerate(changes)]) == ["F", "F", "BLOCK_2", "F", "BLOCK_2"]
 
 
+def test_adacache_codebook_and_moreg():
+    from cachepilot.policies.adacache import codebook_for, steps_until_compute
+
+    assert codebook_for(30) == {0.08: 6, 0.16: 5, 0.24: 4, 0.32: 3, 0.40: 2, 1.00: 1}
+    assert codebook_for(100)[0.03] == 12 and codebook_for(30, "slow")[0.08] == 3
+    assert [steps_until_compute(c, codebook_for(30)) for c in (0.01, 0.08, 0.1, 0.39, 0.9, 2.0)] == [6, 6, 5, 2, 1, 1]
+    policy = AdaCache(moreg=False)
+    # 30 steps; after the FULL at step 1 the distance 0.1 gives 5: steps 2..5 reuse, step 6 computes;
+    # there the distance 0.3 gives 3: steps 7, 8 reuse, 9 computes
+    signals = [sig(0, 30, steps_since_full=None), sig(1, 30, steps_since_full=0)]
+    signals += [sig(2, 30, steps_since_full=0, mid_block_change=0.1)] + [sig(s, 30, steps_since_full=s - 2) for s in range(3, 7)]
+    signals += [sig(7, 30, steps_since_full=0, mid_block_change=0.3), sig(8, 30, steps_since_full=1), sig(9, 30, steps_since_full=2)]
+    assert run(policy, signals) == ["F", "F", "S", "S", "S", "S", "F", "S", "S", "F"]
+    # MoReg: motion at the norm gives m = 1 (c unchanged, no gradient the first time); twice the norm: m = 256
+    moreg = AdaCache(moreg=True)
+    moreg.reset()
+    assert moreg.distance(sig(2, 30, mid_block_change=0.1, motion_energy=0.385), ("cond", 0)) == pytest.approx(0.1)
+    assert moreg.distance(sig(5, 30, mid_block_change=0.1, motion_energy=0.77), ("cond", 0)) == pytest.approx(
+        0.1 * (256 + 10 * 255))
+
+
 @pytest.mark.parametrize("make", [
     lambda: StaticCache(interval=2),
     lambda: TeaCache(threshold=1.5, coefficients=(0, 0, 0, 1, 0)),
     lambda: MagCache(MagCacheConfig(mag_ratios={"cond": (1.0,) + (0.98,) * 9}, threshold=0.12)),
     lambda: FirstBlockCache(threshold=0.5),
     lambda: DBCache(front_blocks=2, threshold=0.5, warmup_steps=2),
-], ids=["static", "teacache", "magcache", "first-block", "dbcache"])
+    lambda: AdaCache(threshold_scale=50.0),
+], ids=["static", "teacache", "magcache", "first-block", "dbcache", "adacache"])
 def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
     from cachepilot.runtime import apply_cache, cache_summary, remove_cache
 

@@ -46,6 +46,8 @@ class BranchState:
     prev_block_temb: torch.Tensor | None = None
     prev_modulated: torch.Tensor | None = None
     prev_probe: torch.Tensor | None = None
+    mid_residual: torch.Tensor | None = None  # middle block's residual at the last FULL (AdaCache's distance)
+    mid_change: list[float | None] = field(default_factory=list)
     mag_ratio: list[float | None] = field(default_factory=list)
     acc_ratio: list[float] = field(default_factory=list)
     acc_err: list[float] = field(default_factory=list)
@@ -60,6 +62,7 @@ class BranchState:
         self.has_diff, self.cfg_drift = [False] * n, [None] * n
         self.mag_ratio, self.acc_ratio, self.acc_err = [None] * n, [1.0] * n, [0.0] * n
         self.motion, self.since_full = [None] * n, [None] * n
+        self.mid_change = [None] * n
 
 
 @dataclass
@@ -114,6 +117,7 @@ class CacheRuntime:
         self.adapter = adapter
         self.policy = policy
         self.num_blocks = len(adapter.blocks(transformer))
+        self.mid_block = self.num_blocks // 2  # AdaCache reads this block's residual
         self.block_ks = tuple(sorted({*getattr(policy, "block_ks", ()), *((policy.probe_blocks,) if policy.probe_blocks else ())}))
         for k in self.block_ks:
             if not 1 <= k < self.num_blocks:
@@ -240,7 +244,8 @@ class CacheRuntime:
             timestep=call.timestep, temb_rel_l1=temb_change, temb_proj_rel_l1=proj_change, modulated_rel_l1=mod_change,
             indicator_rel_l1=mod_change if by_modulated else temb_change, probe_rel_l1=probe_change,
             residual_norm_ratio=state.mag_ratio[sample], mag_accumulated_error=acc_err, motion_energy=state.motion[sample],
-            cfg_diff_drift=state.cfg_drift[sample], steps_since_full=state.since_full[sample],
+            cfg_diff_drift=state.cfg_drift[sample], mid_block_change=state.mid_change[sample],
+            steps_since_full=state.since_full[sample],
             compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, indicator=indicator,
         )
 
@@ -291,9 +296,11 @@ class CacheRuntime:
                 call.temb = call.block_temb
         if index == self.policy.probe_blocks:
             self._decide(current)
-        if index in self.block_ks:
+        if index in self.block_ks or index in (self.mid_block, self.mid_block + 1):
             call.h_at[index] = current
         out = self._run(index, forward, args, kwargs, current)
+        if index == self.mid_block == self.num_blocks - 1:  # one-block model: the mid block is the last
+            call.h_at[index + 1] = out if isinstance(out, tuple) else (out,)
         if index == self.num_blocks - 1:
             out = self._finish(out if isinstance(out, tuple) else (out,))
             return out if adapter.returns_encoder else out[0]
@@ -358,6 +365,12 @@ class CacheRuntime:
             gap = state.since_full[sample] + 1
             state.mag_ratio[sample] = norm_ratio(residual[0][0], state.tails[0][0][sample]) ** (1.0 / gap)
         state.motion[sample] = motion_energy(residual[0][0], call.frames)
+        after_mid = call.h_at.get(self.mid_block + 1, out)
+        mid = (after_mid[0][row] - call.h_at[self.mid_block][0][row]).unsqueeze(0)
+        if state.has_full[sample] and state.mid_residual is not None:
+            gap = state.since_full[sample] + 1
+            state.mid_change[sample] = rel_l1(mid[0], state.mid_residual[sample]) / gap
+        state.mid_residual = _put1(state.mid_residual, sample, mid, state.size)
         state.tails[0] = _put(state.tails.get(0), [sample], residual, state.size)
         for k in self.block_ks:
             tail = _sub(_index(out, slice(row, row + 1)), _index(call.h_at[k], slice(row, row + 1)))

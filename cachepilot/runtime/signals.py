@@ -51,6 +51,8 @@ class Signals:
     mag_accumulated_error: float | None  # sum of |1 - prod(ratio)| over calls since the last FULL, using that ratio
     motion_energy: float | None  # MoReg score of the last FULL residual (0 = static, larger = more motion)
     cfg_diff_drift: float | None  # rel-L1 change between the last two cached (uncond - cond) differences
+    mid_block_change: float | None  # AdaCache distance: rel-L1 change of the middle block's residual between the
+    #                                 last two FULLs, divided by the calls between them
     steps_since_full: int | None  # calls of this branch since its last FULL (None: never computed)
     compute_spent: float  # fraction of full compute spent so far in this generation (this sample, both branches)
     indicator: torch.Tensor | None = None  # raw TeaCache indicator (for calibration), not for learned policies
