@@ -7,6 +7,7 @@ from cachepilot.policies.adacache import AdaCache
 from cachepilot.policies.dbcache import DBCache
 from cachepilot.policies.first_block import FirstBlockCache
 from cachepilot.policies.magcache import MagCache, MagCacheConfig, nearest_interp
+from cachepilot.policies.mixcache import MixCache
 from cachepilot.policies.static import StaticCache
 from cachepilot.policies.teacache import TeaCache
 from cachepilot.runtime import FULL, STEP, Action, Signals, step_actions
@@ -14,7 +15,7 @@ from cachepilot.runtime import FULL, STEP, Action, Signals, step_actions
 ALL = step_actions(6, (1, 2))
 NONE = dict(sigma=None, timestep=None, temb_rel_l1=None, temb_proj_rel_l1=None, modulated_rel_l1=None,
             indicator_rel_l1=None, probe_rel_l1=None, residual_norm_ratio=None, mag_accumulated_error=None,
-            motion_energy=None, cfg_diff_drift=None, mid_block_change=None, steps_since_full=0, compute_spent=0.0)
+            motion_energy=None, cfg_diff_drift=None, mid_block_change=None, residual_rel_l1=None, steps_since_full=0, compute_spent=0.0)
 
 
 def sig(step, n, branch="cond", sample=0, **fields):
@@ -99,6 +100,24 @@ def test_dbcache_warms_up_then_reuses_after_front_blocks():
     assert run(policy, [sig(i, 5, probe_rel_l1=c) for i, c in enumerate(changes)]) == ["F", "F", "BLOCK_2", "F", "BLOCK_2"]
 
 
+def test_mixcache_triggers_then_picks_the_cheapest_granularity_under_its_threshold():
+    from cachepilot.policies.mixcache import MixCache
+
+    policy = MixCache(trigger=0.1, step_threshold=0.05, cfg_threshold=0.1, block_threshold=0.08,
+                      block_ks=(2,), num_blocks=4, max_reuse=2)
+    cfg_valid = ALL + (Action.block(2),)
+    seq = [
+        sig(0, 9, "uncond", residual_rel_l1=None, steps_since_full=None),   # nothing measured: F
+        sig(1, 9, "uncond", residual_rel_l1=0.2, steps_since_full=0),       # above trigger: F
+        sig(2, 9, "uncond", residual_rel_l1=0.04, steps_since_full=0),      # triggered; .04 < .05: STEP
+        sig(3, 9, "uncond", residual_rel_l1=0.04, steps_since_full=1, cfg_diff_drift=0.04),  # .08 step no; cfg .08 < .1
+        sig(4, 9, "uncond", residual_rel_l1=0.04, steps_since_full=2),      # max_reuse reached: F
+        sig(5, 9, "uncond", residual_rel_l1=0.06, steps_since_full=0),      # step .06 no, no cfg drift, block .03: BLOCK_2
+        sig(6, 9, "uncond", residual_rel_l1=0.2, steps_since_full=0),       # stays triggered; block .1 no: F
+    ]
+    assert run(policy, seq, cfg_valid) == ["F", "F", "S", "CFG", "F", "BLOCK_2", "F"]
+
+
 def test_adacache_codebook_and_moreg():
     from cachepilot.policies.adacache import codebook_for, steps_until_compute
 
@@ -127,7 +146,8 @@ def test_adacache_codebook_and_moreg():
     lambda: FirstBlockCache(threshold=0.5),
     lambda: DBCache(front_blocks=2, threshold=0.5, warmup_steps=2),
     lambda: AdaCache(threshold_scale=50.0),
-], ids=["static", "teacache", "magcache", "first-block", "dbcache", "adacache"])
+    lambda: MixCache(trigger=10.0, step_threshold=10.0),
+], ids=["static", "teacache", "magcache", "first-block", "dbcache", "adacache", "mixcache"])
 def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
     from cachepilot.runtime import apply_cache, cache_summary, remove_cache
 

@@ -49,6 +49,7 @@ class BranchState:
     mid_residual: torch.Tensor | None = None  # middle block's residual at the last FULL (AdaCache's distance)
     mid_change: list[float | None] = field(default_factory=list)
     mag_ratio: list[float | None] = field(default_factory=list)
+    residual_change: list[float | None] = field(default_factory=list)
     acc_ratio: list[float] = field(default_factory=list)
     acc_err: list[float] = field(default_factory=list)
     motion: list[float | None] = field(default_factory=list)
@@ -62,7 +63,7 @@ class BranchState:
         self.has_diff, self.cfg_drift = [False] * n, [None] * n
         self.mag_ratio, self.acc_ratio, self.acc_err = [None] * n, [1.0] * n, [0.0] * n
         self.motion, self.since_full = [None] * n, [None] * n
-        self.mid_change = [None] * n
+        self.mid_change, self.residual_change = [None] * n, [None] * n
 
 
 @dataclass
@@ -245,6 +246,7 @@ class CacheRuntime:
             indicator_rel_l1=mod_change if by_modulated else temb_change, probe_rel_l1=probe_change,
             residual_norm_ratio=state.mag_ratio[sample], mag_accumulated_error=acc_err, motion_energy=state.motion[sample],
             cfg_diff_drift=state.cfg_drift[sample], mid_block_change=state.mid_change[sample],
+            residual_rel_l1=state.residual_change[sample],
             steps_since_full=state.since_full[sample],
             compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, indicator=indicator,
         )
@@ -364,6 +366,7 @@ class CacheRuntime:
         if state.has_full[sample] and state.since_full[sample] is not None:
             gap = state.since_full[sample] + 1
             state.mag_ratio[sample] = norm_ratio(residual[0][0], state.tails[0][0][sample]) ** (1.0 / gap)
+            state.residual_change[sample] = rel_l1(residual[0][0], state.tails[0][0][sample]) / gap
         state.motion[sample] = motion_energy(residual[0][0], call.frames)
         after_mid = call.h_at.get(self.mid_block + 1, out)
         mid = (after_mid[0][row] - call.h_at[self.mid_block][0][row]).unsqueeze(0)

@@ -48,6 +48,7 @@ class Signals:
     indicator_rel_l1: float | None  # TeaCache's indicator change for this family: temb, or the modulated input
     probe_rel_l1: float | None  # change of the first `probe_blocks` blocks' residual vs its value at the last FULL
     residual_norm_ratio: float | None  # ||r|| ratio between the last two FULL residuals, per step in between (MagCache)
+    residual_rel_l1: float | None  # rel-L1 change of the block-stack residual between the last two FULLs, per call
     mag_accumulated_error: float | None  # sum of |1 - prod(ratio)| over calls since the last FULL, using that ratio
     motion_energy: float | None  # MoReg score of the last FULL residual (0 = static, larger = more motion)
     cfg_diff_drift: float | None  # rel-L1 change between the last two cached (uncond - cond) differences
