@@ -113,6 +113,30 @@ def cmd_check_model(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    import random
+
+    from cachepilot.models.registry import get_spec, load_pipeline
+    from cachepilot.train.calibrate import calibrate, write_calibration
+
+    spec = get_spec(args.model)
+    if args.prompts_file:
+        prompts = [p.strip() for p in Path(args.prompts_file).read_text().splitlines() if p.strip()][: args.prompts]
+    elif spec.family == "toy-wan":
+        from cachepilot.models.toy_wan.scenes import load_split
+
+        prompts = random.Random(0).sample(list(load_split("train")), args.prompts)
+    else:
+        raise CachepilotError("pass --prompts-file (one prompt per line) to calibrate a real model")
+    pipe = load_pipeline(args.model, args.model_path)
+    record = calibrate(pipe, prompts, steps=args.steps, guidance=args.guidance, model_id=args.model)
+    out = write_calibration(record, args.out or Path("checkpoints") / args.model / "calibration.json")
+    tea = record["teacache"]
+    print(f"wrote {out}: TeaCache fit R^2 {tea['r2']:.3f} over {tea['points']} points; "
+          f"MagCache ratios for {', '.join(record['magcache']['mag_ratios'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="without a run checkpoint, warm-start from this exported folder "
                    "(e.g. checkpoints/toy-wan) and count its training steps")
     p.set_defaults(func=cmd_train_model)
+
+    p = sub.add_parser("calibrate", help="fit TeaCache / MagCache / AdaCache / MixCache statistics for a model")
+    p.add_argument("--model", default="toy-wan")
+    p.add_argument("--model-path")
+    p.add_argument("--prompts", type=int, default=16, help="how many prompts (toy-wan: sampled from the train split)")
+    p.add_argument("--prompts-file", help="one prompt per line (required for real models)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--out", help="default: checkpoints/<model>/calibration.json")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("check-model", help="judge toy-wan generations: colour and motion accuracy on a split")
     p.add_argument("model", help="toy-wan")

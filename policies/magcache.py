@@ -33,6 +33,11 @@ class MagCacheConfig:
     sweep: tuple[float, ...] = (0.06, 0.12, 0.24, 0.36)
 
     @classmethod
+    def from_calibration(cls, record: dict, **kwargs) -> "MagCacheConfig":
+        """Per-branch ratios measured by `cachepilot calibrate` for this model."""
+        return cls(mag_ratios={b: tuple(v) for b, v in record["magcache"]["mag_ratios"].items()}, **kwargs)
+
+    @classmethod
     def from_interleaved(cls, ratios: Sequence[float], **kwargs) -> "MagCacheConfig":
         """Official arrays interleave cond, uncond per step."""
         return cls(mag_ratios={"cond": tuple(ratios[0::2]), "uncond": tuple(ratios[1::2])}, **kwargs)

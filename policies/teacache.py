@@ -39,6 +39,11 @@ class TeaCacheConfig:
 class TeaCache(BasePolicy):
     name = "teacache"
 
+    @classmethod
+    def from_calibration(cls, record: dict, **overrides) -> "TeaCache":
+        """Use the polynomial fitted by `cachepilot calibrate` for this model."""
+        return cls(TeaCacheConfig(coefficients=tuple(record["teacache"]["coefficients"]), **overrides))
+
     def __init__(self, config: TeaCacheConfig | None = None, **overrides):
         self.config = config or TeaCacheConfig(**overrides)
         self.rescale = np.poly1d(self.config.coefficients)

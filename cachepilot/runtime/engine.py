@@ -380,6 +380,14 @@ class CacheRuntime:
             state.tails[k] = _put(state.tails.get(k), [sample], tail, state.size)
         state.has_full[sample] = True
         state.since_full[sample], state.acc_ratio[sample], state.acc_err[sample] = 0, 1.0, 0.0
+        self.summary.full_stats.append({
+            "step": call.step, "branch": self._row_branch(row), "sample": sample,
+            "residual_norm_ratio": state.mag_ratio[sample], "residual_rel_l1": state.residual_change[sample],
+            "mid_block_change": state.mid_change[sample], "motion_energy": state.motion[sample],
+        })
+
+    def _row_branch(self, row: int) -> str:
+        return self.call.rows[row][0]
 
     def _store_diff(self, state: BranchState, sample: int, row: int, out: Streams) -> None:
         cond = self.branches.get("cond")

@@ -25,6 +25,7 @@ class CacheSummary:
     num_blocks: int
     decisions: list[Decision] = field(default_factory=list)
     wall_times: list[float] = field(default_factory=list)  # seconds per transformer call
+    full_stats: list[dict] = field(default_factory=list)  # per FULL row: residual statistics (calibration)
 
     @property
     def computed_fraction(self) -> float:

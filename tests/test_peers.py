@@ -1,0 +1,65 @@
+"""Our baselines against diffusers' own implementations on toy-wan: same skip pattern, same outputs.
+
+Known, documented differences (knobs here avoid them): diffusers' MagCache rounds the retention step
+(int(r * n + 0.5); the official code truncates) and skips on err <= threshold (official: <).
+"""
+
+import torch
+from diffusers import FirstBlockCacheConfig, MagCacheConfig as DiffusersMagCacheConfig
+
+from cachepilot.policies.first_block import FirstBlockCache
+from cachepilot.policies.magcache import MagCache, MagCacheConfig
+from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+
+PROMPT = "a green square moving left slowly and a red circle standing still on a gradient background"
+STEPS = 10
+
+
+def _run(pipe):
+    return pipe(PROMPT, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3), output_type="latent").frames
+
+
+def _computed_calls(pipe, enable):
+    """Generate with a diffusers cache; return latents and, per call, whether the last block ran."""
+    ran = []
+    calls = []
+    # a hook on a submodule: the block object itself is "called" even when a cache skips its forward
+    h1 = pipe.transformer.blocks[-1].ffn.register_forward_hook(lambda *a: ran.append(True))
+    h0 = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(len(ran)))
+    enable()
+    try:
+        out = _run(pipe)
+    finally:
+        pipe.transformer.disable_cache()
+        h0.remove()
+        h1.remove()
+    marks = calls + [len(ran)]
+    return out, [marks[i + 1] > marks[i] for i in range(len(calls))]
+
+
+def _ours(pipe, policy):
+    apply_cache(pipe, policy)
+    try:
+        out = _run(pipe)
+        summary = cache_summary(pipe)
+    finally:
+        remove_cache(pipe)
+    return out, [d.action == "FULL" for d in summary.decisions], summary
+
+
+def test_magcache_matches_diffusers(toy_pipe):
+    ratios = [1.0, 1.0, 0.99, 0.97, 0.96, 0.95, 0.9, 0.93, 0.9, 0.85]
+    ours, our_pattern, summary = _ours(toy_pipe, MagCache(MagCacheConfig(
+        mag_ratios={"cond": tuple(ratios), "uncond": tuple(ratios)}, threshold=0.11, max_skip_steps=2, retention_ratio=0.2)))
+    theirs, their_pattern = _computed_calls(toy_pipe, lambda: toy_pipe.transformer.enable_cache(DiffusersMagCacheConfig(
+        threshold=0.11, max_skip_steps=2, retention_ratio=0.2, num_inference_steps=STEPS, mag_ratios=ratios)))
+    assert our_pattern == their_pattern and not all(our_pattern)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+    assert summary.computed_fraction < 1
+
+
+def test_first_block_cache_matches_diffusers(toy_pipe):
+    ours, our_pattern, summary = _ours(toy_pipe, FirstBlockCache(threshold=0.2))
+    theirs, their_pattern = _computed_calls(toy_pipe, lambda: toy_pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2)))
+    assert our_pattern == their_pattern and not all(our_pattern)
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
