@@ -1,0 +1,45 @@
+"""Quality of a cached output against the uncached reference: PSNR and SSIM on frames in [0, 1].
+
+Videos are (frames, H, W, 3) or batches of them; scores are averaged over frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _as_tensor(video) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(video), dtype=torch.float64)
+
+
+def psnr(video, reference, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB over the whole video (inf when identical)."""
+    mse = float(((_as_tensor(video) - _as_tensor(reference)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(data_range**2 / mse)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(video, reference, data_range: float = 1.0, window: int = 7, sigma: float = 1.5) -> float:
+    """Mean structural similarity (Wang et al. 2004), Gaussian window, per frame and channel.
+
+    The window is 7 (not the usual 11) because toy-wan frames are 16 px; valid positions only.
+    """
+    a, b = _as_tensor(video), _as_tensor(reference)
+    a = a.reshape(-1, *a.shape[-3:]).permute(0, 3, 1, 2).reshape(-1, 1, *a.shape[-3:-1])
+    b = b.reshape(-1, *b.shape[-3:]).permute(0, 3, 1, 2).reshape(-1, 1, *b.shape[-3:-1])
+    w = _gaussian_window(min(window, a.shape[-1], a.shape[-2]), sigma)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = F.conv2d(a, w), F.conv2d(b, w)
+    var_a = F.conv2d(a * a, w) - mu_a**2
+    var_b = F.conv2d(b * b, w) - mu_b**2
+    cov = F.conv2d(a * b, w) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.mean())

@@ -1,0 +1,64 @@
+"""Run cache methods on the same (prompt, seed) pairs and score them against the uncached reference.
+
+All pairs of one method run as one batch, so per-sample decisions go through the runtime exactly as in
+the batched environment; compute is counted per sample, wall time per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from cachepilot.metrics import psnr, ssim
+from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+
+
+@dataclass
+class PairResult:
+    method: str
+    knob: float
+    prompt: str
+    seed: int
+    computed_fraction: float
+    psnr: float
+    ssim: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    pipe.set_progress_bar_config(disable=True)
+    return np.asarray(pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).frames)
+
+
+def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np.ndarray, steps: int, guidance: float,
+               method: str, knob: float) -> tuple[list[PairResult], float]:
+    """Returns per-pair results and the batch's transformer wall time."""
+    apply_cache(pipe, policy, num_inference_steps=steps)
+    try:
+        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
+        summary = cache_summary(pipe)
+    finally:
+        remove_cache(pipe)
+    results = []
+    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        mine = [d for d in summary.decisions if d.sample == i]
+        fraction = sum(d.flops for d in mine) / sum(d.full_flops for d in mine)
+        results.append(PairResult(method, knob, prompt, seed, fraction, psnr(frames[i], reference[i]), ssim(frames[i], reference[i])))
+    return results, summary.wall_time
+
+
+def timed_reference(pipe, prompts, seeds, steps, guidance) -> tuple[np.ndarray, float]:
+    from cachepilot.policies.base import NoCache
+
+    apply_cache(pipe, NoCache(), num_inference_steps=steps)
+    try:
+        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
+        wall = cache_summary(pipe).wall_time
+    finally:
+        remove_cache(pipe)
+    return frames, wall

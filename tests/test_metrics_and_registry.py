@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from cachepilot.errors import CachepilotError
+from cachepilot.metrics import psnr, ssim
+from cachepilot.policies.registry import BASELINES, make_baseline
+
+
+def test_psnr_known_values():
+    ref = np.zeros((2, 8, 8, 3))
+    assert psnr(ref, ref) == float("inf")
+    assert psnr(ref + 0.1, ref) == pytest.approx(20.0)
+
+
+def test_ssim_is_one_for_identical_and_drops_with_noise():
+    rng = np.random.default_rng(0)
+    ref = rng.random((4, 16, 16, 3))
+    assert ssim(ref, ref) == pytest.approx(1.0)
+    noisy = np.clip(ref + rng.normal(0, 0.1, ref.shape), 0, 1)
+    assert 0 < ssim(noisy, ref) < 0.99
+    assert ssim(noisy, ref) > ssim(np.clip(ref + rng.normal(0, 0.3, ref.shape), 0, 1), ref)
+
+
+def test_every_baseline_builds_at_its_default_and_sweep():
+    calibration = {"teacache": {"coefficients": [0, 0, 0, 1, 0]}, "magcache": {"mag_ratios": {"cond": [1.0] * 10}}}
+    for name, b in BASELINES.items():
+        assert make_baseline(name, calibration=calibration, num_blocks=6) is not None
+        for value in b.sweep:
+            make_baseline(name, value, calibration=calibration, num_blocks=6)
+
+
+def test_unknown_method_and_missing_calibration_are_clear_errors():
+    with pytest.raises(CachepilotError, match="unknown cache method 'fastcache'"):
+        make_baseline("fastcache")
+    with pytest.raises(CachepilotError, match="cachepilot calibrate"):
+        make_baseline("magcache")
