@@ -25,3 +25,19 @@ def test_shipped_toy_wan_is_packaged():
 
     assert weights_present("toy-wan")
     assert (embedded_path("toy-wan") / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_pyproject_lists_every_package_folder():
+    """A package missing from the explicit list works in an editable install but not from a wheel."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, mapping = set(tool["packages"]), tool["package-dir"]
+    found = set()
+    for prefix, folder in mapping.items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder)
+            found.add(".".join([prefix, *rel.parts]))
+    assert found <= listed, f"missing from [tool.setuptools] packages: {sorted(found - listed)}"
