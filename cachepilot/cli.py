@@ -43,10 +43,20 @@ def cmd_generate(args) -> int:
 
     check_writable(args.out)
     pipe = load_pipeline(args.model, args.model_path)
+    if args.cache != "none":
+        from cachepilot.infer.plugin import apply_cache
+        from cachepilot.policies.registry import get_baseline
+
+        knobs = {} if args.knob is None else {get_baseline(args.cache).knob: args.knob}
+        apply_cache(pipe, args.cache, num_inference_steps=args.steps, **knobs)
     start = time.perf_counter()
     frames = generate(pipe, args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       negative_prompt=args.negative_prompt)
     elapsed = time.perf_counter() - start
+    if args.cache != "none":
+        from cachepilot.runtime import cache_summary
+
+        print(cache_summary(pipe))
     path = save_video(frames[0], args.out, fps=args.fps, scale=args.scale)
     print(f"wrote {path} ({frames.shape[1]} frames, {args.steps} steps, guidance {args.guidance}, seed {args.seed}) in {elapsed:.1f} s")
     return 0
@@ -155,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output path ending in .gif or .mp4")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=8, help="pixel upscale factor for viewing (toy-wan is 16 px)")
+    p.add_argument("--cache", default="none", help="cache method: none, static, teacache, magcache, first-block, "
+                   "dbcache, adacache, mixcache")
+    p.add_argument("--knob", type=float, help="the method's knob (threshold / interval / scale); default: the paper's")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train-model", help="train (or resume training) the toy-wan testbed model and export it")

@@ -50,9 +50,13 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
 ]}
 
 
-def make_baseline(name: str, value: float | None = None, calibration: dict | None = None, num_blocks: int = 30):
-    """A baseline policy at its default knob, or at `value`."""
+def get_baseline(name: str) -> Baseline:
     if name not in BASELINES:
         raise CachepilotError(f"unknown cache method {name!r}; choose one of {', '.join(BASELINES)}")
-    b = BASELINES[name]
+    return BASELINES[name]
+
+
+def make_baseline(name: str, value: float | None = None, calibration: dict | None = None, num_blocks: int = 30):
+    """A baseline policy at its default knob, or at `value`."""
+    b = get_baseline(name)
     return b.build(b.default if value is None else value, calibration, num_blocks)

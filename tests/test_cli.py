@@ -103,3 +103,15 @@ def test_existing_output_is_kept_when_generation_fails(capsys, tmp_path):
     out.write_bytes(b"old")
     _error(["generate", "--prompt", "a purple thing", "--out", str(out)], capsys)
     assert out.read_bytes() == b"old"
+
+
+def test_generate_with_a_cache_method_prints_its_summary(capsys, tmp_path):
+    assert main(["generate", "--prompt", PROMPT, "--steps", "6", "--cache", "static", "--knob", "3",
+                 "--out", str(tmp_path / "c.gif")]) == 0
+    out = capsys.readouterr().out
+    assert "cache summary (static): computed" in out and "F s s F s s" in out
+
+
+def test_unknown_cache_method_and_missing_calibration(capsys, tmp_path):
+    err = _error(["generate", "--prompt", PROMPT, "--cache", "fastcache", "--out", str(tmp_path / "c.gif")], capsys)
+    assert "unknown cache method 'fastcache'" in err
