@@ -16,6 +16,7 @@ import statistics
 import torch
 
 from cachepilot.infer.evaluate import run_method, timed_reference
+from cachepilot.infer.peers import PEERS, run_peer
 from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.registry import BASELINES, make_baseline
@@ -27,7 +28,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--methods", default=",".join(b for b in BASELINES if b != "none"))
+    parser.add_argument("--methods", default=",".join([b for b in BASELINES if b != "none"] + list(PEERS)))
     parser.add_argument("--calibration", default=str(embedded_path("toy-wan") / "calibration.json"))
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -40,12 +41,17 @@ def main() -> None:
     reference, ref_wall = timed_reference(pipe, prompts, seeds, args.steps, args.guidance)
     rows, table = [], []
     for name in args.methods.split(","):
-        knob = BASELINES[name].default
-        results, wall = run_method(pipe, make_baseline(name, calibration=calibration, num_blocks=num_blocks), prompts, seeds,
-                                   reference, args.steps, args.guidance, name, knob)
+        if name in PEERS:
+            method = PEERS[name]
+            results, wall = run_peer(pipe, method, method.default, prompts, seeds, reference, args.steps, args.guidance,
+                                     calibration)
+        else:
+            method = BASELINES[name]
+            results, wall = run_method(pipe, make_baseline(name, calibration=calibration, num_blocks=num_blocks),
+                                       prompts, seeds, reference, args.steps, args.guidance, name, method.default)
         rows += [r.as_dict() for r in results]
         frac = statistics.mean(r.computed_fraction for r in results)
-        table.append((name, f"{BASELINES[name].knob}={knob:g}", frac, 1 / frac, ref_wall / wall,
+        table.append((name, f"{method.knob}={method.default:g}", frac, 1 / frac, ref_wall / wall,
                       statistics.mean(r.psnr for r in results), statistics.mean(r.ssim for r in results)))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
     print(f"toy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {machine}")

@@ -44,12 +44,16 @@ def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np
         summary = cache_summary(pipe)
     finally:
         remove_cache(pipe)
-    results = []
-    for i, (prompt, seed) in enumerate(zip(prompts, seeds)):
+    fractions = []
+    for i in range(len(prompts)):
         mine = [d for d in summary.decisions if d.sample == i]
-        fraction = sum(d.flops for d in mine) / sum(d.full_flops for d in mine)
-        results.append(PairResult(method, knob, prompt, seed, fraction, psnr(frames[i], reference[i]), ssim(frames[i], reference[i])))
-    return results, summary.wall_time
+        fractions.append(sum(d.flops for d in mine) / sum(d.full_flops for d in mine))
+    return score(frames, reference, prompts, seeds, fractions, method, knob), summary.wall_time
+
+
+def score(frames, reference, prompts, seeds, fractions, method: str, knob: float) -> list[PairResult]:
+    return [PairResult(method, knob, p, s, f, psnr(frames[i], reference[i]), ssim(frames[i], reference[i]))
+            for i, (p, s, f) in enumerate(zip(prompts, seeds, fractions))]
 
 
 def timed_reference(pipe, prompts, seeds, steps, guidance) -> tuple[np.ndarray, float]:

@@ -63,3 +63,17 @@ def test_first_block_cache_matches_diffusers(toy_pipe):
     theirs, their_pattern = _computed_calls(toy_pipe, lambda: toy_pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.2)))
     assert our_pattern == their_pattern and not all(our_pattern)
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def test_peers_run_in_the_evaluation_harness_with_measured_compute(toy_pipe):
+    from cachepilot.infer.evaluate import timed_reference
+    from cachepilot.infer.peers import PEERS, run_peer
+
+    prompts, seeds = [PROMPT, "a blue circle standing still on a plain background"], [0, 1]
+    reference, _ = timed_reference(toy_pipe, prompts, seeds, 6, 5.0)
+    results, wall = run_peer(toy_pipe, PEERS["diffusers-fbcache"], 0.5, prompts, seeds, reference, 6, 5.0)
+    assert wall > 0 and len(results) == 2
+    # block 0 always runs: between 1/6 and 1 of the blocks; at threshold 0.5 some calls reuse
+    assert 1 / 6 <= results[0].computed_fraction < 1
+    results, _ = run_peer(toy_pipe, PEERS["diffusers-taylorseer"], 2, prompts, seeds, reference, 6, 5.0)
+    assert results[0].computed_fraction < 1 and results[0].psnr > 0
