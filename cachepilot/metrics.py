@@ -1,4 +1,4 @@
-"""Quality of a cached output against the uncached reference: PSNR and SSIM on frames in [0, 1].
+"""Quality of a cached output against the uncached reference: PSNR, SSIM and LPIPS on frames in [0, 1].
 
 Videos are (frames, H, W, 3) or batches of them; scores are averaged over frames.
 """
@@ -43,3 +43,50 @@ def ssim(video, reference, data_range: float = 1.0, window: int = 7, sigma: floa
     cov = F.conv2d(a * b, w) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return float(s.mean())
+
+
+# torchvision's ImageNet AlexNet, which lpips' "alex" backbone loads; lpips ships only its linear layers.
+ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
+LPIPS_MIN_SIDE = 64  # AlexNet's strided convs and pools need frames at least this large
+
+
+class LPIPSUnavailable(RuntimeError):
+    """LPIPS cannot be computed here (backbone weights missing); never replaced by a made-up score."""
+
+
+def alexnet_weights_path():
+    from pathlib import Path
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
+
+
+_LPIPS_MODELS: dict = {}
+
+
+def lpips_model(random_backbone: bool = False):
+    """The lpips 'alex' model. `random_backbone=True` is for testing the plumbing only: its scores mean nothing."""
+    if random_backbone not in _LPIPS_MODELS:
+        if not random_backbone and not alexnet_weights_path().is_file():
+            raise LPIPSUnavailable(
+                f"LPIPS needs torchvision's AlexNet weights at {alexnet_weights_path()} (file {ALEXNET_WEIGHTS}, "
+                "from https://download.pytorch.org/models/); copy them there, or set TORCH_HOME to a folder holding "
+                "hub/checkpoints/" + ALEXNET_WEIGHTS)
+        import lpips
+
+        _LPIPS_MODELS[random_backbone] = lpips.LPIPS(net="alex", pnet_rand=random_backbone, verbose=False).eval()
+    return _LPIPS_MODELS[random_backbone]
+
+
+@torch.no_grad()
+def lpips_distance(video, reference, random_backbone: bool = False) -> float:
+    """Mean LPIPS (AlexNet) over frames; small frames are upscaled (bilinear) to 64 px first."""
+    model = lpips_model(random_backbone)
+    a = torch.as_tensor(np.asarray(video), dtype=torch.float32)
+    b = torch.as_tensor(np.asarray(reference), dtype=torch.float32)
+    a = a.reshape(-1, *a.shape[-3:]).permute(0, 3, 1, 2) * 2 - 1
+    b = b.reshape(-1, *b.shape[-3:]).permute(0, 3, 1, 2) * 2 - 1
+    if min(a.shape[-2:]) < LPIPS_MIN_SIDE:
+        scale = LPIPS_MIN_SIDE / min(a.shape[-2:])
+        a = F.interpolate(a, scale_factor=scale, mode="bilinear", align_corners=False)
+        b = F.interpolate(b, scale_factor=scale, mode="bilinear", align_corners=False)
+    return float(model(a, b).mean())

@@ -34,3 +34,22 @@ def test_unknown_method_and_missing_calibration_are_clear_errors():
         make_baseline("fastcache")
     with pytest.raises(CachepilotError, match="cachepilot calibrate"):
         make_baseline("magcache")
+
+
+def test_lpips_without_backbone_weights_fails_clearly(monkeypatch, tmp_path):
+    from cachepilot import metrics
+
+    monkeypatch.setattr(metrics, "_LPIPS_MODELS", {})
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(metrics.LPIPSUnavailable, match="alexnet-owt-7be5be79.pth"):
+        metrics.lpips_distance(np.zeros((2, 16, 16, 3)), np.zeros((2, 16, 16, 3)))
+
+
+def test_lpips_plumbing_with_a_random_backbone():
+    """pnet_rand=True: only the plumbing is tested here (shapes, identical -> 0); the value is no LPIPS score."""
+    from cachepilot.metrics import lpips_distance
+
+    rng = np.random.default_rng(0)
+    ref = rng.random((3, 16, 16, 3)).astype(np.float32)
+    assert lpips_distance(ref, ref, random_backbone=True) == pytest.approx(0.0, abs=1e-6)
+    assert lpips_distance(np.clip(ref + 0.3, 0, 1), ref, random_backbone=True) > 0
