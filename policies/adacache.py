@@ -53,6 +53,7 @@ class AdaCacheConfig:
 
 class AdaCache(BasePolicy):
     name = "adacache"
+    signals = frozenset({"mid_block_change", "motion_energy"})
 
     def __init__(self, config: AdaCacheConfig | None = None, **overrides):
         self.config = config or AdaCacheConfig(**overrides)

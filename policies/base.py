@@ -12,6 +12,7 @@ class BasePolicy:
     probe_blocks = 0
     block_ks: tuple[int, ...] = ()
     needs_modulated_input = False
+    signals: frozenset[str] | None = None  # optional signals read (None: all); see runtime.policy.OPTIONAL_SIGNALS
 
     def reset(self) -> None:
         pass
@@ -24,6 +25,7 @@ class NoCache(BasePolicy):
     """Always FULL: the uncached model, through the runtime (measures its overhead)."""
 
     name = "none"
+    signals = frozenset()
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         return FULL

@@ -24,6 +24,7 @@ class DBCacheConfig:
 
 class DBCache(BasePolicy):
     name = "dbcache"
+    signals = frozenset()
 
     def __init__(self, config: DBCacheConfig | None = None, **overrides):
         self.config = config or DBCacheConfig(**overrides)

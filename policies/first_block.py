@@ -21,6 +21,7 @@ class FirstBlockConfig:
 
 class FirstBlockCache(BasePolicy):
     name = "first-block"
+    signals = frozenset()
     probe_blocks = 1
 
     def __init__(self, config: FirstBlockConfig | None = None, **overrides):

@@ -45,6 +45,7 @@ class MagCacheConfig:
 
 class MagCache(BasePolicy):
     name = "magcache"
+    signals = frozenset()
 
     def __init__(self, config: MagCacheConfig | None = None, **overrides):
         self.config = config or MagCacheConfig(**overrides)

@@ -36,6 +36,7 @@ class MixCacheConfig:
 
 class MixCache(BasePolicy):
     name = "mixcache"
+    signals = frozenset({"residual_rel_l1", "cfg_diff_drift"})
 
     def __init__(self, config: MixCacheConfig | None = None, scale: float = 1.0, **overrides):
         self.config = config or MixCacheConfig(**overrides)

@@ -13,6 +13,7 @@ class FixedSchedule(BasePolicy):
     """actions[step] applies to both branches; CFG means: cond computes FULL, uncond is rebuilt."""
 
     name = "schedule"
+    signals = frozenset()
 
     def __init__(self, actions: Sequence[Action | str]):
         self.actions = tuple(a if isinstance(a, Action) else Action.parse(a) for a in actions)

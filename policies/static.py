@@ -17,6 +17,7 @@ class StaticConfig:
 
 class StaticCache(BasePolicy):
     name = "static"
+    signals = frozenset()
 
     def __init__(self, config: StaticConfig | None = None, **overrides):
         self.config = config or StaticConfig(**overrides)

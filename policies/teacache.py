@@ -38,6 +38,7 @@ class TeaCacheConfig:
 
 class TeaCache(BasePolicy):
     name = "teacache"
+    signals = frozenset()
 
     @classmethod
     def from_calibration(cls, record: dict, **overrides) -> "TeaCache":

@@ -205,6 +205,27 @@ def test_per_sample_actions_in_one_batch_equal_running_samples_alone(tiny):
     assert fractions < 1.0
 
 
+def test_optional_signals_are_computed_only_when_asked():
+    tiny = TINY["wan"]()
+    seen = []
+
+    class Spy(FixedSchedule):
+        signals = frozenset({"motion_energy"})
+
+        def decide(self, signals, valid):
+            seen.append(signals)
+            return super().decide(signals, valid)
+
+    apply_cache(tiny.model, Spy([FULL, FULL, FULL]))
+    for s in range(NUM_STEPS):
+        denoise_step(tiny, tiny.model, s)
+    last = seen[-2]  # cond at step 2: two FULLs behind it
+    assert last.motion_energy is not None
+    assert last.residual_norm_ratio is None and last.residual_rel_l1 is None and last.mid_block_change is None
+    with pytest.raises(ValueError, match="unknown optional signals"):
+        apply_cache(TINY["wan"]().model, type("Bad", (FixedSchedule,), {"signals": frozenset({"vibes"})})([FULL]))
+
+
 def test_reuse_before_any_full_is_rejected_with_step_and_branch(tiny):
     apply_cache(tiny.model, FixedSchedule([STEP, FULL, FULL]), batched_cfg=tiny.batched_cfg)
     with pytest.raises(InvalidActionError, match=r"chose STEP at step 0, branch '(cond|uncond)'"):
@@ -241,6 +262,8 @@ def test_signals_follow_their_definitions():
     seen = []
 
     class Spy(FixedSchedule):
+        signals = None  # all optional signals
+
         def decide(self, signals, valid):
             seen.append((signals, valid))
             return super().decide(signals, valid)

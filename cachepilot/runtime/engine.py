@@ -19,7 +19,7 @@ from cachepilot.models.adapters import ModelAdapter
 
 from .actions import CFG, FULL, STEP, Action, Kind
 from .ledger import CacheSummary, Decision
-from .policy import Policy
+from .policy import OPTIONAL_SIGNALS, Policy
 from .signals import Signals, motion_energy, norm_ratio, rel_l1
 
 Streams = tuple  # (hidden,) or (hidden, encoder_hidden): what flows between blocks
@@ -119,6 +119,14 @@ class CacheRuntime:
         self.policy = policy
         self.num_blocks = len(adapter.blocks(transformer))
         self.mid_block = self.num_blocks // 2  # AdaCache reads this block's residual
+        wanted = getattr(policy, "signals", None)
+        wanted = OPTIONAL_SIGNALS if wanted is None else frozenset(wanted)
+        unknown = wanted - OPTIONAL_SIGNALS
+        if unknown:
+            raise ValueError(f"unknown optional signals {sorted(unknown)}; choose from {sorted(OPTIONAL_SIGNALS)}")
+        self.want_ratio = bool(wanted & {"residual_norm_ratio", "mag_accumulated_error"})
+        self.want_drift, self.want_motion = "residual_rel_l1" in wanted, "motion_energy" in wanted
+        self.want_mid, self.want_cfg_drift = "mid_block_change" in wanted, "cfg_diff_drift" in wanted
         self.block_ks = tuple(sorted({*getattr(policy, "block_ks", ()), *((policy.probe_blocks,) if policy.probe_blocks else ())}))
         for k in self.block_ks:
             if not 1 <= k < self.num_blocks:
@@ -298,10 +306,10 @@ class CacheRuntime:
                 call.temb = call.block_temb
         if index == self.policy.probe_blocks:
             self._decide(current)
-        if index in self.block_ks or index in (self.mid_block, self.mid_block + 1):
+        if index in self.block_ks or (self.want_mid and index in (self.mid_block, self.mid_block + 1)):
             call.h_at[index] = current
         out = self._run(index, forward, args, kwargs, current)
-        if index == self.mid_block == self.num_blocks - 1:  # one-block model: the mid block is the last
+        if self.want_mid and index == self.mid_block == self.num_blocks - 1:  # one block: mid block is the last
             call.h_at[index + 1] = out if isinstance(out, tuple) else (out,)
         if index == self.num_blocks - 1:
             out = self._finish(out if isinstance(out, tuple) else (out,))
@@ -365,15 +373,19 @@ class CacheRuntime:
         residual = _sub(_index(out, slice(row, row + 1)), _index(call.h_in, slice(row, row + 1)))
         if state.has_full[sample] and state.since_full[sample] is not None:
             gap = state.since_full[sample] + 1
-            state.mag_ratio[sample] = norm_ratio(residual[0][0], state.tails[0][0][sample]) ** (1.0 / gap)
-            state.residual_change[sample] = rel_l1(residual[0][0], state.tails[0][0][sample]) / gap
-        state.motion[sample] = motion_energy(residual[0][0], call.frames)
-        after_mid = call.h_at.get(self.mid_block + 1, out)
-        mid = (after_mid[0][row] - call.h_at[self.mid_block][0][row]).unsqueeze(0)
-        if state.has_full[sample] and state.mid_residual is not None:
-            gap = state.since_full[sample] + 1
-            state.mid_change[sample] = rel_l1(mid[0], state.mid_residual[sample]) / gap
-        state.mid_residual = _put1(state.mid_residual, sample, mid, state.size)
+            if self.want_ratio:
+                state.mag_ratio[sample] = norm_ratio(residual[0][0], state.tails[0][0][sample]) ** (1.0 / gap)
+            if self.want_drift:
+                state.residual_change[sample] = rel_l1(residual[0][0], state.tails[0][0][sample]) / gap
+        if self.want_motion:
+            state.motion[sample] = motion_energy(residual[0][0], call.frames)
+        if self.want_mid:
+            after_mid = call.h_at.get(self.mid_block + 1, out)
+            mid = (after_mid[0][row] - call.h_at[self.mid_block][0][row]).unsqueeze(0)
+            if state.has_full[sample] and state.mid_residual is not None:
+                gap = state.since_full[sample] + 1
+                state.mid_change[sample] = rel_l1(mid[0], state.mid_residual[sample]) / gap
+            state.mid_residual = _put1(state.mid_residual, sample, mid, state.size)
         state.tails[0] = _put(state.tails.get(0), [sample], residual, state.size)
         for k in self.block_ks:
             tail = _sub(_index(out, slice(row, row + 1)), _index(call.h_at[k], slice(row, row + 1)))
@@ -394,7 +406,7 @@ class CacheRuntime:
         if cond is None or sample >= cond.size or cond.out_step[sample] != self.call.step or not cond.out_full[sample]:
             return
         diff = _sub(_index(out, slice(row, row + 1)), _index(cond.out, slice(sample, sample + 1)))
-        if state.has_diff[sample]:
+        if state.has_diff[sample] and self.want_cfg_drift:
             state.cfg_drift[sample] = rel_l1(diff[0][0], state.diff[0][sample])
         state.diff = _put(state.diff, [sample], diff, state.size)
         state.has_diff[sample] = True
