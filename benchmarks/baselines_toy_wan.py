@@ -20,7 +20,7 @@ from cachepilot.infer.peers import PEERS, run_peer
 from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.registry import BASELINES, make_baseline
-from cachepilot.train.calibrate import load_calibration
+from cachepilot.policies.calibration import CALIBRATION_FILE, load_calibration
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--methods", default=",".join([b for b in BASELINES if b != "none"] + list(PEERS)))
-    parser.add_argument("--calibration", default=str(embedded_path("toy-wan") / "calibration.json"))
+    parser.add_argument("--calibration", default=str(embedded_path("toy-wan") / CALIBRATION_FILE))
     parser.add_argument("--json")
     args = parser.parse_args()
     pipe = load_pipeline("toy-wan")

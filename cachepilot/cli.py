@@ -127,7 +127,8 @@ def cmd_calibrate(args) -> int:
     import random
 
     from cachepilot.models.registry import get_spec, load_pipeline
-    from cachepilot.train.calibrate import calibrate, write_calibration
+    from cachepilot.policies.calibration import CALIBRATION_FILE, write_calibration
+    from cachepilot.train.calibrate import calibrate
 
     spec = get_spec(args.model)
     if args.prompts_file:
@@ -140,7 +141,7 @@ def cmd_calibrate(args) -> int:
         raise CachepilotError("pass --prompts-file (one prompt per line) to calibrate a real model")
     pipe = load_pipeline(args.model, args.model_path)
     record = calibrate(pipe, prompts, steps=args.steps, guidance=args.guidance, model_id=args.model)
-    out = write_calibration(record, args.out or Path("checkpoints") / args.model / "calibration.json")
+    out = write_calibration(record, args.out or Path("checkpoints") / args.model / CALIBRATION_FILE)
     tea = record["teacache"]
     print(f"wrote {out}: TeaCache fit R^2 {tea['r2']:.3f} over {tea['points']} points; "
           f"MagCache ratios for {', '.join(record['magcache']['mag_ratios'])}")

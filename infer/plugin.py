@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cachepilot.models.adapters import adapter_for
+from cachepilot.policies.calibration import CALIBRATION_FILE, load_calibration
 from cachepilot.policies.registry import get_baseline, make_baseline
 from cachepilot.runtime import apply_cache as _apply_runtime
 from cachepilot.runtime import cache_summary, remove_cache, reset_cache
@@ -14,10 +15,8 @@ __all__ = ["apply_cache", "remove_cache", "cache_summary", "reset_cache"]
 
 def _calibration_of(pipe) -> dict | None:
     """The calibration.json saved beside the pipeline's weights, if any."""
-    from cachepilot.train.calibrate import load_calibration
-
     folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    path = Path(folder) / "calibration.json" if folder else None
+    path = Path(folder) / CALIBRATION_FILE if folder else None
     return load_calibration(path) if path is not None and path.is_file() else None
 
 

@@ -30,6 +30,6 @@ class FixedSchedule(BasePolicy):
         if signals.step >= len(self.actions):
             raise IndexError(f"schedule has {len(self.actions)} steps; step {signals.step} requested")
         action = self.actions[signals.step]
-        if action is CFG or action == CFG:
+        if action == CFG:
             return FULL if signals.branch == "cond" else CFG
         return action

@@ -8,7 +8,7 @@ from cachepilot.cli import main
 from cachepilot.errors import CachepilotError
 from cachepilot.policies.magcache import MagCache, MagCacheConfig
 from cachepilot.policies.teacache import TeaCache
-from cachepilot.train.calibrate import load_calibration
+from cachepilot.policies.calibration import load_calibration
 
 
 def test_calibrate_toy_wan_end_to_end(tmp_path, capsys):

@@ -1,14 +1,11 @@
 """`cachepilot` end to end on toy-wan, and its one-line errors for bad input."""
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import imageio.v3 as iio
-import pytest
 
 from cachepilot.cli import main
 

@@ -11,9 +11,7 @@ logs, per call and branch, TeaCache's indicator change (x) and the relative chan
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,9 +19,6 @@ import torch
 from cachepilot.policies.base import BasePolicy
 from cachepilot.runtime import FULL, apply_cache, cache_summary, remove_cache
 from cachepilot.runtime.signals import rel_l1
-
-CALIBRATION_FILE = "calibration.json"
-
 
 @dataclass
 class _Recorder(BasePolicy):
@@ -99,25 +94,3 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
         "adacache": {"mid_block_change": _percentiles(mid)},
         "mixcache": {"residual_rel_l1": _percentiles(drift)},
     }
-
-
-def write_calibration(record: dict, path: str | Path) -> Path:
-    from cachepilot.io import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    return path
-
-
-def load_calibration(path: str | Path) -> dict:
-    from cachepilot.errors import CachepilotError
-
-    path = Path(path)
-    if not path.is_file():
-        raise CachepilotError(f"no calibration at {path}; run `cachepilot calibrate --model <name>` first")
-    try:
-        record = json.loads(path.read_text())
-        record["teacache"]["coefficients"], record["magcache"]["mag_ratios"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CachepilotError(f"calibration file {path} is corrupted or incomplete ({err}); recalibrate") from err
-    return record

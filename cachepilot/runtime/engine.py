@@ -36,7 +36,7 @@ class BranchState:
     size: int
     tails: dict[int, Streams] = field(default_factory=dict)  # k -> residual of blocks k..end (k=0: all)
     has_full: list[bool] = field(default_factory=list)
-    out: Streams | None = None  # block-stack output of the latest call
+    out: Streams | None = None  # block-stack output of the latest call (kept for the cond branch only)
     out_step: list[int] = field(default_factory=list)
     out_full: list[bool] = field(default_factory=list)
     diff: Streams | None = None  # (uncond - cond) block-stack outputs at the last step both were FULL
@@ -92,10 +92,6 @@ def _index(streams: Streams, idx) -> Streams:
 
 def _sub(a: Streams, b: Streams) -> Streams:
     return tuple(x - y for x, y in zip(a, b))
-
-
-def _add(a: Streams, b: Streams) -> Streams:
-    return tuple(x + y for x, y in zip(a, b))
 
 
 def _put(target: Streams | None, idx, values: Streams, size: int) -> Streams:
@@ -247,7 +243,6 @@ class CacheRuntime:
             acc_err = state.acc_err[sample] + abs(1 - state.acc_ratio[sample] * state.mag_ratio[sample])
         full = self.full.get(sample, 0.0)
         by_modulated = self.adapter.teacache_indicator == "modulated"
-        indicator = modulated if by_modulated else temb
         return Signals(
             step=call.step, num_steps=call.num_steps, branch=branch, sample=sample, sigma=call.sigma,
             timestep=call.timestep, temb_rel_l1=temb_change, temb_proj_rel_l1=proj_change, modulated_rel_l1=mod_change,
@@ -256,7 +251,7 @@ class CacheRuntime:
             cfg_diff_drift=state.cfg_drift[sample], mid_block_change=state.mid_change[sample],
             residual_rel_l1=state.residual_change[sample],
             steps_since_full=state.since_full[sample],
-            compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, indicator=indicator,
+            compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0,
         )
 
     def _decide(self, current: Streams) -> None:
@@ -320,7 +315,7 @@ class CacheRuntime:
         plan = self.call.plan
         if plan is None:  # probe blocks before the decision: everyone runs
             return forward(*args, **kwargs)
-        runs = [a.blocks_run(self.num_blocks) > index or index < self.policy.probe_blocks for a in plan]
+        runs = [a.blocks_run(self.num_blocks) > index for a in plan]  # the plan exists only after the probe blocks
         if all(runs):
             return forward(*args, **kwargs)
         passthrough = current if self.adapter.returns_encoder else current[0]
@@ -362,17 +357,19 @@ class CacheRuntime:
                 if state.mag_ratio[sample] is not None:
                     state.acc_ratio[sample] *= state.mag_ratio[sample]
                     state.acc_err[sample] += abs(1 - state.acc_ratio[sample])
-            state.out = _put(state.out, [sample], _index(out, slice(row, row + 1)), state.size)
-            state.out_step[sample], state.out_full[sample] = call.step, action.kind is Kind.FULL
-            if branch == "uncond" and action.kind is Kind.FULL:
+            if branch == "cond":  # only the cond output is ever reused (CFG, and the CFG difference)
+                state.out = _put(state.out, [sample], _index(out, slice(row, row + 1)), state.size)
+                state.out_step[sample], state.out_full[sample] = call.step, action.kind is Kind.FULL
+            elif action.kind is Kind.FULL:
                 self._store_diff(state, sample, row, out)
         return out
 
     def _store_full(self, state: BranchState, row: int, sample: int, out: Streams) -> None:
         call = self.call
         residual = _sub(_index(out, slice(row, row + 1)), _index(call.h_in, slice(row, row + 1)))
-        if state.has_full[sample] and state.since_full[sample] is not None:
-            gap = state.since_full[sample] + 1
+        # calls since the previous FULL of this sample, counting this one (None: this is its first FULL)
+        gap = state.since_full[sample] + 1 if state.has_full[sample] and state.since_full[sample] is not None else None
+        if gap is not None:
             if self.want_ratio:
                 state.mag_ratio[sample] = norm_ratio(residual[0][0], state.tails[0][0][sample]) ** (1.0 / gap)
             if self.want_drift:
@@ -382,8 +379,7 @@ class CacheRuntime:
         if self.want_mid:
             after_mid = call.h_at.get(self.mid_block + 1, out)
             mid = (after_mid[0][row] - call.h_at[self.mid_block][0][row]).unsqueeze(0)
-            if state.has_full[sample] and state.mid_residual is not None:
-                gap = state.since_full[sample] + 1
+            if gap is not None and state.mid_residual is not None:
                 state.mid_change[sample] = rel_l1(mid[0], state.mid_residual[sample]) / gap
             state.mid_residual = _put1(state.mid_residual, sample, mid, state.size)
         state.tails[0] = _put(state.tails.get(0), [sample], residual, state.size)
@@ -393,13 +389,10 @@ class CacheRuntime:
         state.has_full[sample] = True
         state.since_full[sample], state.acc_ratio[sample], state.acc_err[sample] = 0, 1.0, 0.0
         self.summary.full_stats.append({
-            "step": call.step, "branch": self._row_branch(row), "sample": sample,
+            "step": call.step, "branch": call.rows[row][0], "sample": sample,
             "residual_norm_ratio": state.mag_ratio[sample], "residual_rel_l1": state.residual_change[sample],
             "mid_block_change": state.mid_change[sample], "motion_energy": state.motion[sample],
         })
-
-    def _row_branch(self, row: int) -> str:
-        return self.call.rows[row][0]
 
     def _store_diff(self, state: BranchState, sample: int, row: int, out: Streams) -> None:
         cond = self.branches.get("cond")

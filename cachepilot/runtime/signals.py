@@ -56,7 +56,6 @@ class Signals:
     #                                 last two FULLs, divided by the calls between them
     steps_since_full: int | None  # calls of this branch since its last FULL (None: never computed)
     compute_spent: float  # fraction of full compute spent so far in this generation (this sample, both branches)
-    indicator: torch.Tensor | None = None  # raw TeaCache indicator (for calibration), not for learned policies
 
     @property
     def step_fraction(self) -> float | None:
@@ -67,6 +66,5 @@ class Signals:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d.pop("indicator")
         d["step_fraction"] = self.step_fraction
         return d
