@@ -5,6 +5,8 @@ Videos are (frames, H, W, 3) or batches of them; scores are averaged over frames
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -90,3 +92,46 @@ def lpips_distance(video, reference, random_backbone: bool = False) -> float:
         a = F.interpolate(a, scale_factor=scale, mode="bilinear", align_corners=False)
         b = F.interpolate(b, scale_factor=scale, mode="bilinear", align_corners=False)
     return float(model(a, b).mean())
+
+
+# ---- quality losses: one interface for rewards and reports ---------------------------------------
+PSNR_CAP = 50.0  # dB; at or above this a cached output counts as lossless
+
+
+@dataclass(frozen=True)
+class Quality:
+    metric: str
+    value: float  # the metric itself (dB for PSNR)
+    loss: float  # >= 0, 0 for an output identical to the reference
+
+
+def _psnr_quality(video, reference) -> Quality:
+    value = float(psnr(video, reference))
+    return Quality("psnr", value, (PSNR_CAP - min(value, PSNR_CAP)) / PSNR_CAP)
+
+
+def _ssim_quality(video, reference) -> Quality:
+    value = float(ssim(video, reference))
+    return Quality("ssim", value, max(0.0, 1.0 - value))
+
+
+def _lpips_quality(video, reference) -> Quality:
+    value = float(lpips_distance(video, reference))
+    return Quality("lpips", value, value)
+
+
+QUALITY_METRICS = {"psnr": _psnr_quality, "ssim": _ssim_quality, "lpips": _lpips_quality}
+QUALITY_LOSS_DOC = {
+    "psnr": f"(PSNR_CAP - min(psnr, PSNR_CAP)) / PSNR_CAP with PSNR_CAP = {PSNR_CAP:g} dB",
+    "ssim": "1 - ssim",
+    "lpips": "the LPIPS distance itself",
+}
+
+
+def quality(metric: str, video, reference) -> Quality:
+    """Score `video` against `reference` (frames in [0, 1]) and turn it into a loss (0 = identical)."""
+    try:
+        fn = QUALITY_METRICS[metric]
+    except KeyError:
+        raise ValueError(f"unknown quality metric {metric!r}; choose from {', '.join(QUALITY_METRICS)}") from None
+    return fn(video, reference)

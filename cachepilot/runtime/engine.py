@@ -257,17 +257,21 @@ class CacheRuntime:
     def _decide(self, current: Streams) -> None:
         call = self.call
         probe = _sub(current, call.h_in) if self.policy.probe_blocks else None
-        plan = []
-        for row, (branch, sample) in enumerate(call.rows):
-            signals = self._signals(row, branch, sample, probe)
-            valid = self.valid_actions(branch, sample)
-            action = self.policy.decide(signals, valid)
-            if action not in valid:
+        signals = [self._signals(row, branch, sample, probe) for row, (branch, sample) in enumerate(call.rows)]
+        valid = [self.valid_actions(branch, sample) for branch, sample in call.rows]
+        decide_batch = getattr(self.policy, "decide_batch", None)
+        if decide_batch is not None:  # one decision for the whole call (a network's batched forward, the env)
+            plan = list(decide_batch(signals, valid))
+        else:
+            plan = [self.policy.decide(s, v) for s, v in zip(signals, valid)]
+        if len(plan) != len(call.rows):
+            raise InvalidActionError(f"policy {self.summary.policy!r} returned {len(plan)} actions for {len(call.rows)} rows")
+        for row, ((branch, sample), action) in enumerate(zip(call.rows, plan)):
+            if action not in valid[row]:
                 raise InvalidActionError(
                     f"policy {self.summary.policy!r} chose {action} at step {call.step}, branch {branch!r}, "
-                    f"sample {sample}; valid now: {', '.join(map(str, valid))}"
+                    f"sample {sample}; valid now: {', '.join(map(str, valid[row]))}"
                 )
-            plan.append(action)
             state = self.branches[branch]
             # per-call signal memories are updated every call, whatever was decided (as TeaCache does)
             for attr, value in (("prev_temb", call.temb), ("prev_block_temb", call.block_temb), ("prev_modulated", call.modulated)):

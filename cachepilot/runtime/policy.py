@@ -6,6 +6,10 @@ runtime run that many leading blocks before asking (First-Block / DB cache need 
 `block_ks` lists the BLOCK_k actions the policy may emit (the runtime caches those tails only).
 `signals` names the optional, costlier signals it reads (OPTIONAL_SIGNALS; None = all of them); the
 runtime computes only those, so a policy pays only for what it observes.
+
+A policy may also define `decide_batch(signals, valid) -> list[Action]`: the runtime then asks once per
+call with every row's signals (a network decides a batch in one forward; the environment hands the
+whole batch to the agent). Rows are (branch, sample) pairs in batch order.
 """
 
 from __future__ import annotations

@@ -1,0 +1,79 @@
+"""BatchedCacheEnv: N CacheEnv episodes in lockstep in one batched transformer call, as a stable-baselines3 VecEnv.
+
+Samples whose action reuses are not computed (the runtime gathers the sub-batch that runs). Episodes all
+last `steps` steps, so the N episodes end together and restart together (SB3's auto-reset). Env i seeded
+with s + i draws exactly what `CacheEnv.reset(seed=s + i)` draws, so trajectories match N CacheEnvs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium.utils import seeding
+from stable_baselines3.common.vec_env import VecEnv
+
+from .episodes import CacheEpisodes
+
+
+class BatchedCacheEnv(VecEnv):
+    render_mode = None
+    def __init__(self, num_envs: int = 8, model: str = "toy-wan", **kwargs):
+        self.episodes = CacheEpisodes(model=model, **kwargs)
+        self.actions = self.episodes.actions
+        self.observation_spec = self.episodes.spec
+        super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
+        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self._pending = None
+
+    def reset(self):
+        for i, seed in enumerate(self._seeds):
+            if seed is not None:
+                self._rngs[i] = seeding.np_random(seed)[0]
+        drawn = [self.episodes.draw(rng, options) for rng, options in zip(self._rngs, self._options)]
+        obs, self.reset_infos = self.episodes.begin(drawn)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def step_async(self, actions) -> None:
+        self._pending = actions
+
+    def step_wait(self):
+        if self._pending is None:
+            raise RuntimeError("step_async() must come before step_wait()")
+        obs, rewards, done, infos = self.episodes.advance(self._pending)
+        self._pending = None
+        dones = np.full(self.num_envs, done)
+        if done:
+            for i, info in enumerate(infos):
+                info["terminal_observation"] = obs[i]
+                info["TimeLimit.truncated"] = False
+            obs = self.reset()
+        return obs, rewards.astype(np.float32), dones, infos
+
+    def action_masks(self) -> np.ndarray:
+        return np.stack(self.episodes.masks)
+
+    def close(self) -> None:
+        self.episodes.close()
+
+    # ---- the VecEnv attribute protocol: one shared environment object serves every index ----------
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self, attr_name) for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        if method_name == "action_masks":
+            masks = self.action_masks()
+            return [masks[i] for i in self._indices(indices)]
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
+        return [result for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False for _ in self._indices(indices)]

@@ -1,0 +1,227 @@
+"""The reference store: full-compute outputs (and, when asked, per-step trajectories) on disk, reused everywhere.
+
+One entry per (model, model hash, prompt, seed, steps, guidance, scheduler): a safetensors file holding
+`output` (the decoded frames, (F, H, W, 3) in [0, 1]) and optionally `trajectory` (the latents after
+every step) with the uncached run's signals in its metadata. `index.json` maps each entry's digest to its
+file and sha256; a missing, truncated or altered file fails the checksum and is rebuilt, never used.
+Writes are atomic and the index is updated under a file lock, so concurrent processes can share a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.policies.base import BasePolicy
+from cachepilot.runtime import FULL, apply_cache, remove_cache
+
+STORE_ENV = "CACHEPILOT_REFERENCES"
+FULL_HASH_LIMIT = 50_000_000  # parameters; above this the model hash reads per-tensor statistics, not bytes
+
+
+def default_root() -> Path:
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV])
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "cachepilot" / "references"
+
+
+def model_hash(pipe) -> str:
+    """A fingerprint of the weights that shape the output: every torch module of the pipeline.
+
+    Exact (all tensor bytes) for models up to FULL_HASH_LIMIT parameters; for larger ones, each tensor's
+    name, shape, dtype, sum and absolute sum (any retraining or swapped file still changes it).
+    """
+    digest = hashlib.sha256()
+    modules = sorted((name, m) for name, m in pipe.components.items() if isinstance(m, torch.nn.Module))
+    total = sum(p.numel() for _, m in modules for p in m.state_dict().values())
+    for name, module in modules:
+        digest.update(name.encode())
+        config = getattr(module, "config", None)
+        if config is not None:
+            digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            t = tensor.detach()
+            if total <= FULL_HASH_LIMIT:
+                digest.update(t.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            else:
+                digest.update(f"{float(t.double().sum()):.12e}{float(t.double().abs().sum()):.12e}".encode())
+    return digest.hexdigest()[:16]
+
+
+def scheduler_id(pipe) -> str:
+    scheduler = pipe.scheduler
+    config = json.dumps(dict(scheduler.config), sort_keys=True, default=str)
+    return f"{type(scheduler).__name__}-{hashlib.sha256(config.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class ReferenceKey:
+    model: str
+    model_hash: str
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    scheduler: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class Reference:
+    key: ReferenceKey
+    output: torch.Tensor  # (F, H, W, 3) float32 in [0, 1]
+    trajectory: torch.Tensor | None = None  # (steps, *latent shape): latents after each step
+    signals: list[dict] | None = None  # the uncached run's signals, one dict per transformer call
+
+
+def safetensors_metadata(data: bytes) -> dict:
+    """The string metadata of a safetensors blob (its JSON header's __metadata__)."""
+    header_len = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header_len]).get("__metadata__", {}) or {}
+
+
+class _Recorder(BasePolicy):
+    """Always FULL (bit-identical to the uncached model) while recording every call's signals."""
+
+    name = "reference"
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def decide(self, signals, valid):
+        self.records.append(signals.as_dict())
+        return FULL
+
+
+class ReferenceStore:
+    def __init__(self, pipe, model: str, steps: int = 50, guidance: float = 5.0, root: str | Path | None = None):
+        self.pipe, self.model, self.steps, self.guidance = pipe, model, int(steps), float(guidance)
+        self.root = Path(root) if root is not None else default_root()
+        self.model_hash = model_hash(pipe)
+        self.scheduler = scheduler_id(pipe)
+
+    def key(self, prompt: str, seed: int) -> ReferenceKey:
+        return ReferenceKey(self.model, self.model_hash, prompt, int(seed), self.steps, self.guidance, self.scheduler)
+
+    # ---- index ---------------------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.json"
+
+    @contextlib.contextmanager
+    def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _index(self) -> dict:
+        try:
+            return json.loads(self.index_path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            warnings.warn(f"reference index {self.index_path} is corrupted; entries will be rebuilt", stacklevel=3)
+            return {}
+
+    # ---- read ----------------------------------------------------------------------------
+    def load(self, prompt: str, seed: int, trajectory: bool = False) -> Reference | None:
+        """The stored reference, or None when it is missing, lacks a requested trajectory, or fails its checksum."""
+        key = self.key(prompt, seed)
+        entry = self._index().get(key.digest)
+        if entry is None or (trajectory and not entry.get("trajectory")):
+            return None
+        path = self.root / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        if data is None or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            warnings.warn(f"reference {path.name} is missing or corrupted (checksum mismatch); rebuilding it", stacklevel=2)
+            return None
+        tensors = load_safetensors(data)
+        signals = safetensors_metadata(data).get("signals")
+        return Reference(key, tensors["output"], tensors.get("trajectory"), json.loads(signals) if signals else None)
+
+    def get(self, prompt: str, seed: int, trajectory: bool = False) -> Reference:
+        return self.get_many([(prompt, seed)], trajectory=trajectory, progress=False)[0]
+
+    def get_many(self, pairs, trajectory: bool = False, batch_size: int = 16, progress: bool = True) -> list[Reference]:
+        """References for (prompt, seed) pairs, building the missing ones in batches (with a progress bar)."""
+        from tqdm.auto import tqdm
+
+        pairs = [(p, int(s)) for p, s in pairs]
+        found = {pair: self.load(*pair, trajectory=trajectory) for pair in dict.fromkeys(pairs)}
+        missing = [pair for pair, ref in found.items() if ref is None]
+        bar = tqdm(total=len(missing), desc="building references", disable=not progress or not missing)
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start : start + batch_size]
+            for pair, ref in zip(chunk, self._build(chunk, trajectory)):
+                found[pair] = ref
+            bar.update(len(chunk))
+        bar.close()
+        return [found[pair] for pair in pairs]
+
+    # ---- build ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _build(self, pairs: list[tuple[str, int]], trajectory: bool) -> list[Reference]:
+        pipe = self.pipe
+        recorder = _Recorder()
+        latents: list[torch.Tensor] = []
+
+        def keep_latents(_pipe, _i, _t, kwargs):
+            latents.append(kwargs["latents"].detach().float().cpu())
+            return kwargs
+
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in pairs]
+        apply_cache(pipe, recorder, num_inference_steps=self.steps)
+        try:
+            pipe.set_progress_bar_config(disable=True)
+            frames = pipe(prompt=[p for p, _ in pairs], num_inference_steps=self.steps, guidance_scale=self.guidance,
+                          generator=generators, output_type="np", callback_on_step_end=keep_latents).frames
+        finally:
+            remove_cache(pipe)
+        refs = []
+        for i, (prompt, seed) in enumerate(pairs):
+            traj = torch.stack([lat[i] for lat in latents]) if trajectory else None
+            signals = [r for r in recorder.records if r["sample"] == i] if trajectory else None
+            ref = Reference(self.key(prompt, seed), torch.as_tensor(frames[i], dtype=torch.float32), traj, signals)
+            self._write(ref)
+            refs.append(ref)
+        return refs
+
+    def _write(self, ref: Reference) -> None:
+        digest = ref.key.digest
+        tensors = {"output": ref.output.contiguous()}
+        if ref.trajectory is not None:
+            tensors["trajectory"] = ref.trajectory.contiguous()
+        metadata = {"key": json.dumps(asdict(ref.key), sort_keys=True)}
+        if ref.signals is not None:
+            metadata["signals"] = json.dumps(ref.signals)
+        data = save_safetensors(tensors, metadata=metadata)
+        entry = {"file": f"{digest}.safetensors", "sha256": hashlib.sha256(data).hexdigest(), "key": asdict(ref.key),
+                 "trajectory": ref.trajectory is not None}
+        atomic_write_bytes(self.root / entry["file"], data)
+        with self._locked():
+            index = self._index()
+            index[digest] = entry
+            atomic_write_text(self.index_path, json.dumps(index, indent=1, sort_keys=True))

@@ -1,0 +1,113 @@
+"""The observation vector a learned policy sees: the runtime's signals plus the compute budget, normalised.
+
+The spec is data (feature names, order, normalisation), saved with every policy file, so inference rebuilds
+exactly the vector the policy was trained on. Each feature is: the raw value, optionally log10(value +
+1e-4), then (value - center) / scale, clipped to [-CLIP, CLIP]; a value that is not defined yet (no FULL
+so far, no previous call) becomes `missing`.
+
+Two features come from the budget rather than the signals:
+  budget       the target fraction of full compute for the whole generation
+  budget_left  the fraction of full compute per remaining step that would land exactly on the budget:
+               (budget * steps - spent so far, in full steps) / steps remaining
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from cachepilot.runtime import Signals
+
+CLIP = 5.0
+LOG_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    center: float = 0.0
+    scale: float = 1.0
+    log: bool = False
+    missing: float = 0.0
+
+    def normalise(self, value: float | None) -> float:
+        if value is None or not math.isfinite(value):
+            return self.missing
+        if self.log:
+            value = math.log10(max(value, 0.0) + LOG_EPS)
+        return float(min(CLIP, max(-CLIP, (value - self.center) / self.scale)))
+
+
+def _rel(name: str) -> Feature:  # rel-L1 style signals span decades: 1e-4 .. 1 maps to -1 .. 1
+    return Feature(name, center=-2.0, scale=2.0, log=True, missing=-1.0)
+
+
+DEFAULT_FEATURES: tuple[Feature, ...] = (
+    Feature("step_fraction", center=0.5, scale=0.5),
+    Feature("sigma", center=0.5, scale=0.5),
+    _rel("temb_rel_l1"),
+    _rel("modulated_rel_l1"),
+    Feature("residual_norm_ratio", center=1.0, scale=0.1),
+    _rel("mag_accumulated_error"),
+    _rel("residual_rel_l1"),
+    Feature("motion_energy", center=0.5, scale=0.5),
+    _rel("cfg_diff_drift"),
+    Feature("steps_since_full", center=0.0, scale=5.0, missing=-1.0),
+    Feature("compute_spent", center=0.5, scale=0.5),
+    Feature("budget", center=0.5, scale=0.5),
+    Feature("budget_left", center=0.5, scale=0.5),
+)
+BUDGET_FEATURES = frozenset({"budget", "budget_left"})
+
+
+def budget_left(signals: Signals, budget: float) -> float | None:
+    """Fraction of full compute per remaining step that spends exactly the budget (see the module docstring)."""
+    if not signals.num_steps:
+        return None
+    remaining = max(signals.num_steps - signals.step, 1)
+    return (budget * signals.num_steps - signals.compute_spent * signals.step) / remaining
+
+
+@dataclass(frozen=True)
+class ObservationSpec:
+    features: tuple[Feature, ...] = DEFAULT_FEATURES
+    version: int = 1
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def size(self) -> int:
+        return len(self.features)
+
+    @property
+    def signals_read(self) -> frozenset[str]:
+        """The runtime's optional signals this spec reads (so the runtime computes only those)."""
+        from cachepilot.runtime.policy import OPTIONAL_SIGNALS
+
+        return frozenset(self.names) & OPTIONAL_SIGNALS
+
+    @property
+    def needs_modulated_input(self) -> bool:
+        return "modulated_rel_l1" in self.names
+
+    def build(self, signals: Signals, budget: float) -> np.ndarray:
+        raw = signals.as_dict() | {"budget": budget, "budget_left": budget_left(signals, budget)}
+        return np.array([f.normalise(raw[f.name]) for f in self.features], dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "clip": CLIP, "log_eps": LOG_EPS, "features": [asdict(f) for f in self.features]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ObservationSpec":
+        if data.get("version") != 1 or data.get("clip") != CLIP or data.get("log_eps") != LOG_EPS:
+            raise ValueError(f"unsupported observation spec (version {data.get('version')!r}); this cachepilot reads version 1")
+        known = set(Signals.__dataclass_fields__) | {"step_fraction"} | BUDGET_FEATURES
+        features = tuple(Feature(**f) for f in data["features"])
+        unknown = [f.name for f in features if f.name not in known]
+        if unknown:
+            raise ValueError(f"observation spec names unknown features {unknown}")
+        return cls(features=features)
