@@ -148,6 +148,26 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_references_build(args) -> int:
+    from cachepilot.envs.episodes import make_pairs
+    from cachepilot.envs.references import ReferenceStore
+    from cachepilot.models.registry import get_spec, load_pipeline
+
+    if args.prompts_file:
+        prompts = [p.strip() for p in Path(args.prompts_file).read_text().splitlines() if p.strip()]
+    elif get_spec(args.model).family == "toy-wan":
+        prompts = args.split
+    else:
+        raise CachepilotError("pass --prompts-file (one prompt per line) to build references for a real model")
+    pairs = make_pairs(args.model, prompts, args.pairs)
+    pipe = load_pipeline(args.model, args.model_path)
+    store = ReferenceStore(pipe, args.model, steps=args.steps, guidance=args.guidance, root=args.root)
+    store.get_many(pairs, trajectory=args.trajectory, batch_size=args.batch_size)
+    print(f"{len(pairs)} references ready in {store.root} (model hash {store.model_hash}, {args.steps} steps, "
+          f"guidance {args.guidance}{', with trajectories' if args.trajectory else ''})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="write per-video verdicts here")
     p.add_argument("--update-card", action="store_true", help="store the scores in the model card")
     p.set_defaults(func=cmd_check_model)
+
+    p = sub.add_parser("references", help="the store of full-compute reference outputs used by the environments")
+    refs = p.add_subparsers(dest="references_command", required=True)
+    p = refs.add_parser("build", help="pre-build the references of a prompt split (missing or corrupted ones only)")
+    p.add_argument("--model", default="toy-wan")
+    p.add_argument("--model-path")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split")
+    p.add_argument("--pairs", type=int, default=64, help="(prompt i, seed i) pairs, the environments' default count")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--trajectory", action="store_true", help="also store per-step latents and signals")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--root", help="store folder (default: $CACHEPILOT_REFERENCES or ~/.cache/cachepilot/references)")
+    p.set_defaults(func=cmd_references_build)
     return parser
 
 

@@ -1,0 +1,147 @@
+"""The reference store: round trip, reuse, corruption detection, keys; the observation spec; step-level policies."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cachepilot.cli import main
+from cachepilot.envs.references import ReferenceStore, model_hash
+from cachepilot.policies.observation import DEFAULT_FEATURES, Feature, ObservationSpec
+from cachepilot.policies.step_level import StepLevelPolicy
+from cachepilot.runtime import CFG, FULL, STEP, Signals
+
+PROMPT = "a red square moving left quickly on a plain background"
+
+
+@pytest.fixture
+def store(toy_pipe, tmp_path):
+    return ReferenceStore(toy_pipe, "toy-wan", steps=4, guidance=5.0, root=tmp_path / "refs")
+
+
+def test_round_trip_matches_an_uncached_generation(store, toy_pipe):
+    ref = store.get(PROMPT, 3, trajectory=True)
+    frames = toy_pipe(prompt=[PROMPT], num_inference_steps=4, guidance_scale=5.0,
+                      generator=[torch.Generator().manual_seed(3)], output_type="np").frames[0]
+    np.testing.assert_allclose(ref.output.numpy(), frames, atol=1e-6)
+    assert ref.trajectory.shape[0] == 4 and len(ref.signals) == 8  # 4 steps x (cond, uncond)
+    again = store.load(PROMPT, 3, trajectory=True)
+    assert torch.equal(again.output, ref.output) and torch.equal(again.trajectory, ref.trajectory)
+    assert again.signals == ref.signals
+
+
+def test_reuse_across_store_instances_without_recomputing(store, toy_pipe, monkeypatch):
+    store.get(PROMPT, 0)
+    other = ReferenceStore(toy_pipe, "toy-wan", steps=4, guidance=5.0, root=store.root)
+    monkeypatch.setattr(other, "_build", lambda *a: pytest.fail("rebuilt an existing reference"))
+    assert other.get(PROMPT, 0) is not None
+    assert store.load(PROMPT, 0, trajectory=True) is None  # stored without a trajectory
+
+
+def test_corrupted_or_truncated_entry_is_detected_and_rebuilt(store):
+    ref = store.get(PROMPT, 1)
+    entry = json.loads(store.index_path.read_text())[ref.key.digest]
+    path = store.root / entry["file"]
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="corrupted"):
+        assert store.load(PROMPT, 1) is None
+    path.write_bytes(bytes(data[:100]))
+    with pytest.warns(UserWarning, match="corrupted"):
+        rebuilt = store.get(PROMPT, 1)
+    assert torch.equal(rebuilt.output, ref.output)
+    assert store.load(PROMPT, 1) is not None
+
+
+def test_corrupted_index_is_rebuilt(store):
+    store.get(PROMPT, 2)
+    store.index_path.write_text("{not json")
+    with pytest.warns(UserWarning, match="index"):
+        assert store.get(PROMPT, 2) is not None
+    assert store.load(PROMPT, 2) is not None
+
+
+def test_keys_separate_everything_that_changes_the_output(store, toy_pipe):
+    keys = {store.key(PROMPT, 0).digest, store.key(PROMPT, 1).digest, store.key("a red circle", 0).digest,
+            ReferenceStore(toy_pipe, "toy-wan", steps=5, root=store.root).key(PROMPT, 0).digest,
+            ReferenceStore(toy_pipe, "toy-wan", steps=4, guidance=3.0, root=store.root).key(PROMPT, 0).digest}
+    assert len(keys) == 5
+    before = model_hash(toy_pipe)
+    with torch.no_grad():
+        p = next(toy_pipe.transformer.parameters())
+        saved = p.clone()
+        p[0] += 1e-3
+        changed = model_hash(toy_pipe)
+        p.copy_(saved)
+    assert changed != before and model_hash(toy_pipe) == before
+
+
+def test_references_build_cli(tmp_path, capsys):
+    assert main(["references", "build", "--pairs", "2", "--steps", "3", "--root", str(tmp_path)]) == 0
+    assert "2 references ready" in capsys.readouterr().out
+    assert len(json.loads((tmp_path / "index.json").read_text())) == 2
+
+
+# ---- observation spec -------------------------------------------------------------------------
+def _signals(**kw):
+    base = dict(step=10, num_steps=50, branch="cond", sample=0, sigma=0.8, timestep=800.0, temb_rel_l1=0.01,
+                temb_proj_rel_l1=None, modulated_rel_l1=None, indicator_rel_l1=0.01, probe_rel_l1=None,
+                residual_norm_ratio=0.95, residual_rel_l1=None, mag_accumulated_error=0.0, motion_energy=0.3,
+                cfg_diff_drift=None, mid_block_change=None, steps_since_full=2, compute_spent=0.5)
+    return Signals(**(base | kw))
+
+
+def test_observation_normalisation_is_documented_arithmetic():
+    spec = ObservationSpec()
+    obs = dict(zip(spec.names, spec.build(_signals(), budget=0.4)))
+    assert obs["step_fraction"] == pytest.approx((10 / 49 - 0.5) / 0.5)
+    assert obs["temb_rel_l1"] == pytest.approx((np.log10(0.01 + 1e-4) + 2) / 2)
+    assert obs["modulated_rel_l1"] == -1.0  # missing
+    assert obs["residual_norm_ratio"] == pytest.approx(-0.5)
+    assert obs["steps_since_full"] == pytest.approx(0.4)
+    # 0.4 * 50 steps allowed, 0.5 * 10 spent, 40 steps left
+    assert obs["budget_left"] == pytest.approx(((0.4 * 50 - 0.5 * 10) / 40 - 0.5) / 0.5)
+    assert Feature("x", scale=0.01).normalise(1.0) == 5.0 and Feature("x").normalise(float("nan")) == 0.0
+
+
+def test_observation_spec_round_trip_and_validation():
+    spec = ObservationSpec()
+    again = ObservationSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec and again.features == DEFAULT_FEATURES
+    bad = spec.to_dict() | {"features": [{"name": "colour_of_the_sky"}]}
+    with pytest.raises(ValueError, match="unknown features"):
+        ObservationSpec.from_dict(bad)
+    with pytest.raises(ValueError, match="version"):
+        ObservationSpec.from_dict(spec.to_dict() | {"version": 2})
+
+
+# ---- step-level policies ------------------------------------------------------------------------
+class Scripted(StepLevelPolicy):
+    def __init__(self, picks):
+        super().__init__((FULL, STEP, CFG))
+        self.picks, self.seen_masks = list(picks), []
+
+    def choose(self, signals, masks):
+        self.seen_masks.append([m.tolist() for m in masks])
+        return [self.picks[signals[0].step]] * len(signals)
+
+
+def test_step_level_cfg_means_cond_full_uncond_rebuilt():
+    policy = Scripted([0, 2, 1])
+    all_valid = (FULL, STEP, CFG)
+    plan = []
+    for step in range(3):
+        plan.append(policy.decide(_signals(step=step, branch="cond"), (FULL, STEP)))
+        plan.append(policy.decide(_signals(step=step, branch="uncond"), all_valid))
+    assert plan == [FULL, FULL, FULL, CFG, STEP, STEP]
+    assert policy.seen_masks[0] == [[True, False, False]]  # nothing cached yet: FULL only
+    assert policy.seen_masks[1] == [[True, True, True]]
+
+
+def test_step_level_policy_without_uncond_branch_never_offers_cfg():
+    policy = Scripted([0, 1])
+    policy.decide(_signals(step=0), (FULL,))
+    policy.decide(_signals(step=1), (FULL, STEP))
+    assert policy.seen_masks[1] == [[True, True, False]]
