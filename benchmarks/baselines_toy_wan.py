@@ -16,7 +16,7 @@ import statistics
 import torch
 
 from cachepilot.infer.evaluate import run_method, timed_reference
-from cachepilot.infer.peers import PEERS, run_peer
+from cachepilot.infer.peers import PEERS, available_peers, run_peer
 from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.registry import BASELINES, make_baseline
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=5.0)
-    parser.add_argument("--methods", default=",".join([b for b in BASELINES if b != "none"] + list(PEERS)))
+    parser.add_argument("--methods", default=",".join([b for b in BASELINES if b != "none"] + available_peers()))
     parser.add_argument("--calibration", default=str(embedded_path("toy-wan") / CALIBRATION_FILE))
     parser.add_argument("--json")
     args = parser.parse_args()

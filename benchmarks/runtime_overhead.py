@@ -1,12 +1,12 @@
 """Runtime overhead and real savings on toy-wan (CPU), 50-step CFG generations.
 
 1. Overhead: the runtime with a policy that always says FULL vs the bare pipeline (median wall time,
-   runs interleaved in one process). Target: within 3%. Also with every optional signal computed
+   runs interleaved in one process, order reversed every other run). Target: within 3%. Also with every optional signal computed
    (what a learned policy that observes everything costs).
 2. Savings: a fixed schedule that computes 40% of the calls (FULL on evenly spaced steps, STEP between)
    vs always-FULL, timing the transformer calls only. Target: >= 2x.
 
-    python benchmarks/runtime_overhead.py [--runs 7] [--json results/runtime_overhead.json]
+    python benchmarks/runtime_overhead.py [--runs 7] [--threads N] [--json results/runtime_overhead.json]
 """
 
 from __future__ import annotations
@@ -46,28 +46,40 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--fraction", type=float, default=0.4)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy-wan")
     pipe.set_progress_bar_config(disable=True)
     timed(pipe, 5, 0)  # warm-up
 
     bare, hooked, hooked_all, transformer_full, transformer_sched, pipeline_sched = [], [], [], [], [], []
     schedule = FixedSchedule.uniform(args.steps, args.fraction)
-    for run in range(args.runs):  # interleave so drift in machine speed hits all variants alike
-        bare.append(timed(pipe, args.steps, run))
-        apply_cache(pipe, NoCache())
-        hooked.append(timed(pipe, args.steps, run))
-        transformer_full.append(cache_summary(pipe).wall_time)
-        remove_cache(pipe)
-        apply_cache(pipe, FullReadingEverything())
-        hooked_all.append(timed(pipe, args.steps, run))
-        remove_cache(pipe)
-        apply_cache(pipe, schedule)
-        pipeline_sched.append(timed(pipe, args.steps, run))
-        summary = cache_summary(pipe)
-        transformer_sched.append(summary.wall_time)
-        remove_cache(pipe)
+    def run_hooked(policy, walls=None) -> float:
+        apply_cache(pipe, policy)
+        try:
+            seconds = timed(pipe, args.steps, run)
+            if walls is not None:
+                walls.append(cache_summary(pipe).wall_time)
+            return seconds
+        finally:
+            remove_cache(pipe)
+
+    for run in range(args.runs):  # interleaved, order reversed every other run (ABBA): drift hits all alike
+        variants = [
+            lambda: bare.append(timed(pipe, args.steps, run)),
+            lambda: hooked.append(run_hooked(NoCache(), transformer_full)),
+            lambda: hooked_all.append(run_hooked(FullReadingEverything())),
+            lambda: pipeline_sched.append(run_hooked(schedule, transformer_sched)),
+        ]
+        for variant in variants if run % 2 == 0 else variants[::-1]:
+            variant()
+    apply_cache(pipe, schedule)
+    timed(pipe, args.steps, 0)
+    summary = cache_summary(pipe)
+    remove_cache(pipe)
 
     med = statistics.median
     result = {
@@ -76,6 +88,7 @@ def main() -> None:
         "bare_pipeline_s": med(bare), "runtime_full_pipeline_s": med(hooked),
         "overhead_pct": 100 * (med(hooked) / med(bare) - 1),
         "overhead_min_pct": 100 * (min(hooked) / min(bare) - 1),
+        "overhead_paired_pct": 100 * (med([h / b for h, b in zip(hooked, bare)]) - 1),
         "runtime_full_all_signals_pipeline_s": med(hooked_all),
         "overhead_all_signals_pct": 100 * (med(hooked_all) / med(bare) - 1),
         "schedule_computed_fraction": summary.computed_fraction,
@@ -90,6 +103,7 @@ def main() -> None:
     print(f"| runtime, always FULL, s / video | {result['runtime_full_pipeline_s']:.3f} |")
     print(f"| runtime overhead (medians) | {result['overhead_pct']:+.1f}% |")
     print(f"| runtime overhead (fastest runs) | {result['overhead_min_pct']:+.1f}% |")
+    print(f"| runtime overhead (median of per-run ratios) | {result['overhead_paired_pct']:+.1f}% |")
     print(f"| runtime, always FULL, every optional signal computed, s / video | {result['runtime_full_all_signals_pipeline_s']:.3f} |")
     print(f"| runtime overhead with every signal | {result['overhead_all_signals_pct']:+.1f}% |")
     print(f"| fixed schedule computed fraction | {result['schedule_computed_fraction']:.2f} |")

@@ -1,4 +1,5 @@
-"""diffusers' own caches as peer methods, run by the same evaluation code as ours.
+"""Other projects' caches as peer methods (diffusers' own; cache-dit's DBCache when installed), run by the
+same evaluation code as ours.
 
 Compute is measured, not assumed: a forward hook on a submodule of every block counts the blocks that
 really ran (a cache that skips a block never calls its submodules), and the transformer's calls are timed.
@@ -13,6 +14,7 @@ from typing import Callable
 import torch
 
 from cachepilot.models.adapters import adapter_for
+from cachepilot.policies.dbcache import default_front_blocks
 
 from .evaluate import PairResult, generate_batch, score
 
@@ -23,10 +25,24 @@ class Peer:
     knob: str
     default: float
     sweep: tuple[float, ...]
-    config: Callable[[float, int, dict | None], object]  # (knob, steps, calibration) -> diffusers cache config
+    config: Callable[[float, int, dict | None, int], object]  # (knob, steps, calibration, blocks) -> cache config
+    library: str = "diffusers"
+
+    def enable(self, pipe, value: float, steps: int, calibration: dict | None) -> None:
+        config = self.config(value, steps, calibration, len(adapter_for(pipe.transformer).blocks(pipe.transformer)))
+        if self.library == "cache-dit":
+            _cache_dit().enable_cache(_cache_dit_adapter(pipe), cache_config=config)
+        else:
+            pipe.transformer.enable_cache(config)
+
+    def disable(self, pipe) -> None:
+        if self.library == "cache-dit":
+            _cache_dit().disable_cache(pipe)
+        else:
+            pipe.transformer.disable_cache()
 
 
-def _magcache(value, steps, calibration):
+def _magcache(value, steps, calibration, blocks):
     from diffusers import MagCacheConfig
 
     if calibration is None:
@@ -35,23 +51,64 @@ def _magcache(value, steps, calibration):
     return MagCacheConfig(threshold=value, num_inference_steps=steps, mag_ratios=calibration["magcache"]["mag_ratios"]["cond"])
 
 
-def _fbcache(value, steps, calibration):
+def _fbcache(value, steps, calibration, blocks):
     from diffusers import FirstBlockCacheConfig
 
     return FirstBlockCacheConfig(threshold=value)
 
 
-def _taylorseer(value, steps, calibration):
+def _taylorseer(value, steps, calibration, blocks):
     from diffusers import TaylorSeerCacheConfig
 
     return TaylorSeerCacheConfig(cache_interval=int(value), use_lite_mode=True, taylor_factors_dtype=torch.float32)
+
+
+def _cache_dit():
+    try:
+        import cache_dit
+    except ImportError:
+        raise PeerUnavailable("the cache-dit peer needs the optional extra: pip install 'cachepilot[peers]' "
+                              "(or pip install cache-dit)") from None
+    return cache_dit
+
+
+def _cache_dit_adapter(pipe):
+    """cache-dit's block adapter for a Wan-style transformer (its own Wan adapter, minus the pipeline-class check)."""
+    cache_dit = _cache_dit()
+    transformer = pipe.transformer
+    adapter = adapter_for(transformer)
+    if adapter.family != "wan":
+        raise PeerUnavailable(f"the cache-dit peer is wired for Wan-style transformers here, not {adapter.family}")
+    return cache_dit.BlockAdapter(pipe=pipe, transformer=transformer, blocks=getattr(transformer, adapter.block_lists[0]),
+                                  forward_pattern=cache_dit.ForwardPattern.Pattern_2, has_separate_cfg=True)
+
+
+def _dbcache(value, steps, calibration, blocks):
+    # the same Fn / Bn as our dbcache baseline (cache-dit's F8B0, Fn capped at half the blocks)
+    return _cache_dit().DBCacheConfig(Fn_compute_blocks=default_front_blocks(blocks), Bn_compute_blocks=0, residual_diff_threshold=value,
+                                   max_warmup_steps=8, num_inference_steps=steps)
+
+
+class PeerUnavailable(RuntimeError):
+    pass
 
 
 PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("diffusers-fbcache", "threshold", 0.05, (0.03, 0.05, 0.1, 0.2), _fbcache),
     Peer("diffusers-magcache", "threshold", 0.06, (0.06, 0.12, 0.24), _magcache),
     Peer("diffusers-taylorseer", "cache_interval", 5, (2, 3, 5), _taylorseer),
+    Peer("cache-dit-dbcache", "threshold", 0.08, (0.04, 0.08, 0.12, 0.2), _dbcache, library="cache-dit"),
 ]}
+
+
+def available_peers() -> list[str]:
+    """Peers whose library is importable here (cache-dit is an optional extra)."""
+    try:
+        import cache_dit  # noqa: F401
+        has_cache_dit = True
+    except ImportError:
+        has_cache_dit = False
+    return [name for name, p in PEERS.items() if p.library != "cache-dit" or has_cache_dit]
 
 
 def run_peer(pipe, peer: Peer, value: float, prompts, seeds, reference, steps: int, guidance: float,
@@ -72,11 +129,11 @@ def run_peer(pipe, peer: Peer, value: float, prompts, seeds, reference, steps: i
 
     handles = [next(b.children()).register_forward_hook(ran) for b in blocks]
     handles += [transformer.register_forward_pre_hook(before), transformer.register_forward_hook(after)]
-    transformer.enable_cache(peer.config(value, steps, calibration))
+    peer.enable(pipe, value, steps, calibration)
     try:
         frames = generate_batch(pipe, prompts, seeds, steps, guidance)
     finally:
-        transformer.disable_cache()
+        peer.disable(pipe)
         for h in handles:
             h.remove()
     fraction = counts["blocks"] / (counts["calls"] * len(blocks))

@@ -1,7 +1,7 @@
 """DBCache (cache-dit): Fn front blocks always run and give the signal; the middle is reused while the
-rel-L1 change of the Fn residual stays under the threshold, after a warm-up. Bn back blocks always
-running is not expressible as one BLOCK_k action, so this re-implementation supports Bn = 0 (cache-dit's
-default) and says so.
+rel-L1 change of the Fn residual stays under the threshold, after a warm-up; the Bn back blocks always
+run (on the front output plus the cached middle residual: the runtime's BLOCK_k_b action). cache-dit's
+own DBCache runs beside it as a peer when installed (cachepilot.infer.peers).
 """
 
 from __future__ import annotations
@@ -13,10 +13,15 @@ from cachepilot.runtime import FULL, Action, Signals
 from .base import BasePolicy
 
 
+def default_front_blocks(num_blocks: int) -> int:
+    """cache-dit's Fn = 8, capped at half the blocks so small models keep something to reuse."""
+    return min(8, max(1, num_blocks // 2))
+
+
 @dataclass
 class DBCacheConfig:
     front_blocks: int = 8  # Fn
-    back_blocks: int = 0  # Bn (only 0 supported)
+    back_blocks: int = 0  # Bn
     threshold: float = 0.08
     warmup_steps: int = 8
     sweep: tuple[float, ...] = (0.04, 0.08, 0.12, 0.2)
@@ -28,13 +33,14 @@ class DBCache(BasePolicy):
 
     def __init__(self, config: DBCacheConfig | None = None, **overrides):
         self.config = config or DBCacheConfig(**overrides)
-        if self.config.back_blocks != 0:
-            raise ValueError("DBCache with Bn > 0 is not supported by the runtime's BLOCK_k action; use Bn = 0")
+        if self.config.back_blocks < 0:
+            raise ValueError(f"DBCache needs Bn >= 0, got {self.config.back_blocks}")
+        self.back_blocks = self.config.back_blocks
         self.probe_blocks = self.config.front_blocks
         self.block_ks = (self.config.front_blocks,)
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
-        reuse = Action.block(self.config.front_blocks)
+        reuse = Action.block(self.config.front_blocks, self.config.back_blocks)
         if (signals.step >= self.config.warmup_steps and signals.probe_rel_l1 is not None
                 and signals.probe_rel_l1 <= self.config.threshold and reuse in valid):
             return reuse

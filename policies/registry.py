@@ -9,7 +9,7 @@ from cachepilot.errors import CachepilotError
 
 from .adacache import AdaCache, AdaCacheConfig
 from .base import NoCache
-from .dbcache import DBCache, DBCacheConfig
+from .dbcache import DBCache, DBCacheConfig, default_front_blocks
 from .first_block import FirstBlockCache, FirstBlockConfig
 from .magcache import MagCache, MagCacheConfig
 from .mixcache import MixCache, MixCacheConfig
@@ -41,9 +41,8 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
              lambda v, cal, n: MagCache(MagCacheConfig.from_calibration(_need(cal, "MagCache"), threshold=v))),
     Baseline("first-block", "threshold", FirstBlockConfig.threshold, FirstBlockConfig.sweep,
              lambda v, cal, n: FirstBlockCache(threshold=v)),
-    # cache-dit's Fn = 8, capped at half the blocks so small models keep something to reuse
     Baseline("dbcache", "threshold", DBCacheConfig.threshold, DBCacheConfig.sweep,
-             lambda v, cal, n: DBCache(threshold=v, front_blocks=min(8, max(1, n // 2)))),
+             lambda v, cal, n: DBCache(threshold=v, front_blocks=default_front_blocks(n))),
     Baseline("adacache", "threshold_scale", AdaCacheConfig.threshold_scale, AdaCacheConfig.sweep,
              lambda v, cal, n: AdaCache(threshold_scale=v)),
     Baseline("mixcache", "scale", 1.0, MixCacheConfig.sweep, lambda v, cal, n: MixCache(scale=v)),

@@ -17,7 +17,12 @@ class FixedSchedule(BasePolicy):
 
     def __init__(self, actions: Sequence[Action | str]):
         self.actions = tuple(a if isinstance(a, Action) else Action.parse(a) for a in actions)
-        self.block_ks = tuple(sorted({a.k for a in self.actions if a.kind is Kind.BLOCK}))
+        blocks = [a for a in self.actions if a.kind is Kind.BLOCK]
+        self.block_ks = tuple(sorted({a.k for a in blocks}))
+        backs = {a.back for a in blocks}
+        if len(backs) > 1:
+            raise ValueError(f"a schedule's BLOCK actions share one number of trailing blocks; got {sorted(backs)}")
+        self.back_blocks = backs.pop() if backs else 0
 
     @classmethod
     def uniform(cls, num_steps: int, computed_fraction: float, reuse: Action = STEP) -> "FixedSchedule":

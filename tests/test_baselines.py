@@ -100,6 +100,14 @@ def test_dbcache_warms_up_then_reuses_after_front_blocks():
     assert run(policy, [sig(i, 5, probe_rel_l1=c) for i, c in enumerate(changes)]) == ["F", "F", "BLOCK_2", "F", "BLOCK_2"]
 
 
+def test_dbcache_with_back_blocks_emits_block_k_b():
+    policy = DBCache(front_blocks=2, back_blocks=1, threshold=0.1, warmup_steps=1)
+    assert policy.back_blocks == 1 and policy.block_ks == (2,)
+    valid = ALL + (Action.block(2, 1),)
+    decisions = [str(policy.decide(sig(i, 3, probe_rel_l1=c), valid)) for i, c in enumerate([None, 0.05, 0.5])]
+    assert decisions == ["FULL", "BLOCK_2_1", "FULL"]
+
+
 def test_mixcache_triggers_then_picks_the_cheapest_granularity_under_its_threshold():
     from cachepilot.policies.mixcache import MixCache
 
@@ -145,9 +153,10 @@ def test_adacache_codebook_and_moreg():
     lambda: MagCache(MagCacheConfig(mag_ratios={"cond": (1.0,) + (0.98,) * 9}, threshold=0.12)),
     lambda: FirstBlockCache(threshold=0.5),
     lambda: DBCache(front_blocks=2, threshold=0.5, warmup_steps=2),
+    lambda: DBCache(front_blocks=2, back_blocks=2, threshold=0.5, warmup_steps=2),
     lambda: AdaCache(threshold_scale=50.0),
     lambda: MixCache(trigger=10.0, step_threshold=10.0),
-], ids=["static", "teacache", "magcache", "first-block", "dbcache", "adacache", "mixcache"])
+], ids=["static", "teacache", "magcache", "first-block", "dbcache", "dbcache-F2B2", "adacache", "mixcache"])
 def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
     from cachepilot.runtime import apply_cache, cache_summary, remove_cache
 

@@ -4,6 +4,7 @@ Known, documented differences (knobs here avoid them): diffusers' MagCache round
 (int(r * n + 0.5); the official code truncates) and skips on err <= threshold (official: <).
 """
 
+import pytest
 import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig as DiffusersMagCacheConfig
 
@@ -77,3 +78,50 @@ def test_peers_run_in_the_evaluation_harness_with_measured_compute(toy_pipe):
     assert 1 / 6 <= results[0].computed_fraction < 1
     results, _ = run_peer(toy_pipe, PEERS["diffusers-taylorseer"], 2, prompts, seeds, reference, 6, 5.0)
     assert results[0].computed_fraction < 1 and results[0].psnr > 0
+
+
+def _pattern_and_output(pipe, enable, disable, watch_block: int):
+    """Latents and, per transformer call, whether block `watch_block` ran."""
+    ran, calls = [], []
+    h1 = pipe.transformer.blocks[watch_block].ffn.register_forward_hook(lambda *a: ran.append(True))
+    h0 = pipe.transformer.register_forward_pre_hook(lambda *a: calls.append(len(ran)))
+    enable()
+    try:
+        out = pipe(PROMPT, num_inference_steps=20, generator=torch.Generator().manual_seed(3), output_type="latent").frames
+    finally:
+        disable()
+        h0.remove()
+        h1.remove()
+    marks = calls + [len(ran)]
+    return out, [marks[i + 1] > marks[i] for i in range(len(calls))]
+
+
+@pytest.mark.parametrize("front,back", [(3, 0), (2, 2)])
+def test_dbcache_matches_cache_dit(toy_pipe, front, back):
+    """cache-dit's own DBCache (F{front}B{back}) and ours: same middle-block skips, bit-identical output."""
+    import cache_dit
+
+    from cachepilot.infer.peers import _cache_dit_adapter
+    from cachepilot.policies.dbcache import DBCache
+
+    config = cache_dit.DBCacheConfig(Fn_compute_blocks=front, Bn_compute_blocks=back, residual_diff_threshold=0.12,
+                                     max_warmup_steps=8, num_inference_steps=20)
+    theirs, their_pattern = _pattern_and_output(
+        toy_pipe, lambda: cache_dit.enable_cache(_cache_dit_adapter(toy_pipe), cache_config=config),
+        lambda: cache_dit.disable_cache(toy_pipe), watch_block=front)
+    ours, our_pattern = _pattern_and_output(
+        toy_pipe, lambda: apply_cache(toy_pipe, DBCache(threshold=0.12, front_blocks=front, back_blocks=back, warmup_steps=8)),
+        lambda: remove_cache(toy_pipe), watch_block=front)
+    assert our_pattern == their_pattern and not all(our_pattern)
+    assert torch.equal(ours, theirs)
+
+
+def test_cache_dit_peer_runs_in_the_evaluation_harness(toy_pipe):
+    from cachepilot.infer.evaluate import generate_batch
+    from cachepilot.infer.peers import PEERS, available_peers, run_peer
+
+    assert "cache-dit-dbcache" in available_peers()
+    prompts, seeds = [PROMPT], [0]
+    reference = generate_batch(toy_pipe, prompts, seeds, 12, 5.0)
+    results, wall = run_peer(toy_pipe, PEERS["cache-dit-dbcache"], 0.2, prompts, seeds, reference, 12, 5.0)
+    assert 0 < results[0].computed_fraction < 1 and wall > 0

@@ -58,7 +58,7 @@ class Probe:
     def __init__(self, tiny, model):
         self.adapter = adapter_for(model)
         self.blocks = self.adapter.blocks(model)
-        self.records, self.override = [], None
+        self.records, self.override, self.replace_input = [], None, {}  # replace_input: index -> fn(record)
         for i, block in enumerate(self.blocks):
             block.register_forward_pre_hook(self._pre(i), with_kwargs=True)
         self.blocks[-1].register_forward_hook(self._post, with_kwargs=True)
@@ -72,6 +72,8 @@ class Probe:
             if i == 0:
                 self.records.append({})
             self.records[-1][i] = self._streams(args, kwargs)
+            if i in self.replace_input:
+                return self.adapter.with_streams(args, kwargs, self.replace_input[i](self.records[-1]))
         return hook
 
     def _post(self, module, args, kwargs, output):
@@ -170,6 +172,28 @@ def test_reuse_actions_equal_their_definitions(tiny, action):
     ran = {"STEP": 0, "CFG": 0}.get(str(action), action.k)
     expected_fraction = (2 * n + (n if action == CFG else ran) + ran) / (4 * n)
     assert summary.computed_fraction == pytest.approx(expected_fraction)
+
+
+def test_block_k_b_equals_its_definition(tiny):
+    """DBCache's Fn/Bn: front blocks run, the cached middle residual is added, the back blocks run on that."""
+    n = len(adapter_for(tiny.model).blocks(tiny.model))
+    action = Action.block(1, 1)
+    model = copy.deepcopy(tiny.model)
+    probe = Probe(tiny, model)
+    denoise_step(tiny, model, 0)
+    middle = [_sub(r[n - 1], r[1]) for r in probe.records]  # per call of step 0 (cond, uncond; or one batched)
+    probe.records.clear()
+    probe.replace_input[n - 1] = lambda record: _add(record[1], middle[len(probe.records) - 1])
+    expected = denoise_step(tiny, model, 1)
+
+    apply_cache(tiny.model, FixedSchedule([FULL, action]), batched_cfg=tiny.batched_cfg)
+    denoise_step(tiny, tiny.model, 0)
+    got = denoise_step(tiny, tiny.model, 1)
+    assert torch.equal(got, expected)
+    summary = cache_summary(tiny.model)
+    assert summary.actions()["cond"] == ["FULL", "BLOCK_1_1"]
+    assert summary.computed_fraction == pytest.approx((2 * n + 2 * 2) / (4 * n))
+    assert Action.parse("BLOCK_1_1") == action and action.blocks_run(n) == 2
 
 
 class PerSample(BasePolicy):

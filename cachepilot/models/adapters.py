@@ -68,6 +68,17 @@ class ModelAdapter:
     def temb(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         return _arg(args, kwargs, self.temb_arg[0], self.temb_arg[1])
 
+    def with_streams(self, args: tuple, kwargs: dict, streams: tuple) -> tuple[tuple, dict]:
+        """The block's arguments with hidden (and, for joint blocks, encoder) states replaced."""
+        args, kwargs = list(args), dict(kwargs)
+        names = ("hidden_states", "encoder_hidden_states")[: len(streams)]
+        for position, (name, value) in enumerate(zip(names, streams)):
+            if name in kwargs or len(args) <= position:
+                kwargs[name] = value
+            else:
+                args[position] = value
+        return tuple(args), kwargs
+
 
 def _wan_modulated(block, args, kwargs) -> torch.Tensor:
     hidden, temb = _arg(args, kwargs, 0, "hidden_states"), _arg(args, kwargs, 2, "temb")

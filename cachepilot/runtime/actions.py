@@ -5,6 +5,8 @@ STEP     run no block: output = input + the cached residual of the whole block s
 CFG      (unconditional branch only) run no block: output = this step's cond output + the cached
          (uncond - cond) difference of the block-stack outputs.
 BLOCK_k  run blocks 0..k-1, then add the cached residual of blocks k..end (this branch).
+BLOCK_k_b  (DBCache's Fn/Bn) run blocks 0..k-1, add the cached residual of blocks k..end-b, then run the
+         last b blocks on the result.
 
 Actions are applied to the hidden states of the block stack (before the output norm / projection).
 """
@@ -26,42 +28,51 @@ class Kind(enum.Enum):
 class Action:
     kind: Kind
     k: int = 0  # number of leading blocks that run, for BLOCK only
+    back: int = 0  # number of trailing blocks that also run, for BLOCK only (DBCache's Bn)
 
     def __post_init__(self):
-        if self.kind is Kind.BLOCK and self.k < 1:
-            raise ValueError(f"BLOCK_k needs k >= 1, got {self.k}")
-        if self.kind is not Kind.BLOCK and self.k != 0:
+        if self.kind is Kind.BLOCK and (self.k < 1 or self.back < 0):
+            raise ValueError(f"BLOCK_k_b needs k >= 1 and b >= 0, got k={self.k}, b={self.back}")
+        if self.kind is not Kind.BLOCK and (self.k != 0 or self.back != 0):
             raise ValueError(f"{self.kind.value} takes no k")
 
     @staticmethod
-    def block(k: int) -> "Action":
-        return Action(Kind.BLOCK, int(k))
+    def block(k: int, back: int = 0) -> "Action":
+        return Action(Kind.BLOCK, int(k), int(back))
 
     @staticmethod
     def parse(text: str) -> "Action":
-        """'FULL', 'STEP', 'CFG' or 'BLOCK_3'."""
+        """'FULL', 'STEP', 'CFG', 'BLOCK_3' or 'BLOCK_3_1'."""
         text = text.strip().upper()
-        if text.startswith("BLOCK_") and text[6:].isdigit():
-            return Action.block(int(text[6:]))
+        parts = text[6:].split("_") if text.startswith("BLOCK_") else []
+        if 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts):
+            return Action.block(*map(int, parts))
         try:
             return Action(Kind(text))
         except ValueError:
-            raise ValueError(f"unknown action {text!r}; expected FULL, STEP, CFG or BLOCK_<k>") from None
+            raise ValueError(f"unknown action {text!r}; expected FULL, STEP, CFG, BLOCK_<k> or BLOCK_<k>_<b>") from None
 
     def blocks_run(self, num_blocks: int) -> int:
         """How many blocks this action computes."""
         if self.kind is Kind.FULL:
             return num_blocks
         if self.kind is Kind.BLOCK:
-            return self.k
+            return self.k + self.back
         return 0
+
+    def runs_block(self, index: int, num_blocks: int) -> bool:
+        if self.kind is Kind.FULL:
+            return True
+        return self.kind is Kind.BLOCK and (index < self.k or index >= num_blocks - self.back)
 
     @property
     def reuses(self) -> bool:
         return self.kind is not Kind.FULL
 
     def __str__(self) -> str:
-        return f"BLOCK_{self.k}" if self.kind is Kind.BLOCK else self.kind.value
+        if self.kind is Kind.BLOCK:
+            return f"BLOCK_{self.k}_{self.back}" if self.back else f"BLOCK_{self.k}"
+        return self.kind.value
 
     __repr__ = __str__
 

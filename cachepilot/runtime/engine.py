@@ -34,7 +34,7 @@ class BranchState:
     """Caches and bookkeeping of one CFG branch; tensors are batched over the branch's samples."""
 
     size: int
-    tails: dict[int, Streams] = field(default_factory=dict)  # k -> residual of blocks k..end (k=0: all)
+    tails: dict[int, Streams] = field(default_factory=dict)  # k -> residual of blocks k..end-b (k=0: all blocks)
     has_full: list[bool] = field(default_factory=list)
     out: Streams | None = None  # block-stack output of the latest call (kept for the cond branch only)
     out_step: list[int] = field(default_factory=list)
@@ -124,9 +124,13 @@ class CacheRuntime:
         self.want_drift, self.want_motion = "residual_rel_l1" in wanted, "motion_energy" in wanted
         self.want_mid, self.want_cfg_drift = "mid_block_change" in wanted, "cfg_diff_drift" in wanted
         self.block_ks = tuple(sorted({*getattr(policy, "block_ks", ()), *((policy.probe_blocks,) if policy.probe_blocks else ())}))
+        self.back = int(getattr(policy, "back_blocks", 0))  # trailing blocks every BLOCK action also runs (Bn)
         for k in self.block_ks:
-            if not 1 <= k < self.num_blocks:
-                raise ValueError(f"BLOCK_{k} out of range for {type(transformer).__name__} with {self.num_blocks} blocks")
+            if not 1 <= k < self.num_blocks - self.back:
+                raise ValueError(f"BLOCK_{k}{f'_{self.back}' if self.back else ''} out of range for "
+                                 f"{type(transformer).__name__} with {self.num_blocks} blocks")
+        self.back_start = self.num_blocks - self.back  # first trailing block (== num_blocks when back == 0)
+        self.capture = frozenset(self.block_ks) | ({self.back_start} if self.back else frozenset())
         self.num_inference_steps = num_inference_steps
         self.batched_cfg = batched_cfg
         self.pipe = pipe
@@ -220,7 +224,7 @@ class CacheRuntime:
             probe = self.policy.probe_blocks
             if not probe:
                 valid.append(STEP)
-            valid.extend(Action.block(k) for k in self.block_ks if k >= max(probe, 1))
+            valid.extend(Action.block(k, self.back) for k in self.block_ks if k >= max(probe, 1))
         cond = self.branches.get("cond")
         if (branch == "uncond" and not self.policy.probe_blocks and state.has_diff[sample] and cond is not None
                 and sample < cond.size and (cond.out_step[sample] == step or ("cond", sample) in self.call.rows)):
@@ -305,8 +309,10 @@ class CacheRuntime:
                 call.temb = call.block_temb
         if index == self.policy.probe_blocks:
             self._decide(current)
-        if index in self.block_ks or (self.want_mid and index in (self.mid_block, self.mid_block + 1)):
+        if index in self.capture or (self.want_mid and index in (self.mid_block, self.mid_block + 1)):
             call.h_at[index] = current
+        if self.back and index == self.back_start and call.plan is not None:
+            args, kwargs, current = self._add_middle(args, kwargs, current)
         out = self._run(index, forward, args, kwargs, current)
         if self.want_mid and index == self.mid_block == self.num_blocks - 1:  # one block: mid block is the last
             call.h_at[index + 1] = out if isinstance(out, tuple) else (out,)
@@ -315,11 +321,25 @@ class CacheRuntime:
             return out if adapter.returns_encoder else out[0]
         return out
 
+    def _add_middle(self, args: tuple, kwargs: dict, current: Streams):
+        """Before the trailing blocks: rows doing BLOCK_k_b get the cached residual of blocks k..end-b added."""
+        call = self.call
+        rows = [r for r, a in enumerate(call.plan) if a.kind is Kind.BLOCK]
+        if not rows:
+            return args, kwargs, current
+        current = tuple(c.clone() for c in current)
+        for row in rows:
+            branch, sample = call.rows[row]
+            for c, t in zip(current, self.branches[branch].tails[call.plan[row].k]):
+                c[row] = c[row] + t[sample]
+        args, kwargs = self.adapter.with_streams(args, kwargs, current)
+        return args, kwargs, current
+
     def _run(self, index: int, forward, args: tuple, kwargs: dict, current: Streams):
         plan = self.call.plan
         if plan is None:  # probe blocks before the decision: everyone runs
             return forward(*args, **kwargs)
-        runs = [a.blocks_run(self.num_blocks) > index for a in plan]  # the plan exists only after the probe blocks
+        runs = [a.runs_block(index, self.num_blocks) for a in plan]  # the plan exists only after the probe blocks
         if all(runs):
             return forward(*args, **kwargs)
         passthrough = current if self.adapter.returns_encoder else current[0]
@@ -352,7 +372,7 @@ class CacheRuntime:
                 cond = self.branches["cond"]
                 for o, c, d in zip(out, cond.out, state.diff):
                     o[row] = c[sample] + d[sample]
-            else:
+            elif not action.back:  # STEP, BLOCK_k (BLOCK_k_b added its middle before the trailing blocks)
                 k = action.k if action.kind is Kind.BLOCK else 0
                 for o, t in zip(out, state.tails[k]):
                     o[row] = o[row] + t[sample]
@@ -387,8 +407,9 @@ class CacheRuntime:
                 state.mid_change[sample] = rel_l1(mid[0], state.mid_residual[sample]) / gap
             state.mid_residual = _put1(state.mid_residual, sample, mid, state.size)
         state.tails[0] = _put(state.tails.get(0), [sample], residual, state.size)
+        end = call.h_at[self.back_start] if self.back else out  # the reused segment ends where trailing blocks begin
         for k in self.block_ks:
-            tail = _sub(_index(out, slice(row, row + 1)), _index(call.h_at[k], slice(row, row + 1)))
+            tail = _sub(_index(end, slice(row, row + 1)), _index(call.h_at[k], slice(row, row + 1)))
             state.tails[k] = _put(state.tails.get(k), [sample], tail, state.size)
         state.has_full[sample] = True
         state.since_full[sample], state.acc_ratio[sample], state.acc_err[sample] = 0, 1.0, 0.0
