@@ -1,7 +1,9 @@
 """Runtime overhead and real savings on toy-wan (CPU), 50-step CFG generations.
 
-1. Overhead: the runtime with a policy that always says FULL vs the bare pipeline (median wall time,
-   runs interleaved in one process, order reversed every other run). Target: within 3%. Also with every optional signal computed
+1. Overhead: the runtime with a policy that always says FULL vs the bare model, measured two ways in
+   one process: per transformer call (a hooked and a bare copy of the transformer called alternately,
+   400 times each: machine drift cancels) and per generation (whole 50-step CFG generations, interleaved,
+   order reversed every other run; noisier). Target: within 3%. Also with every optional signal computed
    (what a learned policy that observes everything costs).
 2. Savings: a fixed schedule that computes 40% of the calls (FULL on evenly spaced steps, STEP between)
    vs always-FULL, timing the transformer calls only. Target: >= 2x.
@@ -41,6 +43,31 @@ def timed(pipe, steps: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
+def per_call_overhead(pipe, calls: int = 400) -> tuple[float, float, float]:
+    """Median ms of a bare and a hooked (always-FULL) transformer call, alternated; and the overhead in %."""
+    import copy
+
+    bare, hooked = pipe.transformer, copy.deepcopy(pipe.transformer)
+    apply_cache(hooked, NoCache())
+    x = torch.randn(1, 3, 8, 16, 16)
+    text = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)[0]
+
+    def call(model, i):
+        with torch.no_grad(), model.cache_context("cond", step_index=i % 50, num_inference_steps=50):
+            model(hidden_states=x, timestep=torch.tensor([999.0 - 20 * (i % 50)]), encoder_hidden_states=text, return_dict=False)
+
+    times = {"bare": [], "hooked": []}
+    for i in range(calls + 20):
+        order = [("bare", bare), ("hooked", hooked)] if i % 2 == 0 else [("hooked", hooked), ("bare", bare)]
+        for name, model in order:
+            start = time.perf_counter()
+            call(model, i)
+            if i >= 20:  # warm-up
+                times[name].append(time.perf_counter() - start)
+    b, h = statistics.median(times["bare"]), statistics.median(times["hooked"])
+    return 1e3 * b, 1e3 * h, 100 * (h / b - 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -54,6 +81,7 @@ def main() -> None:
     pipe = load_pipeline("toy-wan")
     pipe.set_progress_bar_config(disable=True)
     timed(pipe, 5, 0)  # warm-up
+    call_bare_ms, call_hooked_ms, call_overhead = per_call_overhead(pipe)
 
     bare, hooked, hooked_all, transformer_full, transformer_sched, pipeline_sched = [], [], [], [], [], []
     schedule = FixedSchedule.uniform(args.steps, args.fraction)
@@ -85,6 +113,7 @@ def main() -> None:
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "runs": args.runs, "steps": args.steps,
+        "call_bare_ms": call_bare_ms, "call_runtime_full_ms": call_hooked_ms, "call_overhead_pct": call_overhead,
         "bare_pipeline_s": med(bare), "runtime_full_pipeline_s": med(hooked),
         "overhead_pct": 100 * (med(hooked) / med(bare) - 1),
         "overhead_min_pct": 100 * (min(hooked) / min(bare) - 1),
@@ -99,6 +128,9 @@ def main() -> None:
     print(f"machine: {result['machine']}; median of {args.runs} runs, {args.steps} steps, CFG")
     print("| measurement | value |")
     print("|---|---|")
+    print(f"| transformer call, bare / runtime always FULL, ms (median of 400 alternated calls) | "
+          f"{call_bare_ms:.2f} / {call_hooked_ms:.2f} |")
+    print(f"| runtime overhead per call | {call_overhead:+.1f}% |")
     print(f"| bare pipeline, s / video | {result['bare_pipeline_s']:.3f} |")
     print(f"| runtime, always FULL, s / video | {result['runtime_full_pipeline_s']:.3f} |")
     print(f"| runtime overhead (medians) | {result['overhead_pct']:+.1f}% |")

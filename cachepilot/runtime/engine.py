@@ -99,7 +99,10 @@ def _put(target: Streams | None, idx, values: Streams, size: int) -> Streams:
     if target is None:
         target = tuple(torch.zeros((size, *v.shape[1:]), dtype=v.dtype, device=v.device) for v in values)
     for t, v in zip(target, values):
-        t[idx] = v
+        if len(idx) == 1:  # the common case: a plain row copy, much cheaper than index assignment
+            t[idx[0]].copy_(v[0])
+        else:
+            t[idx] = v
     return target
 
 
