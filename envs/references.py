@@ -49,8 +49,9 @@ def model_hash(pipe) -> str:
     for name, module in modules:
         digest.update(name.encode())
         config = getattr(module, "config", None)
-        if config is not None:
-            digest.update(json.dumps(dict(config), sort_keys=True, default=str).encode())
+        if config is not None:  # private keys say where it was loaded from, not what it computes
+            public = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+            digest.update(json.dumps(public, sort_keys=True, default=str).encode())
         for key, tensor in sorted(module.state_dict().items()):
             digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
             t = tensor.detach()

@@ -78,6 +78,12 @@ def test_keys_separate_everything_that_changes_the_output(store, toy_pipe):
     assert changed != before and model_hash(toy_pipe) == before
 
 
+def test_model_hash_does_not_depend_on_where_the_weights_live(toy_copy):
+    from cachepilot.models.registry import load_pipeline
+
+    assert model_hash(load_pipeline("toy-wan", toy_copy)) == model_hash(load_pipeline("toy-wan"))
+
+
 def test_references_build_cli(tmp_path, capsys):
     assert main(["references", "build", "--pairs", "2", "--steps", "3", "--root", str(tmp_path)]) == 0
     assert "2 references ready" in capsys.readouterr().out
