@@ -22,6 +22,11 @@ def _print_table(title: str, columns: list[str], rows: list[list]) -> None:
     Console().print(table)
 
 
+def _read_prompts(path: str) -> list[str]:
+    """One prompt per non-empty line."""
+    return [p.strip() for p in Path(path).read_text().splitlines() if p.strip()]
+
+
 def cmd_models(args) -> int:
     from cachepilot.models.registry import MODELS, weights_path, weights_present
 
@@ -132,7 +137,7 @@ def cmd_calibrate(args) -> int:
 
     spec = get_spec(args.model)
     if args.prompts_file:
-        prompts = [p.strip() for p in Path(args.prompts_file).read_text().splitlines() if p.strip()][: args.prompts]
+        prompts = _read_prompts(args.prompts_file)[: args.prompts]
     elif spec.family == "toy-wan":
         from cachepilot.models.toy_wan.scenes import load_split
 
@@ -154,7 +159,7 @@ def cmd_references_build(args) -> int:
     from cachepilot.models.registry import get_spec, load_pipeline
 
     if args.prompts_file:
-        prompts = [p.strip() for p in Path(args.prompts_file).read_text().splitlines() if p.strip()]
+        prompts = _read_prompts(args.prompts_file)
     elif get_spec(args.model).family == "toy-wan":
         prompts = args.split
     else:

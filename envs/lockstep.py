@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -63,7 +63,7 @@ class Pause:
 @dataclass
 class _Ledger:
     seen: int = 0  # decisions of the runtime's summary already accounted for
-    latents: list = field(default_factory=list)
+    latents: torch.Tensor | None = None  # after the latest finished step
 
 
 class Lockstep:
@@ -106,7 +106,7 @@ class Lockstep:
 
     # ---- worker side ------------------------------------------------------------------------
     def _keep_latents(self, _pipe, _i, _t, kwargs):
-        self._ledger.latents.append(kwargs["latents"].detach())
+        self._ledger.latents = kwargs["latents"].detach()
         return kwargs
 
     def _work(self, prompts: list[str], seeds: list[int]) -> None:
@@ -124,7 +124,7 @@ class Lockstep:
     def _wait(self, n: int) -> Pause:
         message = self.policy.to_env.get()
         costs = self._step_costs(n)
-        latents = self._ledger.latents[-1] if self._ledger.latents else None
+        latents = self._ledger.latents
         if message[0] == "error":
             self.thread.join()
             self.thread = None

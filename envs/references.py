@@ -98,15 +98,18 @@ def safetensors_metadata(data: bytes) -> dict:
 
 
 class _Recorder(BasePolicy):
-    """Always FULL (bit-identical to the uncached model) while recording every call's signals."""
+    """Always FULL (bit-identical to the uncached model), recording every call's signals when asked to."""
 
     name = "reference"
 
-    def __init__(self):
+    def __init__(self, record: bool):
         self.records: list[dict] = []
+        self.record = record
+        self.signals = None if record else frozenset()  # all optional signals, or none of them
 
     def decide(self, signals, valid):
-        self.records.append(signals.as_dict())
+        if self.record:
+            self.records.append(signals.as_dict())
         return FULL
 
 
@@ -186,7 +189,7 @@ class ReferenceStore:
     @torch.no_grad()
     def _build(self, pairs: list[tuple[str, int]], trajectory: bool) -> list[Reference]:
         pipe = self.pipe
-        recorder = _Recorder()
+        recorder = _Recorder(record=trajectory)
         latents: list[torch.Tensor] = []
 
         def keep_latents(_pipe, _i, _t, kwargs):
@@ -198,7 +201,8 @@ class ReferenceStore:
         try:
             pipe.set_progress_bar_config(disable=True)
             frames = pipe(prompt=[p for p, _ in pairs], num_inference_steps=self.steps, guidance_scale=self.guidance,
-                          generator=generators, output_type="np", callback_on_step_end=keep_latents).frames
+                          generator=generators, output_type="np",
+                          callback_on_step_end=keep_latents if trajectory else None).frames
         finally:
             remove_cache(pipe)
         refs = []

@@ -85,8 +85,8 @@ def _cache_dit_adapter(pipe):
 
 def _dbcache(value, steps, calibration, blocks):
     # the same Fn / Bn as our dbcache baseline (cache-dit's F8B0, Fn capped at half the blocks)
-    return _cache_dit().DBCacheConfig(Fn_compute_blocks=default_front_blocks(blocks), Bn_compute_blocks=0, residual_diff_threshold=value,
-                                   max_warmup_steps=8, num_inference_steps=steps)
+    return _cache_dit().DBCacheConfig(Fn_compute_blocks=default_front_blocks(blocks), Bn_compute_blocks=0,
+                                      residual_diff_threshold=value, max_warmup_steps=8, num_inference_steps=steps)
 
 
 class PeerUnavailable(RuntimeError):
@@ -104,9 +104,8 @@ PEERS: dict[str, Peer] = {p.name: p for p in [
 def available_peers() -> list[str]:
     """Peers whose library is importable here (cache-dit is an optional extra)."""
     try:
-        import cache_dit  # noqa: F401
-        has_cache_dit = True
-    except ImportError:
+        has_cache_dit = _cache_dit() is not None
+    except PeerUnavailable:
         has_cache_dit = False
     return [name for name, p in PEERS.items() if p.library != "cache-dit" or has_cache_dit]
 

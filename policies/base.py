@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from cachepilot.runtime import FULL, Action, Signals
+from collections.abc import Iterable
+
+from cachepilot.runtime import FULL, Action, Kind, Signals
+
+
+def block_layout(actions: Iterable[Action]) -> tuple[tuple[int, ...], int]:
+    """The runtime's `block_ks` and `back_blocks` for a set of actions (their BLOCK_k_b share one b)."""
+    blocks = [a for a in actions if a.kind is Kind.BLOCK]
+    backs = {a.back for a in blocks}
+    if len(backs) > 1:
+        raise ValueError(f"BLOCK actions of one policy share one number of trailing blocks; got {sorted(backs)}")
+    return tuple(sorted({a.k for a in blocks})), (backs.pop() if backs else 0)
 
 
 class BasePolicy:

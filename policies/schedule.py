@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cachepilot.runtime import CFG, FULL, STEP, Action, Kind, Signals
+from cachepilot.runtime import CFG, FULL, STEP, Action, Signals
 
-from .base import BasePolicy
+from .base import BasePolicy, block_layout
 
 
 class FixedSchedule(BasePolicy):
@@ -17,12 +17,7 @@ class FixedSchedule(BasePolicy):
 
     def __init__(self, actions: Sequence[Action | str]):
         self.actions = tuple(a if isinstance(a, Action) else Action.parse(a) for a in actions)
-        blocks = [a for a in self.actions if a.kind is Kind.BLOCK]
-        self.block_ks = tuple(sorted({a.k for a in blocks}))
-        backs = {a.back for a in blocks}
-        if len(backs) > 1:
-            raise ValueError(f"a schedule's BLOCK actions share one number of trailing blocks; got {sorted(backs)}")
-        self.back_blocks = backs.pop() if backs else 0
+        self.block_ks, self.back_blocks = block_layout(self.actions)
 
     @classmethod
     def uniform(cls, num_steps: int, computed_fraction: float, reuse: Action = STEP) -> "FixedSchedule":

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from cachepilot.runtime import CFG, FULL, Action, Kind, Signals
+from cachepilot.runtime import CFG, FULL, Action, Signals
 
-from .base import BasePolicy
+from .base import BasePolicy, block_layout
 
 
 class StepLevelPolicy(BasePolicy):
@@ -24,7 +24,7 @@ class StepLevelPolicy(BasePolicy):
         self.actions = tuple(actions)
         if not self.actions or self.actions[0] != FULL:
             raise ValueError("a step-level action set starts with FULL")
-        self.block_ks = tuple(sorted({a.k for a in self.actions if a.kind is Kind.BLOCK}))
+        self.block_ks, self.back_blocks = block_layout(self.actions)
         self.reset()
 
     def reset(self) -> None:

@@ -94,20 +94,19 @@ def _sub(a: Streams, b: Streams) -> Streams:
     return tuple(x - y for x, y in zip(a, b))
 
 
-def _put(target: Streams | None, idx, values: Streams, size: int) -> Streams:
-    """Write rows `idx` of a per-branch cache (allocating it on first use)."""
+def _put(target: Streams | None, sample: int, values: Streams, size: int) -> Streams:
+    """Write one sample's row of a per-branch cache (allocating it on first use); `values` have one row.
+
+    A plain row copy: much cheaper than index assignment on this hot path."""
     if target is None:
         target = tuple(torch.zeros((size, *v.shape[1:]), dtype=v.dtype, device=v.device) for v in values)
     for t, v in zip(target, values):
-        if len(idx) == 1:  # the common case: a plain row copy, much cheaper than index assignment
-            t[idx[0]].copy_(v[0])
-        else:
-            t[idx] = v
+        t[sample].copy_(v[0])
     return target
 
 
 def _put1(target: torch.Tensor | None, sample: int, value: torch.Tensor, size: int) -> torch.Tensor:
-    return _put(None if target is None else (target,), [sample], (value,), size)[0]
+    return _put(None if target is None else (target,), sample, (value,), size)[0]
 
 
 class CacheRuntime:
@@ -385,7 +384,7 @@ class CacheRuntime:
                     state.acc_ratio[sample] *= state.mag_ratio[sample]
                     state.acc_err[sample] += abs(1 - state.acc_ratio[sample])
             if branch == "cond":  # only the cond output is ever reused (CFG, and the CFG difference)
-                state.out = _put(state.out, [sample], _index(out, slice(row, row + 1)), state.size)
+                state.out = _put(state.out, sample, _index(out, slice(row, row + 1)), state.size)
                 state.out_step[sample], state.out_full[sample] = call.step, action.kind is Kind.FULL
             elif action.kind is Kind.FULL:
                 self._store_diff(state, sample, row, out)
@@ -409,11 +408,11 @@ class CacheRuntime:
             if gap is not None and state.mid_residual is not None:
                 state.mid_change[sample] = rel_l1(mid[0], state.mid_residual[sample]) / gap
             state.mid_residual = _put1(state.mid_residual, sample, mid, state.size)
-        state.tails[0] = _put(state.tails.get(0), [sample], residual, state.size)
+        state.tails[0] = _put(state.tails.get(0), sample, residual, state.size)
         end = call.h_at[self.back_start] if self.back else out  # the reused segment ends where trailing blocks begin
         for k in self.block_ks:
             tail = _sub(_index(end, slice(row, row + 1)), _index(call.h_at[k], slice(row, row + 1)))
-            state.tails[k] = _put(state.tails.get(k), [sample], tail, state.size)
+            state.tails[k] = _put(state.tails.get(k), sample, tail, state.size)
         state.has_full[sample] = True
         state.since_full[sample], state.acc_ratio[sample], state.acc_err[sample] = 0, 1.0, 0.0
         self.summary.full_stats.append({
@@ -429,7 +428,7 @@ class CacheRuntime:
         diff = _sub(_index(out, slice(row, row + 1)), _index(cond.out, slice(sample, sample + 1)))
         if state.has_diff[sample] and self.want_cfg_drift:
             state.cfg_drift[sample] = rel_l1(diff[0][0], state.diff[0][sample])
-        state.diff = _put(state.diff, [sample], diff, state.size)
+        state.diff = _put(state.diff, sample, diff, state.size)
         state.has_diff[sample] = True
 
     def capture_temb(self, output) -> None:
