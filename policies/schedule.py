@@ -1,4 +1,5 @@
-"""A fixed step-level schedule: the same actions for every prompt (tests, benchmarks, oracle replays)."""
+"""Fixed step-level schedules: the same actions for every prompt, or one list per sample of the batch
+(tests, benchmarks, oracle replays)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from cachepilot.runtime import CFG, FULL, STEP, Action, Signals
 from .base import BasePolicy, block_layout
 
 
+def _actions(actions: Sequence[Action | str]) -> tuple[Action, ...]:
+    return tuple(a if isinstance(a, Action) else Action.parse(a) for a in actions)
+
+
+def full_steps_schedule(num_steps: int, full_steps, reuse: Action = STEP) -> list[Action]:
+    """FULL at `full_steps`, `reuse` everywhere else."""
+    full = set(full_steps)
+    return [FULL if s in full else reuse for s in range(num_steps)]
+
+
 class FixedSchedule(BasePolicy):
     """actions[step] applies to both branches; CFG means: cond computes FULL, uncond is rebuilt."""
 
@@ -16,20 +27,32 @@ class FixedSchedule(BasePolicy):
     signals = frozenset()
 
     def __init__(self, actions: Sequence[Action | str]):
-        self.actions = tuple(a if isinstance(a, Action) else Action.parse(a) for a in actions)
-        self.block_ks, self.back_blocks = block_layout(self.actions)
+        self.table = (_actions(actions),)
+        self.block_ks, self.back_blocks = block_layout(self.table[0])
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        return self.table[0]
+
+    @classmethod
+    def per_sample(cls, schedules: Sequence[Sequence[Action | str]]) -> "FixedSchedule":
+        """Sample i of the batch follows schedules[i]."""
+        policy = cls.__new__(cls)
+        policy.table = tuple(_actions(s) for s in schedules)
+        policy.block_ks, policy.back_blocks = block_layout(a for s in policy.table for a in s)
+        return policy
 
     @classmethod
     def uniform(cls, num_steps: int, computed_fraction: float, reuse: Action = STEP) -> "FixedSchedule":
         """FULL on evenly spaced steps (first and last included) covering `computed_fraction` of the steps."""
         n_full = max(2, round(computed_fraction * num_steps))
-        full = {round(i * (num_steps - 1) / (n_full - 1)) for i in range(n_full)}
-        return cls([FULL if s in full else reuse for s in range(num_steps)])
+        return cls(full_steps_schedule(num_steps, {round(i * (num_steps - 1) / (n_full - 1)) for i in range(n_full)}, reuse))
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
-        if signals.step >= len(self.actions):
-            raise IndexError(f"schedule has {len(self.actions)} steps; step {signals.step} requested")
-        action = self.actions[signals.step]
+        table = self.table[signals.sample] if len(self.table) > 1 else self.table[0]
+        if signals.step >= len(table):
+            raise IndexError(f"schedule has {len(table)} steps; step {signals.step} requested")
+        action = table[signals.step]
         if action == CFG:
             return FULL if signals.branch == "cond" else CFG
         return action

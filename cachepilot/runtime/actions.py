@@ -60,6 +60,12 @@ class Action:
             return self.k + self.back
         return 0
 
+    def step_cost(self, num_blocks: int) -> float:
+        """Fraction of a full denoising step (both CFG branches) computed when taken at step level."""
+        if self.kind is Kind.CFG:  # the cond branch computes, the uncond branch is rebuilt
+            return 0.5
+        return self.blocks_run(num_blocks) / num_blocks
+
     def runs_block(self, index: int, num_blocks: int) -> bool:
         if self.kind is Kind.FULL:
             return True

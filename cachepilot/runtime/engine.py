@@ -9,6 +9,7 @@ arguments, which is why FULL is bit-identical to the uncached transformer.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -149,6 +150,17 @@ class CacheRuntime:
         self.summary = CacheSummary(getattr(self.policy, "name", type(self.policy).__name__), self.num_blocks)
         self._ended = False
         self.policy.reset()
+
+    def snapshot(self) -> tuple:
+        """Every cache and ledger entry of the generation so far (a copy), for `restore`: lets a caller fork
+        denoising at a step, explore a continuation, and come back (the oracle)."""
+        return copy.deepcopy((self.branches, self.spent, self.full, self._ended)), len(self.summary.decisions), len(
+            self.summary.wall_times), len(self.summary.full_stats)
+
+    def restore(self, snapshot: tuple) -> None:
+        state, decisions, walls, stats = snapshot
+        self.branches, self.spent, self.full, self._ended = copy.deepcopy(state)
+        del self.summary.decisions[decisions:], self.summary.wall_times[walls:], self.summary.full_stats[stats:]
 
     def end_generation(self) -> None:
         """The generation is over: the next call starts a new one (the summary stays until then)."""

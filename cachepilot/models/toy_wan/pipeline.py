@@ -76,6 +76,57 @@ class ToyWanPipeline(DiffusionPipeline):
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         return noise.to(device=self._execution_device, dtype=self.transformer.dtype)
 
+    def prepare_denoising(self, prompt=None, negative_prompt=None, num_frames: int = NUM_FRAMES, height: int = HEIGHT,
+                          width: int = WIDTH, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                          num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
+                          negative_prompt_embeds=None):
+        """Everything before the loop: embeddings, timesteps, initial latents (see `denoise_step`)."""
+        self._guidance_scale = guidance_scale
+        self._current_timestep = None
+        self._interrupt = False
+
+        if prompt_embeds is None:
+            if prompt is None:
+                raise ValueError("pass a prompt or prompt_embeds")
+            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+                prompt, negative_prompt, self.do_classifier_free_guidance, num_videos_per_prompt
+            )
+        elif self.do_classifier_free_guidance and negative_prompt_embeds is None:
+            negative_prompt_embeds = torch.zeros_like(prompt_embeds)
+        device = self._execution_device
+        dtype = self.transformer.dtype
+        prompt_embeds = prompt_embeds.to(device, dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        latents = self.prepare_latents(prompt_embeds.shape[0], num_frames, height, width, generator, latents)
+        return latents, prompt_embeds, negative_prompt_embeds, timesteps
+
+    def denoise_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, prompt_embeds: torch.Tensor,
+                     negative_prompt_embeds: torch.Tensor | None, attention_kwargs: dict | None = None) -> torch.Tensor:
+        """One denoising step exactly as `__call__` takes it (cond, then uncond, in their cache contexts).
+
+        Public so a caller can drive the loop step by step and fork it (the oracle copies the scheduler and
+        the cache runtime's state at a step and explores several continuations from there)."""
+        timestep = t.expand(latents.shape[0])
+        context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]), "num_inference_steps": self._num_timesteps}
+        with self.transformer.cache_context("cond", **context):
+            noise_pred = self.transformer(
+                hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt_embeds,
+                attention_kwargs=attention_kwargs, return_dict=False,
+            )[0]
+        if self.do_classifier_free_guidance:
+            with self.transformer.cache_context("uncond", **context):
+                noise_uncond = self.transformer(
+                    hidden_states=latents, timestep=timestep, encoder_hidden_states=negative_prompt_embeds,
+                    attention_kwargs=attention_kwargs, return_dict=False,
+                )[0]
+            noise_pred = noise_uncond + self.guidance_scale * (noise_pred - noise_uncond)
+        return self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
     @torch.no_grad()
     def __call__(
         self,
@@ -104,49 +155,16 @@ class ToyWanPipeline(DiffusionPipeline):
         for name in callback_on_step_end_tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(f"callback tensor input {name!r} not in {self._callback_tensor_inputs}")
-        self._guidance_scale = guidance_scale
-        self._current_timestep = None
-        self._interrupt = False
-
-        if prompt_embeds is None:
-            if prompt is None:
-                raise ValueError("pass a prompt or prompt_embeds")
-            prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-                prompt, negative_prompt, self.do_classifier_free_guidance, num_videos_per_prompt
-            )
-        elif self.do_classifier_free_guidance and negative_prompt_embeds is None:
-            negative_prompt_embeds = torch.zeros_like(prompt_embeds)
-        device = self._execution_device
-        dtype = self.transformer.dtype
-        prompt_embeds = prompt_embeds.to(device, dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
-        latents = self.prepare_latents(prompt_embeds.shape[0], num_frames, height, width, generator, latents)
+        latents, prompt_embeds, negative_prompt_embeds, timesteps = self.prepare_denoising(
+            prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
+            num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds)
 
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
                 self._current_timestep = t
-                timestep = t.expand(latents.shape[0])
-                context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]), "num_inference_steps": self._num_timesteps}
-                with self.transformer.cache_context("cond", **context):
-                    noise_pred = self.transformer(
-                        hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt_embeds,
-                        attention_kwargs=attention_kwargs, return_dict=False,
-                    )[0]
-                if self.do_classifier_free_guidance:
-                    with self.transformer.cache_context("uncond", **context):
-                        noise_uncond = self.transformer(
-                            hidden_states=latents, timestep=timestep, encoder_hidden_states=negative_prompt_embeds,
-                            attention_kwargs=attention_kwargs, return_dict=False,
-                        )[0]
-                    noise_pred = noise_uncond + guidance_scale * (noise_pred - noise_uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+                latents = self.denoise_step(latents, i, t, prompt_embeds, negative_prompt_embeds, attention_kwargs)
 
                 if callback_on_step_end is not None:
                     local = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}

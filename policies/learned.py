@@ -1,0 +1,88 @@
+"""The learned policy: a small MLP from the observation vector (signals + budget) to step-level action logits.
+
+One network serves every budget in its trained range: the budget is part of the observation. At
+inference a budget guard masks any action that would take the generation past its budget (step 0 always
+computes), so the measured computed fraction never exceeds the budget asked for.
+
+`PolicyNet` has the layout of stable-baselines3's actor (an MLP `body` with tanh, then a linear `head`),
+so a distilled network warm-starts PPO and a PPO actor exports to the same file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cachepilot.runtime import Action, Signals
+
+from .observation import ObservationSpec
+from .step_level import StepLevelPolicy
+
+
+class PolicyNet(nn.Module):
+    def __init__(self, obs_size: int, num_actions: int, hidden: Sequence[int] = (64, 64)):
+        super().__init__()
+        layers, width = [], obs_size
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.Tanh()]
+            width = size
+        self.hidden = tuple(int(h) for h in hidden)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_actions)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(obs))
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def budget_mask(actions: Sequence[Action], num_blocks: int, signals: Signals, budget: float) -> np.ndarray:
+    """Actions whose cost keeps the generation within `budget` (fraction of full compute); never empty."""
+    steps = signals.num_steps or 1
+    spent = signals.compute_spent * signals.step  # full steps' worth computed so far
+    costs = np.array([a.step_cost(num_blocks) for a in actions])
+    allowed = spent + costs <= budget * steps + 1e-6
+    if signals.step == 0 or not allowed.any():
+        allowed = costs <= costs.min() if signals.step else np.ones(len(actions), bool)
+    return allowed
+
+
+def masked_argmax(logits: torch.Tensor, masks: np.ndarray) -> list[int]:
+    logits = logits.masked_fill(~torch.as_tensor(masks, dtype=torch.bool), float("-inf"))
+    return logits.argmax(-1).tolist()
+
+
+class LearnedPolicy(StepLevelPolicy):
+    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it."""
+
+    name = "learned"
+
+    def __init__(self, net: PolicyNet, spec: ObservationSpec, actions: Sequence[Action], num_blocks: int,
+                 budget: float, budget_guard: bool = True):
+        super().__init__(actions)
+        if not 0 < budget <= 1:
+            raise ValueError(f"budget must be a fraction of full compute in (0, 1], got {budget}")
+        self.net, self.spec, self.num_blocks = net.eval(), spec, int(num_blocks)
+        self.budget, self.budget_guard = float(budget), budget_guard
+        self.signals = spec.signals_read
+        self.needs_modulated_input = spec.needs_modulated_input
+
+    def observe(self, signals: list[Signals]) -> np.ndarray:
+        return np.stack([self.spec.build(s, self.budget) for s in signals])
+
+    def allowed(self, signals: list[Signals], masks: list[np.ndarray]) -> np.ndarray:
+        allowed = np.stack(masks).astype(bool)
+        if self.budget_guard:
+            guard = np.stack([budget_mask(self.actions, self.num_blocks, s, self.budget) for s in signals])
+            allowed = np.where((allowed & guard).any(1, keepdims=True), allowed & guard, allowed)
+        return allowed
+
+    @torch.no_grad()
+    def choose(self, signals, masks):
+        logits = self.net(torch.from_numpy(self.observe(signals)))
+        return masked_argmax(logits, self.allowed(signals, masks))

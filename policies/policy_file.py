@@ -1,0 +1,147 @@
+"""Policy files: a directory with `policy.safetensors` (the network) and `policy.json` (its card).
+
+The card says what the network is for and how to feed it: schema version, model id and a hash of the
+model config it was trained for, the observation spec, the action set, the budget range, the steps and
+guidance it was trained with, the network shape, and the training provenance and results. `load_policy`
+checks all of it, and the weights against the card's sha256, before anything runs. Writing is atomic
+(the directory appears complete or not at all).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from cachepilot.errors import CachepilotError
+from cachepilot.io import atomic_directory
+from cachepilot.runtime import Action
+
+from .learned import LearnedPolicy, PolicyNet
+from .observation import ObservationSpec
+
+SCHEMA = 1
+WEIGHTS, CARD = "policy.safetensors", "policy.json"
+STEP_NORMALISED = frozenset({"step_fraction", "sigma", "compute_spent", "budget", "budget_left"})
+
+
+class PolicyFileError(CachepilotError):
+    pass
+
+
+def model_config_hash(pipe_or_transformer) -> str:
+    """What a policy is tied to: the transformer's class and public config (not where it was loaded from)."""
+    transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
+    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
+    text = json.dumps({"class": type(transformer).__name__, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class PolicyCard:
+    model: str
+    model_config_hash: str
+    actions: tuple[Action, ...]
+    num_blocks: int
+    observation: ObservationSpec
+    budget_range: tuple[float, float]
+    steps: int
+    guidance: float
+    hidden: tuple[int, ...] = (64, 64)
+    training: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+
+    def to_dict(self, weights_sha256: str) -> dict:
+        return {"schema": SCHEMA, "kind": "cachepilot-policy", "model": self.model,
+                "model_config_hash": self.model_config_hash, "actions": [str(a) for a in self.actions],
+                "num_blocks": self.num_blocks, "observation": self.observation.to_dict(),
+                "budget_range": list(self.budget_range), "steps": self.steps, "guidance": self.guidance,
+                "network": {"type": "mlp", "hidden": list(self.hidden), "activation": "tanh"},
+                "weights_sha256": weights_sha256, "training": self.training, "results": self.results}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PolicyCard":
+        if data.get("kind") != "cachepilot-policy":
+            raise ValueError("not a cachepilot policy card")
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"policy schema {data.get('schema')!r}; this cachepilot reads schema {SCHEMA}")
+        network = data["network"]
+        if network.get("type") != "mlp" or network.get("activation") != "tanh":
+            raise ValueError(f"unsupported network {network}")
+        return cls(model=data["model"], model_config_hash=data["model_config_hash"],
+                   actions=tuple(Action.parse(a) for a in data["actions"]), num_blocks=int(data["num_blocks"]),
+                   observation=ObservationSpec.from_dict(data["observation"]),
+                   budget_range=tuple(float(b) for b in data["budget_range"]), steps=int(data["steps"]),
+                   guidance=float(data["guidance"]), hidden=tuple(int(h) for h in network["hidden"]),
+                   training=data.get("training", {}), results=data.get("results", {}))
+
+
+@dataclass
+class PolicyBundle:
+    """A loaded policy file: the network and its card. `policy(budget)` makes the runtime policy."""
+
+    net: PolicyNet
+    card: PolicyCard
+    path: Path | None = None
+
+    def policy(self, budget: float, budget_guard: bool = True) -> LearnedPolicy:
+        lo, hi = self.card.budget_range
+        if not lo - 1e-9 <= budget <= hi + 1e-9:
+            raise PolicyFileError(f"budget {budget} is outside this policy's trained range [{lo}, {hi}]")
+        return LearnedPolicy(self.net, self.card.observation, self.card.actions, self.card.num_blocks, budget,
+                             budget_guard)
+
+    def check_pipeline(self, pipe, steps: int | None = None) -> None:
+        """Refuse a pipeline of another model or a step count the observation cannot take."""
+        actual = model_config_hash(pipe)
+        if actual != self.card.model_config_hash:
+            raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
+                                  f"{self.card.model_config_hash}); the pipeline's transformer has config hash {actual}")
+        if steps is not None and steps != self.card.steps:
+            fixed = [n for n in self.card.observation.names if n not in STEP_NORMALISED]
+            if "steps_since_full" in fixed:
+                raise PolicyFileError(f"this policy was trained at {self.card.steps} steps; {steps} steps would change "
+                                      "what its step-count features (steps_since_full) mean")
+
+
+def save_policy(path, net: PolicyNet, card: PolicyCard) -> Path:
+    path = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    blob = save_safetensors(tensors)
+    card_text = json.dumps(card.to_dict(hashlib.sha256(blob).hexdigest()), indent=2, sort_keys=True) + "\n"
+    with atomic_directory(path) as tmp:
+        (tmp / WEIGHTS).write_bytes(blob)
+        (tmp / CARD).write_text(card_text)
+    return path
+
+
+def load_policy(path) -> PolicyBundle:
+    path = Path(path)
+    if not path.is_dir():
+        raise PolicyFileError(f"no policy at {path} (a policy is a directory with {CARD} and {WEIGHTS})")
+    try:
+        card = PolicyCard.from_dict(json.loads((path / CARD).read_text()))
+    except FileNotFoundError:
+        raise PolicyFileError(f"{path} has no {CARD}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise PolicyFileError(f"{path / CARD} is not a valid policy card: {err}") from None
+    try:
+        blob = (path / WEIGHTS).read_bytes()
+    except FileNotFoundError:
+        raise PolicyFileError(f"{path} has no {WEIGHTS}") from None
+    expected = json.loads((path / CARD).read_text()).get("weights_sha256")
+    if hashlib.sha256(blob).hexdigest() != expected:
+        raise PolicyFileError(f"{path / WEIGHTS} does not match the checksum in its card (truncated or altered)")
+    net = PolicyNet(card.observation.size, len(card.actions), card.hidden)
+    try:
+        net.load_state_dict(load_safetensors(blob))
+    except (RuntimeError, KeyError) as err:
+        raise PolicyFileError(f"{path / WEIGHTS} does not fit the network its card describes: {err}") from None
+    if any(not torch.isfinite(p).all() for p in net.parameters()):
+        raise PolicyFileError(f"{path / WEIGHTS} holds NaN or Inf weights")
+    return PolicyBundle(net.eval(), card, path)
