@@ -173,6 +173,44 @@ def cmd_references_build(args) -> int:
     return 0
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise CachepilotError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0 < v <= 1 for v in values):
+        raise CachepilotError(f"budgets are fractions of full compute in (0, 1]; got {text!r}")
+    return values
+
+
+def cmd_train(args) -> int:
+    """Train a cache policy for a model and save it as a policy file; prints its validation table."""
+    if args.model != "toy-wan":
+        raise CachepilotError(f"policy training needs a prompt split and a pipeline that can be stepped; "
+                              f"it is available for toy-wan, not {args.model!r}")
+    out = args.out or f"checkpoints/{args.model}/policy-{args.algo}"
+    budgets = _floats(args.budgets)
+    trainer = {"accelerator": args.accelerator, "devices": args.devices, "strategy": args.strategy}
+    if args.algo == "distill":
+        from cachepilot.train.distill import DistillConfig, distill
+
+        config = DistillConfig(pairs=args.pairs, val_pairs=args.val_pairs, budgets=budgets, dagger_rounds=args.rounds,
+                               epochs=args.epochs, num_envs=args.num_envs, seed=args.seed, trainer=trainer)
+        bundle, _ = distill(out, config, model=args.model, run_dir=args.run_dir, steps=args.steps,
+                            guidance=args.guidance, references=args.references)
+    else:
+        from cachepilot.train.rl import PPOConfig, train_ppo
+
+        config = PPOConfig(total_timesteps=args.timesteps, num_envs=args.num_envs, pairs=args.pairs,
+                           val_pairs=args.val_pairs, budgets=(min(budgets), max(budgets)), init_from=args.init_from,
+                           seed=args.seed)
+        bundle, _ = train_ppo(out, config, model=args.model, run_dir=args.run_dir, steps=args.steps,
+                              guidance=args.guidance, references=args.references)
+    print(f"policy saved to {out} ({bundle.net.num_parameters} parameters, "
+          f"{bundle.card.training['wall_minutes']} min)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -212,6 +250,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="without a run checkpoint, warm-start from this exported folder "
                    "(e.g. checkpoints/toy-wan) and count its training steps")
     p.set_defaults(func=cmd_train_model)
+
+    p = sub.add_parser("train", help="train a cache policy (distillation from the oracle, or PPO) and save it")
+    p.add_argument("--model", default="toy-wan")
+    p.add_argument("--algo", choices=["distill", "ppo"], default="distill")
+    p.add_argument("--out", help="policy directory (default: checkpoints/<model>/policy-<algo>)")
+    p.add_argument("--run-dir", help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: <out>.run); "
+                   "a rerun resumes from it")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--pairs", type=int, default=16, help="training (prompt, seed) pairs from the train split")
+    p.add_argument("--val-pairs", type=int, default=8)
+    p.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6",
+                   help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
+    p.add_argument("--rounds", type=int, default=2, help="distill: DAgger rounds after the oracle's own")
+    p.add_argument("--epochs", type=int, default=30, help="distill: epochs per round")
+    p.add_argument("--timesteps", type=int, default=12_000, help="ppo: environment steps in total")
+    p.add_argument("--init-from", help="ppo: warm-start the actor from this policy file (e.g. the distilled one)")
+    p.add_argument("--num-envs", type=int, default=8, help="episodes run in one batch")
+    p.add_argument("--references", help="reference store folder (default: $CACHEPILOT_REFERENCES or ~/.cache)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accelerator", default="cpu", help="distill: Lightning Trainer flag")
+    p.add_argument("--devices", default="1", help="distill: Lightning Trainer flag (e.g. 2 with --strategy ddp)")
+    p.add_argument("--strategy", default="auto", help="distill: Lightning Trainer flag (ddp, ddp_spawn, ...)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("calibrate", help="fit TeaCache / MagCache / AdaCache / MixCache statistics for a model")
     p.add_argument("--model", default="toy-wan")

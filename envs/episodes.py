@@ -9,6 +9,7 @@ from gymnasium import spaces
 
 from cachepilot.metrics import QUALITY_METRICS, quality
 from cachepilot.models.adapters import adapter_for
+from cachepilot.policies.learned import budget_mask
 from cachepilot.policies.observation import CLIP, ObservationSpec
 from cachepilot.runtime import Action, step_actions
 
@@ -57,7 +58,8 @@ def _budget_range(budget) -> tuple[float, float]:
 class CacheEpisodes:
     def __init__(self, model: str = "toy-wan", prompts="train", pairs: int | None = 64, steps: int = 50,
                  guidance: float = 5.0, budget=(0.2, 0.6), quality: str = "psnr", block_ks=None,
-                 reward: RewardConfig | None = None, model_path=None, pipe=None, references=None):
+                 reward: RewardConfig | None = None, model_path=None, pipe=None, references=None,
+                 budget_guard: bool = False):
         if quality not in QUALITY_METRICS:
             raise ValueError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
         if quality == "lpips":
@@ -72,7 +74,8 @@ class CacheEpisodes:
         self.pairs = make_pairs(model, prompts, pairs)
         self.budget_range = _budget_range(budget)
         self.reward = reward or RewardConfig()
-        num_blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
+        self.num_blocks = num_blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
+        self.budget_guard = budget_guard
         self.actions: tuple[Action, ...] = step_actions(num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks)
         self.spec = ObservationSpec()
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.spec.size,), np.float32)
@@ -157,6 +160,11 @@ class CacheEpisodes:
         if [pause.signals[r].sample for r in order] != list(range(len(self.episodes))):
             raise RuntimeError("the cond branch did not decide for every episode of the batch")
         self.masks = [np.asarray(pause.masks[r], dtype=bool) for r in order]
+        if self.budget_guard:  # also mask what would overrun the budget (what a LearnedPolicy does at inference)
+            step = len(self._costs[0])
+            for i, (mask, episode) in enumerate(zip(self.masks, self.episodes)):
+                guard = budget_mask(self.actions, self.num_blocks, step, sum(self._costs[i]), episode.budget, self.steps)
+                self.masks[i] = mask & guard if (mask & guard).any() else mask
         return np.stack([self.spec.build(pause.signals[r], e.budget) for r, e in zip(order, self.episodes)])
 
     def _terminal_mask(self) -> np.ndarray:

@@ -185,6 +185,12 @@ class ReferenceStore:
         bar.close()
         return [found[pair] for pair in pairs]
 
+    def put(self, prompt: str, seed: int, output) -> Reference:
+        """Store a full-compute output computed elsewhere (e.g. by the oracle's reference pass)."""
+        ref = Reference(self.key(prompt, seed), torch.as_tensor(output, dtype=torch.float32).contiguous())
+        self._write(ref)
+        return ref
+
     # ---- build ---------------------------------------------------------------------------
     @torch.no_grad()
     def _build(self, pairs: list[tuple[str, int]], trajectory: bool) -> list[Reference]:

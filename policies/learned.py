@@ -41,15 +41,16 @@ class PolicyNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def budget_mask(actions: Sequence[Action], num_blocks: int, signals: Signals, budget: float) -> np.ndarray:
-    """Actions whose cost keeps the generation within `budget` (fraction of full compute); never empty."""
-    steps = signals.num_steps or 1
-    spent = signals.compute_spent * signals.step  # full steps' worth computed so far
+def budget_mask(actions: Sequence[Action], num_blocks: int, step: int, spent: float, budget: float,
+                steps: int) -> np.ndarray:
+    """Actions whose cost keeps the generation within `budget` (a fraction of full compute over `steps` steps),
+    given `spent` full steps' worth already computed; step 0 may do anything, and the cheapest action is
+    always left."""
     costs = np.array([a.step_cost(num_blocks) for a in actions])
+    if step == 0:
+        return np.ones(len(actions), dtype=bool)
     allowed = spent + costs <= budget * steps + 1e-6
-    if signals.step == 0 or not allowed.any():
-        allowed = costs <= costs.min() if signals.step else np.ones(len(actions), bool)
-    return allowed
+    return allowed if allowed.any() else costs <= costs.min()
 
 
 def masked_argmax(logits: torch.Tensor, masks: np.ndarray) -> list[int]:
@@ -78,7 +79,8 @@ class LearnedPolicy(StepLevelPolicy):
     def allowed(self, signals: list[Signals], masks: list[np.ndarray]) -> np.ndarray:
         allowed = np.stack(masks).astype(bool)
         if self.budget_guard:
-            guard = np.stack([budget_mask(self.actions, self.num_blocks, s, self.budget) for s in signals])
+            guard = np.stack([budget_mask(self.actions, self.num_blocks, s.step, s.compute_spent * s.step, self.budget,
+                                          s.num_steps or 1) for s in signals])
             allowed = np.where((allowed & guard).any(1, keepdims=True), allowed & guard, allowed)
         return allowed
 

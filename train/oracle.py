@@ -122,7 +122,7 @@ class _Scripted(BasePolicy):
 
 
 def _stepper(pipe):
-    if not (hasattr(pipe, "prepare_denoising") and hasattr(pipe, "denoise_step")):
+    if not all(hasattr(pipe, m) for m in ("prepare_denoising", "denoise_step", "latents_to_frames")):
         raise OracleUnsupported(f"the oracle forks denoising mid-trajectory, which needs a pipeline that can be stepped "
                                 f"(prepare_denoising / denoise_step, as ToyWanPipeline); {type(pipe).__name__} cannot")
     return pipe
@@ -136,8 +136,9 @@ def _distance(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0,
-                     max_gap: int = DEFAULT_MAX_GAP, gain: np.ndarray | None = None) -> list[SegmentTable]:
-    """The segment-error table of each (prompt, seed), the pairs run as one batch."""
+                     max_gap: int = DEFAULT_MAX_GAP, gain: np.ndarray | None = None) -> tuple[list[SegmentTable], np.ndarray]:
+    """The segment-error table of each (prompt, seed), the pairs run as one batch, and the full-compute frames
+    (bit-identical to the pipeline's uncached output, so they serve as references)."""
     pipe = _stepper(pipe)
     prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -169,7 +170,8 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
     finally:
         remove_cache(pipe)
         scheduler.__dict__ = saved_scheduler
-    return [SegmentTable(errors[b], max_gap, gain) for b in range(len(pairs))]
+    frames = pipe.latents_to_frames(reference[-1]).cpu().numpy().astype(np.float32)
+    return [SegmentTable(errors[b], max_gap, gain) for b in range(len(pairs))], frames
 
 
 def amplification(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0, every: int = 4) -> np.ndarray:
@@ -179,11 +181,7 @@ def amplification(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance:
     not, so segment errors are weighted by it. Measured with single skips (STEP at step j - 1, FULL
     everywhere else) on a grid of every `every` steps, geometric mean over `pairs`, interpolated in log
     space; costs about steps / every generations per pair, once per model."""
-    from cachepilot.infer.evaluate import timed_reference
-
-    prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
-    tables = measure_segments(pipe, pairs, steps, guidance, max_gap=2)
-    reference, _ = timed_reference(pipe, prompts, seeds, steps, guidance)
+    tables, reference = measure_segments(pipe, pairs, steps, guidance, max_gap=2)
     skips = list(range(1, steps, every))
     schedules = [[STEP if s == j else FULL for s in range(steps)] for j in skips for _ in pairs]
     results = rollout(pipe, pairs * len(skips), schedules, np.tile(reference, (len(skips), 1, 1, 1, 1)), steps, guidance)

@@ -105,6 +105,11 @@ class ToyWanPipeline(DiffusionPipeline):
         latents = self.prepare_latents(prompt_embeds.shape[0], num_frames, height, width, generator, latents)
         return latents, prompt_embeds, negative_prompt_embeds, timesteps
 
+    @staticmethod
+    def latents_to_frames(latents: torch.Tensor) -> torch.Tensor:
+        """The latent is the video itself: (B, C, F, H, W) in [-1, 1] -> (B, F, H, W, C) in [0, 1]."""
+        return ((latents.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+
     def denoise_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, prompt_embeds: torch.Tensor,
                      negative_prompt_embeds: torch.Tensor | None, attention_kwargs: dict | None = None) -> torch.Tensor:
         """One denoising step exactly as `__call__` takes it (cond, then uncond, in their cache contexts).
@@ -178,8 +183,7 @@ class ToyWanPipeline(DiffusionPipeline):
         if output_type == "latent":
             video = latents
         else:
-            # the latent is the video itself: (B, C, F, H, W) in [-1, 1] -> (B, F, H, W, C) in [0, 1]
-            video = ((latents.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
+            video = self.latents_to_frames(latents)
             if output_type == "np":
                 video = video.cpu().numpy().astype(np.float32)
         self.maybe_free_model_hooks()

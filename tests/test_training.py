@@ -1,0 +1,219 @@
+"""The oracle, the learned policy, policy files, and tiny end-to-end runs of distillation and PPO on toy-wan."""
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from cachepilot.policies.learned import LearnedPolicy, PolicyNet, budget_mask
+from cachepilot.policies.policy_file import PolicyFileError, load_policy
+from cachepilot.runtime import FULL, STEP, apply_cache, cache_summary, remove_cache, step_actions
+from cachepilot.train.oracle import SegmentTable, fulls_for_budget, measure_segments
+
+STEPS = 6
+
+
+def random_table(n=7, max_gap=3, seed=0):
+    rng = np.random.default_rng(seed)
+    errors = np.full((n, n + 1), np.inf)
+    for i in range(n):
+        for j in range(i + 1, min(i + max_gap, n) + 1):
+            errors[i, j] = 0.0 if j == i + 1 else rng.uniform(0, 1) * (j - i)
+    return SegmentTable(errors, max_gap, rng.uniform(0.5, 2.0, n + 1))
+
+
+def brute_force(table, fulls):
+    n, best = table.steps, (np.inf, None)
+    for k in range(1, fulls + 1):
+        for rest in itertools.combinations(range(1, n), k - 1):
+            plan = [0, *rest]
+            ends = [*plan[1:], n]
+            if all(j - i <= table.max_gap for i, j in zip(plan, ends)):
+                best = min(best, (table.surrogate_error(plan), plan))
+    return best
+
+
+@pytest.mark.parametrize("fulls", [3, 4, 5])
+def test_oracle_dp_finds_the_least_error_plan(fulls):
+    table = random_table()
+    plan = table.plan(fulls)
+    assert len(plan) <= fulls and plan[0] == 0
+    assert table.surrogate_error(plan) == pytest.approx(brute_force(table, fulls)[0])
+
+
+def test_oracle_relabelling_rule_replays_its_own_plan():
+    table = random_table(seed=3)
+    plan = table.plan(4)
+    chosen, last = [0], 0
+    for step in range(1, table.steps):
+        if table.compute_now(step, last, 4 - len(chosen)):
+            chosen.append(step)
+            last = step
+    assert table.surrogate_error(chosen) == pytest.approx(table.surrogate_error(plan))
+
+
+def test_oracle_budget_is_whole_steps():
+    assert fulls_for_budget(0.35, 50) == 17 and fulls_for_budget(0.5, 50) == 25 and fulls_for_budget(0.01, 50) == 1
+
+
+def test_segment_measurement_on_toy_wan(toy_pipe):
+    from cachepilot.infer.evaluate import generate_batch
+    from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
+
+    pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a gradient background", 1)]
+    tables, frames = measure_segments(toy_pipe, pairs, STEPS, 5.0, max_gap=3)
+    # the oracle's reference pass is the uncached pipeline, bit for bit
+    assert np.array_equal(frames, generate_batch(toy_pipe, [p for p, _ in pairs], [0, 1], STEPS, 5.0))
+    errors = tables[0].errors
+    assert np.all(np.diag(errors[:, 1:]) == 0) and np.isfinite(errors[0, 3]) and np.isinf(errors[0, 4])
+    # a segment error is what really happens: FULL at 0, STEP at 1, 2 -> latents entering step 3
+    apply_cache(toy_pipe, FixedSchedule(full_steps_schedule(STEPS, [0, 3, 4, 5])), num_inference_steps=STEPS)
+    try:
+        kept = []
+        toy_pipe(prompt=pairs[0][0], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                 callback_on_step_end=lambda p, i, t, kw: kept.append(kw["latents"].clone()) or kw)
+    finally:
+        remove_cache(toy_pipe)
+    ref = []
+    toy_pipe(prompt=pairs[0][0], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+             callback_on_step_end=lambda p, i, t, kw: ref.append(kw["latents"].clone()) or kw)
+    rms = float((kept[2] - ref[2]).pow(2).mean().sqrt())
+    assert errors[0, 3] == pytest.approx(rms, rel=1e-4) and rms > 0
+
+
+def test_budget_mask():
+    actions = step_actions(6, (2, 4))  # FULL, STEP, CFG, BLOCK_2, BLOCK_4
+    assert budget_mask(actions, 6, 0, 0.0, 0.1, 10).all()  # step 0 always computes
+    assert list(budget_mask(actions, 6, 5, 1.0, 0.2, 10)) == [True, True, True, True, True]
+    assert list(budget_mask(actions, 6, 5, 1.5, 0.2, 10)) == [False, True, True, True, False]
+    assert list(budget_mask(actions, 6, 5, 2.0, 0.2, 10)) == [False, True, False, False, False]
+
+
+def test_learned_policy_stays_within_budget(toy_pipe):
+    torch.manual_seed(0)
+    actions = step_actions(6, (2, 4))
+    from cachepilot.policies.observation import ObservationSpec
+
+    net = PolicyNet(ObservationSpec().size, len(actions))
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([10.0, 0, 0, 0, 0]))  # always wants FULL
+    apply_cache(toy_pipe, LearnedPolicy(net, ObservationSpec(), actions, 6, budget=0.5), num_inference_steps=10)
+    try:
+        toy_pipe(prompt=["a red circle moving left quickly on a plain background"] * 2, num_inference_steps=10,
+                 generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+        summary = cache_summary(toy_pipe)
+    finally:
+        remove_cache(toy_pipe)
+    assert summary.computed_fraction == pytest.approx(0.5)
+    assert net.num_parameters <= 10_000
+
+
+# ---- tiny end-to-end runs (shared by the tests below) -----------------------------------------------
+@pytest.fixture(scope="module")
+def trained(toy_pipe, tmp_path_factory):
+    from cachepilot.train.distill import DistillConfig, distill
+    from cachepilot.train.rl import PPOConfig, train_ppo
+
+    root = tmp_path_factory.mktemp("policies")
+    refs = root / "refs"
+    config = DistillConfig(pairs=2, val_pairs=1, budgets=(0.3, 0.5), dagger_rounds=1, epochs=3, gain_pairs=1,
+                           gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,))
+    distilled, table = distill(root / "distill", config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
+    ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, pairs=2, val_pairs=1, batch_size=STEPS, eval_every=1,
+                           eval_budgets=(0.5,), init_from=str(root / "distill"))
+    ppo, _ = train_ppo(root / "ppo", ppo_config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
+    return root, distilled, ppo, table
+
+
+def test_distillation_end_to_end(trained):
+    root, bundle, _, table = trained
+    card = bundle.card
+    assert card.training["algorithm"] == "distill" and len(card.training["rounds"]) == 2
+    assert card.results["learned"]["0.5"]["computed_fraction"] <= 0.5 + 1e-9
+    assert (root / "distill.run" / "tensorboard").is_dir() and list((root / "distill.run" / "checkpoints").rglob("last.ckpt"))
+    assert "| 0.50 |" in table
+
+
+def test_ppo_end_to_end_warm_started(trained):
+    root, distilled, ppo, _ = trained
+    assert ppo.card.training["algorithm"] == "ppo" and ppo.card.training["timesteps"] >= 2 * STEPS
+    assert (root / "ppo.run" / "ppo_last.zip").exists()
+    assert ppo.card.actions == distilled.card.actions and ppo.net.hidden == distilled.net.hidden
+
+
+def test_policy_file_round_trip_gives_identical_decisions(trained, toy_pipe, tmp_path):
+    from cachepilot.policies.policy_file import save_policy
+
+    _, bundle, _, _ = trained
+    save_policy(tmp_path / "copy", bundle.net, bundle.card)
+    copy = load_policy(tmp_path / "copy")
+    decisions = []
+    for b in (bundle, copy):
+        apply_cache(toy_pipe, b.policy(0.4), num_inference_steps=STEPS)
+        try:
+            toy_pipe(prompt="a green circle moving up quickly on a plain background", num_inference_steps=STEPS,
+                     generator=torch.Generator().manual_seed(3))
+            decisions.append([(d.step, d.branch, d.action) for d in cache_summary(toy_pipe).decisions])
+        finally:
+            remove_cache(toy_pipe)
+    assert decisions[0] == decisions[1]
+    copy.check_pipeline(toy_pipe, steps=STEPS)
+
+
+def test_policy_file_validation(trained, toy_pipe, tmp_path):
+    import shutil
+
+    from tests.tiny_models import tiny_wan
+
+    root, bundle, _, _ = trained
+    with pytest.raises(PolicyFileError, match="no policy"):
+        load_policy(tmp_path / "nowhere")
+    bad = tmp_path / "bad"
+    shutil.copytree(root / "distill", bad)
+    data = bytearray((bad / "policy.safetensors").read_bytes())
+    data[-3] ^= 0xFF
+    (bad / "policy.safetensors").write_bytes(bytes(data))
+    with pytest.raises(PolicyFileError, match="checksum"):
+        load_policy(bad)
+    (bad / "policy.json").write_text("{not json")
+    with pytest.raises(PolicyFileError, match="not a valid policy card"):
+        load_policy(bad)
+    with pytest.raises(PolicyFileError, match="trained for 'toy-wan'"):
+        bundle.check_pipeline(tiny_wan().model)
+    with pytest.raises(PolicyFileError, match="outside this policy's trained range"):
+        bundle.policy(0.9)
+    card = json.loads((root / "distill" / "policy.json").read_text())
+    assert card["schema"] == 1 and card["observation"]["features"][0]["name"] == "step_fraction"
+
+
+def test_cli_train_rejects_models_without_training_support(capsys):
+    from cachepilot.cli import main
+
+    assert main(["train", "--model", "hunyuanvideo"]) == 2
+    assert "available for toy-wan" in capsys.readouterr().err
+
+
+def test_distill_trainer_runs_ddp_on_two_cpu_processes(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import numpy as np
+        from pathlib import Path
+        from cachepilot.train.distill import DistillConfig, fit
+
+        rng = np.random.default_rng(0)
+        arrays = {{"obs": rng.normal(size=(256, 13)).astype(np.float32), "masks": np.ones((256, 5), bool),
+                   "labels": rng.integers(0, 2, 256)}}
+        config = DistillConfig(epochs=2, batch_size=32,
+                               trainer={{"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_nodes": 1}})
+        net = fit(arrays, 5, Path({str(tmp_path)!r}), config, 0)
+        print("WORLD-OK", sum(p.numel() for p in net.parameters()))
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "WORLD-OK" in result.stdout
+    assert "distributed_backend=gloo" in result.stderr + result.stdout

@@ -1,0 +1,204 @@
+"""Distillation: teach the policy network the oracle's decisions, with DAgger rounds, in Lightning.
+
+Round 0 rolls the oracle itself out through the environment and records (observation, oracle action);
+every later round rolls the current student out and has the oracle relabel the states the student
+reached (`SegmentTable.compute_now`), then trains on everything gathered so far. Each round's student is
+scored on validation pairs (PSNR and computed fraction per budget) and logged to TensorBoard.
+
+Everything a run produces lives in its run directory and is reused when the run is started again: the
+amplification profile, the segment tables, each round's data, Lightning's checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from cachepilot.io import atomic_write_bytes
+from cachepilot.policies.learned import PolicyNet
+
+from .oracle import DEFAULT_MAX_GAP, SegmentTable, amplification, measure_segments
+
+
+@dataclass
+class DistillConfig:
+    pairs: int = 16  # training (prompt, seed) pairs from the train split
+    val_pairs: int = 8
+    budgets: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)  # per pair, one episode each per round
+    dagger_rounds: int = 2  # rounds after the oracle's own round
+    epochs: int = 30  # per round
+    batch_size: int = 256
+    lr: float = 3e-3
+    hidden: tuple[int, ...] = (64, 64)
+    gain_pairs: int = 2  # validation pairs that measure the amplification profile
+    gain_every: int = 4
+    max_gap: int = DEFAULT_MAX_GAP
+    num_envs: int = 8
+    seed: int = 0
+    eval_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    trainer: dict = field(default_factory=dict)  # Lightning Trainer flags: accelerator, devices, strategy, ...
+
+
+class ActionDataModule(L.LightningDataModule):
+    """(observation, valid-action mask, oracle action) triples; 10% held out for validation loss and accuracy."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int = 256, seed: int = 0):
+        super().__init__()
+        self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        n = len(self.arrays["labels"])
+        order = np.random.default_rng(self.seed).permutation(n)
+        cut = max(1, n // 10)
+        tensors = [torch.as_tensor(self.arrays[k]) for k in ("obs", "masks", "labels")]
+        self.val = TensorDataset(*(t[order[:cut]] for t in tensors))
+        self.train = TensorDataset(*(t[order[cut:]] for t in tensors))
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=4096)
+
+
+class DistillModule(L.LightningModule):
+    """Cross-entropy of the network's masked logits against the oracle's action."""
+
+    def __init__(self, obs_size: int, num_actions: int, hidden=(64, 64), lr: float = 3e-3):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = PolicyNet(obs_size, num_actions, hidden)
+
+    def _loss(self, batch, stage: str):
+        obs, masks, labels = batch
+        logits = self.net(obs.float()).masked_fill(~masks.bool(), -1e9)
+        loss = F.cross_entropy(logits, labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/accuracy", acc, prog_bar=True, sync_dist=True)
+        return loss
+
+    def training_step(self, batch, _idx):
+        return self._loss(batch, "train")
+
+    def validation_step(self, batch, _idx):
+        self._loss(batch, "val")
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+
+def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: DistillConfig, round_: int,
+        init: PolicyNet | None = None, logger=None) -> PolicyNet:
+    """One round of supervised training (resumes this round's checkpoint if the run was interrupted)."""
+    L.seed_everything(config.seed + round_, workers=True, verbose=False)
+    module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
+    if init is not None:
+        module.net.load_state_dict(init.state_dict())
+    ckpt_dir = run_dir / "checkpoints" / f"round{round_}"
+    callback = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
+    flags = {"max_epochs": config.epochs, "enable_model_summary": False, "log_every_n_steps": 5,
+             "enable_progress_bar": False, "accelerator": "cpu", "devices": 1, **config.trainer}
+    trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback], logger=logger if logger is not None else False,
+                        **flags)
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=ActionDataModule(arrays, config.batch_size, config.seed),
+                ckpt_path=str(last) if last.exists() else None)
+    return module.net.cpu().eval()
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfig, log=print) -> dict[int, SegmentTable]:
+    """Segment tables for the environment's pairs `pair_ids` (cached in the run directory); also stores each
+    pair's full-compute output as its reference, since the oracle's reference pass computed it."""
+    gain_path = run_dir / "oracle_gain.npz"
+    if gain_path.exists():
+        gain = np.load(gain_path)["gain"]
+    else:
+        from cachepilot.models.toy_wan.scenes import load_split
+
+        val = list(load_split("val"))[: config.gain_pairs]
+        log(f"oracle: measuring the error-amplification profile on {len(val)} val pairs")
+        gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
+                             config.gain_every)
+        _save_npz(gain_path, {"gain": gain})
+    tables: dict[int, SegmentTable] = {}
+    path = run_dir / "oracle_tables.npz"
+    if path.exists():
+        stored = np.load(path)
+        tables = {int(k.split("_")[1]): SegmentTable(stored[k], config.max_gap, gain)
+                  for k in stored.files if k.startswith("errors_")}
+    missing = [i for i in pair_ids if i not in tables]
+    for start in range(0, len(missing), config.num_envs):
+        chunk = missing[start : start + config.num_envs]
+        log(f"oracle: segment tables for pairs {chunk[0]}..{chunk[-1]}")
+        found, frames = measure_segments(core.pipe, [core.pairs[i] for i in chunk], core.steps, core.guidance,
+                                         config.max_gap, gain)
+        for i, table, output in zip(chunk, found, frames):
+            tables[i] = table
+            core.store.put(*core.pairs[i], output)
+        _save_npz(path, {f"errors_{i}": t.errors for i, t in tables.items()})
+    return tables
+
+
+def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", run_dir=None, steps: int = 50,
+            guidance: float = 5.0, pipe=None, references=None, log=print):
+    """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report)."""
+    from cachepilot.envs.episodes import CacheEpisodes
+
+    from .rollouts import OracleTeacher, Rollouts, run_episodes
+    from .report import evaluate_student, save_trained_policy
+
+    config = config or DistillConfig()
+    started = time.perf_counter()
+    run_dir = Path(run_dir or Path(out).with_name(Path(out).name + ".run"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    budgets = (min(config.budgets), max(config.budgets))
+    core = CacheEpisodes(model=model, prompts="train", pairs=config.pairs, steps=steps, guidance=guidance, budget=budgets,
+                         pipe=pipe, references=references)
+    val = CacheEpisodes(model=model, prompts="val", pairs=config.val_pairs, steps=steps, guidance=guidance,
+                        budget=budgets, pipe=core.pipe, references=core.store)
+    tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, log)
+    teacher = OracleTeacher(tables, core.actions, steps)
+    jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
+    logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
+    gathered, net, history = [], None, []
+    for round_ in range(config.dagger_rounds + 1):
+        path = run_dir / f"round{round_}.npz"
+        if path.exists():
+            arrays = dict(np.load(path))
+        else:
+            who = "oracle" if net is None else "student"
+            log(f"round {round_}: {len(jobs)} episodes rolled out by the {who}, labelled by the oracle")
+            rollouts: Rollouts = run_episodes(core, jobs, net=net, teacher=teacher, batch=config.num_envs)
+            arrays = rollouts.arrays()
+            _save_npz(path, arrays)
+        gathered.append(arrays)
+        merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
+        net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger)
+        scores = evaluate_student(val, net, config.eval_budgets)
+        for budget, score in scores.items():
+            logger.experiment.add_scalar(f"student_val/psnr@{budget}", score["psnr"], round_)
+            logger.experiment.add_scalar(f"student_val/computed_fraction@{budget}", score["computed_fraction"], round_)
+        history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores})
+        log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
+            f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
+    logger.experiment.flush()
+    minutes = (time.perf_counter() - started) / 60
+    training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
+                "rounds": history, "wall_minutes": round(minutes, 1), "oracle": "segment-error DP, train/oracle.py"}
+    return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, config.num_envs, log)

@@ -1,0 +1,150 @@
+"""Reinforcement learning: MaskablePPO (sb3-contrib) on BatchedCacheEnv, budget drawn per episode.
+
+The actor is SB3's MLP with tanh, the same layout as `PolicyNet`, so a distilled policy warm-starts it
+and the trained actor exports to an ordinary policy file. The environment masks invalid actions and,
+with `budget_guard`, those that would overrun the episode's budget (as the policy does at inference).
+Episode PSNR, computed fraction, reward and the action histogram go to TensorBoard; the validation score
+(through the real inference path, on a second pipeline) is logged every `eval_every` rollouts; the model
+is checkpointed every rollout and a rerun resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cachepilot.policies.learned import PolicyNet
+
+CHECKPOINT = "ppo_last.zip"
+
+
+@dataclass
+class PPOConfig:
+    total_timesteps: int = 12_000  # env steps over all envs (one episode = `steps` env steps)
+    num_envs: int = 8
+    pairs: int = 16
+    val_pairs: int = 8
+    budgets: tuple[float, float] = (0.2, 0.6)
+    lr: float = 3e-4
+    n_epochs: int = 5
+    batch_size: int = 100
+    ent_coef: float = 0.01
+    gamma: float = 1.0  # episodic, fixed length: no discount
+    hidden: tuple[int, ...] = (64, 64)
+    eval_every: int = 5  # rollouts between validation scores
+    eval_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    init_from: str | None = None  # a policy file (e.g. the distilled one) to start the actor from
+    seed: int = 0
+
+
+def actor_to_net(model, hidden) -> PolicyNet:
+    policy = model.policy
+    net = PolicyNet(policy.observation_space.shape[0], policy.action_space.n, hidden)
+    net.body.load_state_dict(policy.mlp_extractor.policy_net.state_dict())
+    net.head.load_state_dict(policy.action_net.state_dict())
+    return net.eval()
+
+
+def net_to_actor(net: PolicyNet, model) -> None:
+    model.policy.mlp_extractor.policy_net.load_state_dict(net.body.state_dict())
+    model.policy.action_net.load_state_dict(net.head.state_dict())
+
+
+def _callback(run_dir: Path, val, config: PPOConfig, actions, log):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from .report import evaluate_student
+
+    class Monitor(BaseCallback):
+        """Episode metrics and action histogram to TensorBoard; validation and checkpoint per rollout."""
+
+        def __init__(self):
+            super().__init__()
+            self.rollouts, self.picks, self.finals = 0, Counter(), []
+
+        def _on_step(self) -> bool:
+            self.picks.update(int(a) for a in np.asarray(self.locals["actions"]).reshape(-1))
+            for done, info in zip(self.locals["dones"], self.locals["infos"]):
+                if done and "psnr" in info:
+                    self.finals.append(info)
+            return True
+
+        def _on_rollout_end(self) -> None:
+            self.rollouts += 1
+            if self.finals:
+                for key in ("psnr", "computed_fraction", "reward_quality", "reward_budget"):
+                    self.logger.record(f"episode/{key}", float(np.mean([f[key] for f in self.finals])))
+                log(f"rollout {self.rollouts} ({self.num_timesteps} steps): PSNR "
+                    f"{np.mean([f['psnr'] for f in self.finals]):.2f} dB at "
+                    f"{np.mean([f['computed_fraction'] for f in self.finals]):.3f} compute")
+            total = sum(self.picks.values()) or 1
+            for index, action in enumerate(actions):
+                self.logger.record(f"actions/{action}", self.picks[index] / total)
+            self.picks, self.finals = Counter(), []
+            if config.eval_every and self.rollouts % config.eval_every == 0:
+                scores = evaluate_student(val, actor_to_net(self.model, config.hidden), config.eval_budgets)
+                for budget, score in scores.items():
+                    self.logger.record(f"val/psnr@{budget}", score["psnr"])
+                    self.logger.record(f"val/computed_fraction@{budget}", score["computed_fraction"])
+            self.model.save(run_dir / CHECKPOINT)
+
+    return Monitor()
+
+
+def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_dir=None, steps: int = 50,
+              guidance: float = 5.0, pipe=None, references=None, log=print):
+    """Train with MaskablePPO and save the actor as a policy file at `out`. Returns (bundle, summary table)."""
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+
+    from cachepilot.envs import BatchedCacheEnv
+    from cachepilot.envs.episodes import CacheEpisodes
+    from cachepilot.models.registry import load_pipeline
+    from cachepilot.policies.policy_file import load_policy
+
+    from .report import save_trained_policy
+
+    config = config or PPOConfig()
+    started = time.perf_counter()
+    run_dir = Path(run_dir or Path(out).with_name(Path(out).name + ".run"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = BatchedCacheEnv(config.num_envs, model=model, prompts="train", pairs=config.pairs, steps=steps,
+                          guidance=guidance, budget=config.budgets, pipe=pipe, references=references, budget_guard=True)
+    env.seed(config.seed)
+    # validation runs on its own pipeline: the training env keeps its pipeline hooked between rollouts
+    val = CacheEpisodes(model=model, prompts="val", pairs=config.val_pairs, steps=steps, guidance=guidance,
+                        budget=config.budgets, pipe=load_pipeline(model), references=env.episodes.store)
+    checkpoint = run_dir / CHECKPOINT
+    if checkpoint.exists():
+        agent = MaskablePPO.load(checkpoint, env=env, tensorboard_log=str(run_dir / "tensorboard"))
+        log(f"resuming PPO from {checkpoint} at {agent.num_timesteps} steps")
+    else:
+        agent = MaskablePPO(
+            MaskableActorCriticPolicy, env, learning_rate=config.lr, n_steps=steps, batch_size=config.batch_size,
+            n_epochs=config.n_epochs, gamma=config.gamma, ent_coef=config.ent_coef, seed=config.seed, verbose=0,
+            policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)}, "activation_fn": nn.Tanh},
+            tensorboard_log=str(run_dir / "tensorboard"))
+        if config.init_from:
+            bundle = load_policy(config.init_from)
+            if bundle.card.actions != env.actions or bundle.net.hidden != tuple(config.hidden):
+                raise ValueError(f"{config.init_from} has another action set or network shape; cannot warm-start from it")
+            net_to_actor(bundle.net, agent)
+            log(f"actor warm-started from {config.init_from}")
+    remaining = config.total_timesteps - agent.num_timesteps
+    if remaining > 0:
+        agent.learn(remaining, callback=_callback(run_dir, val, config, env.actions, log), reset_num_timesteps=False,
+                    tb_log_name="ppo")
+    env.close()
+    net = actor_to_net(agent, config.hidden)
+    minutes = (time.perf_counter() - started) / 60
+    training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
+                "train_pairs": config.pairs, "split": "train", "timesteps": int(agent.num_timesteps),
+                "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1)}
+    return save_trained_policy(out, net, env.episodes, val, config.budgets, training, config.eval_budgets,
+                               config.num_envs, log)
