@@ -52,8 +52,14 @@ def cmd_generate(args) -> int:
         from cachepilot.infer.plugin import apply_cache
         from cachepilot.policies.registry import get_baseline
 
-        knobs = {} if args.knob is None else {get_baseline(args.cache).knob: args.knob}
-        apply_cache(pipe, args.cache, num_inference_steps=args.steps, **knobs)
+        if args.cache == "learned":
+            from cachepilot.policies.policy_file import load_policy
+
+            policy = load_policy(args.policy or f"checkpoints/{args.model}/policy-distill")
+            apply_cache(pipe, policy, num_inference_steps=args.steps, budget=args.budget)
+        else:
+            knobs = {} if args.knob is None else {get_baseline(args.cache).knob: args.knob}
+            apply_cache(pipe, args.cache, num_inference_steps=args.steps, **knobs)
     start = time.perf_counter()
     frames = generate(pipe, args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                       negative_prompt=args.negative_prompt)
@@ -229,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output path ending in .gif or .mp4")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=8, help="pixel upscale factor for viewing (toy-wan is 16 px)")
-    p.add_argument("--cache", default="none", help="cache method: none, static, teacache, magcache, first-block, "
-                   "dbcache, adacache, mixcache")
+    p.add_argument("--cache", default="none", help="cache method: none, learned, static, teacache, magcache, "
+                   "first-block, dbcache, adacache, mixcache")
+    p.add_argument("--policy", help="learned: the policy directory (default: checkpoints/<model>/policy-distill)")
+    p.add_argument("--budget", type=float, default=0.35, help="learned: fraction of full compute to spend")
     p.add_argument("--knob", type=float, help="the method's knob (threshold / interval / scale); default: the paper's")
     p.set_defaults(func=cmd_generate)
 

@@ -26,7 +26,7 @@ from .learned import LearnedPolicy, PolicyNet
 from .observation import ObservationSpec
 
 SCHEMA = 1
-WEIGHTS, CARD = "policy.safetensors", "policy.json"
+WEIGHTS, CARD, README = "policy.safetensors", "policy.json", "README.md"
 STEP_NORMALISED = frozenset({"step_fraction", "sigma", "compute_spent", "budget", "budget_left"})
 
 
@@ -117,7 +117,31 @@ def save_policy(path, net: PolicyNet, card: PolicyCard) -> Path:
     with atomic_directory(path) as tmp:
         (tmp / WEIGHTS).write_bytes(blob)
         (tmp / CARD).write_text(card_text)
+        (tmp / README).write_text(readme(card, net))
     return path
+
+
+def readme(card: PolicyCard, net: PolicyNet) -> str:
+    """The human-readable side of the card (policy.json is the authority)."""
+    training = card.training
+    lines = [f"# cachepilot policy for {card.model}", "",
+             f"- algorithm: {training.get('algorithm', '?')}; network: MLP {list(card.hidden)} tanh, "
+             f"{net.num_parameters} parameters",
+             f"- actions: {', '.join(map(str, card.actions))}; observation: {', '.join(card.observation.names)}",
+             f"- trained for {card.steps} steps, guidance {card.guidance:g}, budgets {card.budget_range[0]:g}-"
+             f"{card.budget_range[1]:g} (computed fraction of full compute)",
+             f"- training data: {training.get('train_pairs', '?')} (prompt, seed) pairs of the {training.get('split', '?')} "
+             f"split; wall time {training.get('wall_minutes', '?')} min", ""]
+    results = card.results
+    if results.get("learned"):
+        lines += [f"Validation ({results.get('pairs')} {results.get('split')} pairs; PSNR vs the uncached output):", "",
+                  "| budget | PSNR dB | computed fraction | uniform schedule PSNR dB | uniform computed fraction |",
+                  "|---|---|---|---|---|"]
+        for b, r in results["learned"].items():
+            u = results.get("uniform", {}).get(b, {})
+            lines.append(f"| {float(b):.2f} | {r['psnr']:.2f} | {r['computed_fraction']:.3f} | "
+                         f"{u.get('psnr', float('nan')):.2f} | {u.get('computed_fraction', float('nan')):.3f} |")
+    return "\n".join(lines) + "\n"
 
 
 def load_policy(path) -> PolicyBundle:

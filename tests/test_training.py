@@ -217,3 +217,23 @@ def test_distill_trainer_runs_ddp_on_two_cpu_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "WORLD-OK" in result.stdout
     assert "distributed_backend=gloo" in result.stderr + result.stdout
+
+
+def test_plugin_applies_a_policy_file_with_a_budget(trained, toy_pipe):
+    from cachepilot import apply_cache as plugin_apply
+    from cachepilot import cache_summary as plugin_summary
+    from cachepilot import load_policy as plugin_load
+    from cachepilot import remove_cache as plugin_remove
+    from cachepilot.errors import CachepilotError
+
+    root = trained[0]
+    bundle = plugin_load(root / "distill")
+    with pytest.raises(CachepilotError, match="needs a budget"):
+        plugin_apply(toy_pipe, bundle)
+    plugin_apply(toy_pipe, bundle, budget=0.3, num_inference_steps=STEPS)
+    try:
+        toy_pipe(prompt="a green circle moving up quickly on a plain background", num_inference_steps=STEPS,
+                 generator=torch.Generator().manual_seed(3))
+        assert plugin_summary(toy_pipe).computed_fraction <= 0.3 + 1e-9
+    finally:
+        plugin_remove(toy_pipe)

@@ -122,20 +122,32 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
+    """The amplification profile: the run's own, else the one shipped beside the model (same weights, steps
+    and guidance only), else measured now on validation pairs."""
+    from cachepilot.models.registry import embedded_path
+
+    for path in (run_dir / "oracle_gain.npz", embedded_path(core.model) / "oracle_gain.npz"):
+        if path.exists():
+            stored = np.load(path)
+            same = {"model_hash": core.store.model_hash, "steps": core.steps, "guidance": core.guidance}
+            if all(k in stored.files and stored[k].item() == v for k, v in same.items()):
+                return stored["gain"]
+    from cachepilot.models.toy_wan.scenes import load_split
+
+    val = list(load_split("val"))[: config.gain_pairs]
+    log(f"oracle: measuring the error-amplification profile on {len(val)} val pairs")
+    gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
+                         config.gain_every)
+    _save_npz(run_dir / "oracle_gain.npz", {"gain": gain, "model_hash": np.array(core.store.model_hash),
+                                            "steps": np.array(core.steps), "guidance": np.array(core.guidance)})
+    return gain
+
+
 def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfig, log=print) -> dict[int, SegmentTable]:
     """Segment tables for the environment's pairs `pair_ids` (cached in the run directory); also stores each
     pair's full-compute output as its reference, since the oracle's reference pass computed it."""
-    gain_path = run_dir / "oracle_gain.npz"
-    if gain_path.exists():
-        gain = np.load(gain_path)["gain"]
-    else:
-        from cachepilot.models.toy_wan.scenes import load_split
-
-        val = list(load_split("val"))[: config.gain_pairs]
-        log(f"oracle: measuring the error-amplification profile on {len(val)} val pairs")
-        gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
-                             config.gain_every)
-        _save_npz(gain_path, {"gain": gain})
+    gain = _gain(core, run_dir, config, log)
     tables: dict[int, SegmentTable] = {}
     path = run_dir / "oracle_tables.npz"
     if path.exists():
@@ -161,12 +173,11 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     from cachepilot.envs.episodes import CacheEpisodes
 
     from .rollouts import OracleTeacher, Rollouts, run_episodes
-    from .report import evaluate_student, save_trained_policy
+    from .report import evaluate_student, make_run_dir, save_trained_policy
 
     config = config or DistillConfig()
     started = time.perf_counter()
-    run_dir = Path(run_dir or Path(out).with_name(Path(out).name + ".run"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_run_dir(out, run_dir)
     budgets = (min(config.budgets), max(config.budgets))
     core = CacheEpisodes(model=model, prompts="train", pairs=config.pairs, steps=steps, guidance=guidance, budget=budgets,
                          pipe=pipe, references=references)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from cachepilot.infer.evaluate import run_method
@@ -9,6 +11,13 @@ from cachepilot.policies.learned import LearnedPolicy, PolicyNet
 from cachepilot.policies.policy_file import PolicyCard, load_policy, model_config_hash, save_policy
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.train.oracle import fulls_for_budget
+
+
+def make_run_dir(out, run_dir=None) -> Path:
+    """Where a training run keeps what it reuses on a rerun (default: beside the policy, `<out>.run`)."""
+    path = Path(run_dir or Path(out).with_name(Path(out).name + ".run"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _score(core, policy, method: str, knob: float) -> dict:

@@ -108,12 +108,11 @@ def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_
     from cachepilot.models.registry import load_pipeline
     from cachepilot.policies.policy_file import load_policy
 
-    from .report import save_trained_policy
+    from .report import make_run_dir, save_trained_policy
 
     config = config or PPOConfig()
     started = time.perf_counter()
-    run_dir = Path(run_dir or Path(out).with_name(Path(out).name + ".run"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = make_run_dir(out, run_dir)
     env = BatchedCacheEnv(config.num_envs, model=model, prompts="train", pairs=config.pairs, steps=steps,
                           guidance=guidance, budget=config.budgets, pipe=pipe, references=references, budget_guard=True)
     env.seed(config.seed)
