@@ -16,8 +16,8 @@ class CacheEnv(gym.Env):
     under that action through the cache runtime. Actions index `env.actions` (FULL, STEP, CFG, BLOCK_k);
     `action_masks()` says which are valid (sb3-contrib's convention); an invalid one computes FULL and
     reports `info["invalid_action"]`; with `budget_guard=True` the masks also rule out what would take the
-    episode past its budget (as a LearnedPolicy does at inference). The reward is documented in `cachepilot.envs.reward`; every term is
-    in `info`. Keyword arguments: see `CacheEpisodes`.
+    episode past its budget (as a LearnedPolicy does at inference). The reward is documented in
+    `cachepilot.envs.reward`; every term is in `info`. Keyword arguments: see `CacheEpisodes`.
     """
 
     metadata = {"render_modes": []}

@@ -9,7 +9,7 @@ from gymnasium import spaces
 
 from cachepilot.metrics import QUALITY_METRICS, quality
 from cachepilot.models.adapters import adapter_for
-from cachepilot.policies.learned import budget_mask
+from cachepilot.policies.learned import within_budget
 from cachepilot.policies.observation import CLIP, ObservationSpec
 from cachepilot.runtime import Action, step_actions
 
@@ -162,9 +162,8 @@ class CacheEpisodes:
         self.masks = [np.asarray(pause.masks[r], dtype=bool) for r in order]
         if self.budget_guard:  # also mask what would overrun the budget (what a LearnedPolicy does at inference)
             step = len(self._costs[0])
-            for i, (mask, episode) in enumerate(zip(self.masks, self.episodes)):
-                guard = budget_mask(self.actions, self.num_blocks, step, sum(self._costs[i]), episode.budget, self.steps)
-                self.masks[i] = mask & guard if (mask & guard).any() else mask
+            self.masks = [within_budget(mask, self.actions, self.num_blocks, step, sum(costs), episode.budget, self.steps)
+                          for mask, costs, episode in zip(self.masks, self._costs, self.episodes)]
         return np.stack([self.spec.build(pause.signals[r], e.budget) for r, e in zip(order, self.episodes)])
 
     def _terminal_mask(self) -> np.ndarray:

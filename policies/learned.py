@@ -53,6 +53,13 @@ def budget_mask(actions: Sequence[Action], num_blocks: int, step: int, spent: fl
     return allowed if allowed.any() else costs <= costs.min()
 
 
+def within_budget(valid: np.ndarray, actions: Sequence[Action], num_blocks: int, step: int, spent: float,
+                  budget: float, steps: int) -> np.ndarray:
+    """The valid actions that `budget_mask` allows; all valid ones where it allows none of them."""
+    kept = valid & budget_mask(actions, num_blocks, step, spent, budget, steps)
+    return kept if kept.any() else valid
+
+
 def masked_argmax(logits: torch.Tensor, masks: np.ndarray) -> list[int]:
     logits = logits.masked_fill(~torch.as_tensor(masks, dtype=torch.bool), float("-inf"))
     return logits.argmax(-1).tolist()
@@ -77,12 +84,11 @@ class LearnedPolicy(StepLevelPolicy):
         return np.stack([self.spec.build(s, self.budget) for s in signals])
 
     def allowed(self, signals: list[Signals], masks: list[np.ndarray]) -> np.ndarray:
-        allowed = np.stack(masks).astype(bool)
-        if self.budget_guard:
-            guard = np.stack([budget_mask(self.actions, self.num_blocks, s.step, s.compute_spent * s.step, self.budget,
-                                          s.num_steps or 1) for s in signals])
-            allowed = np.where((allowed & guard).any(1, keepdims=True), allowed & guard, allowed)
-        return allowed
+        valid = [np.asarray(m, dtype=bool) for m in masks]
+        if not self.budget_guard:
+            return np.stack(valid)
+        return np.stack([within_budget(m, self.actions, self.num_blocks, s.step, s.compute_spent * s.step, self.budget,
+                                       s.num_steps or 1) for m, s in zip(valid, signals)])
 
     @torch.no_grad()
     def choose(self, signals, masks):

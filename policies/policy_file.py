@@ -149,7 +149,8 @@ def load_policy(path) -> PolicyBundle:
     if not path.is_dir():
         raise PolicyFileError(f"no policy at {path} (a policy is a directory with {CARD} and {WEIGHTS})")
     try:
-        card = PolicyCard.from_dict(json.loads((path / CARD).read_text()))
+        data = json.loads((path / CARD).read_text())
+        card = PolicyCard.from_dict(data)
     except FileNotFoundError:
         raise PolicyFileError(f"{path} has no {CARD}") from None
     except (ValueError, KeyError, TypeError) as err:
@@ -158,8 +159,7 @@ def load_policy(path) -> PolicyBundle:
         blob = (path / WEIGHTS).read_bytes()
     except FileNotFoundError:
         raise PolicyFileError(f"{path} has no {WEIGHTS}") from None
-    expected = json.loads((path / CARD).read_text()).get("weights_sha256")
-    if hashlib.sha256(blob).hexdigest() != expected:
+    if hashlib.sha256(blob).hexdigest() != data.get("weights_sha256"):
         raise PolicyFileError(f"{path / WEIGHTS} does not match the checksum in its card (truncated or altered)")
     net = PolicyNet(card.observation.size, len(card.actions), card.hidden)
     try:

@@ -86,6 +86,20 @@ def test_segment_measurement_on_toy_wan(toy_pipe):
     assert errors[0, 3] == pytest.approx(rms, rel=1e-4) and rms > 0
 
 
+def test_refine_keeps_a_move_only_when_a_real_rollout_improves(toy_pipe):
+    from cachepilot.infer.evaluate import generate_batch
+    from cachepilot.train.oracle import refine, rollout
+    from cachepilot.policies.schedule import full_steps_schedule
+
+    pair = ("a red circle moving left quickly on a plain background", 0)
+    reference = generate_batch(toy_pipe, [pair[0]], [0], STEPS, 5.0)
+    start = [0, 3]
+    before = rollout(toy_pipe, [pair], [full_steps_schedule(STEPS, start)], reference, STEPS, 5.0)[0].psnr
+    best, psnr = refine(toy_pipe, pair, start, reference[0], STEPS, 5.0, rounds=2, max_gap=4)
+    assert psnr >= before and len(best) == len(start) and best[0] == 0
+    assert rollout(toy_pipe, [pair], [full_steps_schedule(STEPS, best)], reference, STEPS, 5.0)[0].psnr == pytest.approx(psnr)
+
+
 def test_budget_mask():
     actions = step_actions(6, (2, 4))  # FULL, STEP, CFG, BLOCK_2, BLOCK_4
     assert budget_mask(actions, 6, 0, 0.0, 0.1, 10).all()  # step 0 always computes

@@ -172,7 +172,7 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report)."""
     from cachepilot.envs.episodes import CacheEpisodes
 
-    from .rollouts import OracleTeacher, Rollouts, run_episodes
+    from .rollouts import OracleTeacher, run_episodes
     from .report import evaluate_student, make_run_dir, save_trained_policy
 
     config = config or DistillConfig()
@@ -195,8 +195,7 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
         else:
             who = "oracle" if net is None else "student"
             log(f"round {round_}: {len(jobs)} episodes rolled out by the {who}, labelled by the oracle")
-            rollouts: Rollouts = run_episodes(core, jobs, net=net, teacher=teacher, batch=config.num_envs)
-            arrays = rollouts.arrays()
+            arrays = run_episodes(core, jobs, teacher, net=net, batch=config.num_envs).arrays()
             _save_npz(path, arrays)
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
@@ -212,4 +211,4 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     minutes = (time.perf_counter() - started) / 60
     training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
                 "rounds": history, "wall_minutes": round(minutes, 1), "oracle": "segment-error DP, train/oracle.py"}
-    return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, config.num_envs, log)
+    return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log)

@@ -150,12 +150,10 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
     try:
         latents, embeds, negative, timesteps = pipe.prepare_denoising(
             prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators)
-        reference = [latents]
+        reference, states = [latents], [None] * steps
         for i, t in enumerate(timesteps):  # the reference trajectory, computed first (the forks compare with it)
             policy.action = FULL
             reference.append(pipe.denoise_step(reference[-1], i, t, embeds, negative))
-            if i == 0:
-                states = [None] * steps
             states[i] = (copy.deepcopy(vars(scheduler)), runtime.snapshot())
         for i in range(steps):  # fork after the FULL at step i: reuse until the gap runs out
             errors[:, i, i + 1] = 0.0

@@ -20,23 +20,28 @@ def make_run_dir(out, run_dir=None) -> Path:
     return path
 
 
-def _score(core, policy, method: str, knob: float) -> dict:
+def _reference(core) -> np.ndarray:
+    return np.stack([r.output.numpy() for r in core.store.get_many(core.pairs, progress=False)])
+
+
+def _score(core, reference: np.ndarray, policy, method: str, knob: float) -> dict:
     prompts, seeds = [p for p, _ in core.pairs], [s for _, s in core.pairs]
-    reference = np.stack([r.output.numpy() for r in core.store.get_many(core.pairs, progress=False)])
     results, _ = run_method(core.pipe, policy, prompts, seeds, reference, core.steps, core.guidance, method, knob)
     return {"psnr": float(np.mean([r.psnr for r in results])), "ssim": float(np.mean([r.ssim for r in results])),
             "computed_fraction": float(np.mean([r.computed_fraction for r in results])), "pairs": len(results)}
 
 
-def evaluate_student(core, net: PolicyNet, budgets, batch: int = 8) -> dict[float, dict]:
+def evaluate_student(core, net: PolicyNet, budgets) -> dict[float, dict]:
     """The network as a LearnedPolicy at each budget, on `core`'s pairs (one batched generation per budget)."""
-    return {float(b): _score(core, LearnedPolicy(net, core.spec, core.actions, core.num_blocks, b), "learned", b)
+    reference = _reference(core)
+    return {float(b): _score(core, reference, LearnedPolicy(net, core.spec, core.actions, core.num_blocks, b), "learned", b)
             for b in budgets}
 
 
 def evaluate_uniform(core, budgets) -> dict[float, dict]:
     """The static baseline's schedule family at the same number of FULL steps as each budget allows."""
-    return {float(b): _score(core, FixedSchedule.uniform(core.steps, fulls_for_budget(b, core.steps) / core.steps),
+    reference = _reference(core)
+    return {float(b): _score(core, reference, FixedSchedule.uniform(core.steps, fulls_for_budget(b, core.steps) / core.steps),
                              "uniform", b) for b in budgets}
 
 
@@ -48,9 +53,9 @@ def summary_table(student: dict, uniform: dict) -> str:
     return "\n".join(lines)
 
 
-def save_trained_policy(out, net: PolicyNet, core, val, budget_range, training: dict, eval_budgets, batch: int, log=print):
+def save_trained_policy(out, net: PolicyNet, core, val, budget_range, training: dict, eval_budgets, log=print):
     """Final validation scores (student vs the uniform schedule), then the policy file with its card."""
-    student, uniform = evaluate_student(val, net, eval_budgets, batch), evaluate_uniform(val, eval_budgets)
+    student, uniform = evaluate_student(val, net, eval_budgets), evaluate_uniform(val, eval_budgets)
     table = summary_table(student, uniform)
     log(f"validation, {len(val.pairs)} pairs, {core.steps} steps, guidance {core.guidance}:\n{table}")
     card = PolicyCard(model=core.model, model_config_hash=model_config_hash(core.pipe), actions=core.actions,

@@ -145,5 +145,4 @@ def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_
     training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
                 "train_pairs": config.pairs, "split": "train", "timesteps": int(agent.num_timesteps),
                 "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1)}
-    return save_trained_policy(out, net, env.episodes, val, config.budgets, training, config.eval_budgets,
-                               config.num_envs, log)
+    return save_trained_policy(out, net, env.episodes, val, config.budgets, training, config.eval_budgets, log)
