@@ -136,7 +136,7 @@ def trained(toy_pipe, tmp_path_factory):
     root = tmp_path_factory.mktemp("policies")
     refs = root / "refs"
     config = DistillConfig(pairs=2, val_pairs=1, budgets=(0.3, 0.5), dagger_rounds=1, epochs=3, gain_pairs=1,
-                           gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,))
+                           gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,), student_val_every=2)
     distilled, table = distill(root / "distill", config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
     ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, pairs=2, val_pairs=1, batch_size=STEPS, eval_every=1,
                            eval_budgets=(0.5,), init_from=str(root / "distill"))
@@ -151,6 +151,19 @@ def test_distillation_end_to_end(trained):
     assert card.results["learned"]["0.5"]["computed_fraction"] <= 0.5 + 1e-9
     assert (root / "distill.run" / "tensorboard").is_dir() and list((root / "distill.run" / "checkpoints").rglob("last.ckpt"))
     assert "| 0.50 |" in table
+
+
+def test_distillation_logs_the_students_val_quality_per_epoch(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root = trained[0]
+    events = EventAccumulator(str(root / "distill.run" / "tensorboard" / "version_0")).Reload()
+    psnr = events.Scalars("student_val/psnr@0.5")
+    # 3 epochs per round, every 2nd epoch and the last one, x axis counting epochs across the 2 rounds
+    assert [e.step for e in psnr] == [2, 3, 5, 6]
+    assert all(0 < e.value < 100 for e in psnr)  # a real score, not a placeholder
+    assert {e.step for e in events.Scalars("student_val/computed_fraction@0.5")} == {2, 3, 5, 6}
+    assert "val/accuracy" in events.Tags()["scalars"]
 
 
 def test_ppo_end_to_end_warm_started(trained):

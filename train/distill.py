@@ -2,8 +2,9 @@
 
 Round 0 rolls the oracle itself out through the environment and records (observation, oracle action);
 every later round rolls the current student out and has the oracle relabel the states the student
-reached (`SegmentTable.compute_now`), then trains on everything gathered so far. Each round's student is
-scored on validation pairs (PSNR and computed fraction per budget) and logged to TensorBoard.
+reached (`SegmentTable.compute_now`), then trains on everything gathered so far. TensorBoard gets the loss
+and oracle agreement per step and epoch, and every `student_val_every` epochs the student's real PSNR and
+computed fraction per budget on validation pairs (`StudentValidation`).
 
 Everything a run produces lives in its run directory and is reused when the run is started again: the
 amplification profile, the segment tables, each round's data, Lightning's checkpoints.
@@ -11,6 +12,7 @@ amplification profile, the segment tables, each round's data, Lightning's checkp
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +45,7 @@ class DistillConfig:
     num_envs: int = 8
     seed: int = 0
     eval_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    student_val_every: int = 10  # epochs between real-generation scores of the student on the val pairs
     trainer: dict = field(default_factory=dict)  # Lightning Trainer flags: accelerator, devices, strategy, ...
 
 
@@ -95,8 +98,32 @@ class DistillModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
+class StudentValidation(L.Callback):
+    """Every `every` epochs (and at the last), generate the val pairs with the student at each budget and log
+    its PSNR and computed fraction: agreement with the oracle is a proxy, this is the number that matters.
+    Runs on the global-zero process only; the x axis counts epochs across DAgger rounds."""
+
+    def __init__(self, val, budgets, every: int, epoch_offset: int = 0):
+        self.val, self.budgets, self.every, self.epoch_offset = val, tuple(budgets), max(1, every), epoch_offset
+        self.last: dict[float, dict] | None = None
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        from .report import evaluate_student
+
+        epoch = trainer.current_epoch + 1
+        if (epoch % self.every and epoch != trainer.max_epochs) or not trainer.is_global_zero:
+            return
+        net = copy.deepcopy(module.net).cpu().eval()
+        self.last = evaluate_student(self.val, net, self.budgets)
+        if trainer.logger is not None:
+            for budget, score in self.last.items():
+                for key in ("psnr", "computed_fraction"):
+                    trainer.logger.experiment.add_scalar(f"student_val/{key}@{budget}", score[key],
+                                                         self.epoch_offset + epoch)
+
+
 def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: DistillConfig, round_: int,
-        init: PolicyNet | None = None, logger=None) -> PolicyNet:
+        init: PolicyNet | None = None, logger=None, callbacks=()) -> PolicyNet:
     """One round of supervised training (resumes this round's checkpoint if the run was interrupted)."""
     L.seed_everything(config.seed + round_, workers=True, verbose=False)
     module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
@@ -106,7 +133,7 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
     callback = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
     flags = {"max_epochs": config.epochs, "enable_model_summary": False, "log_every_n_steps": 5,
              "enable_progress_bar": False, "accelerator": "cpu", "devices": 1, **config.trainer}
-    trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback], logger=logger if logger is not None else False,
+    trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback, *callbacks], logger=logger if logger is not None else False,
                         **flags)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=ActionDataModule(arrays, config.batch_size, config.seed),
@@ -199,11 +226,9 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
             _save_npz(path, arrays)
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
-        net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger)
-        scores = evaluate_student(val, net, config.eval_budgets)
-        for budget, score in scores.items():
-            logger.experiment.add_scalar(f"student_val/psnr@{budget}", score["psnr"], round_)
-            logger.experiment.add_scalar(f"student_val/computed_fraction@{budget}", score["computed_fraction"], round_)
+        student_val = StudentValidation(val, config.eval_budgets, config.student_val_every, round_ * config.epochs)
+        net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger, callbacks=[student_val])
+        scores = student_val.last or evaluate_student(val, net, config.eval_budgets)  # None: round resumed finished
         history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores})
         log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
             f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
@@ -211,4 +236,4 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     minutes = (time.perf_counter() - started) / 60
     training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
                 "rounds": history, "wall_minutes": round(minutes, 1), "oracle": "segment-error DP, train/oracle.py"}
-    return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log)
+    return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)

@@ -53,9 +53,12 @@ def summary_table(student: dict, uniform: dict) -> str:
     return "\n".join(lines)
 
 
-def save_trained_policy(out, net: PolicyNet, core, val, budget_range, training: dict, eval_budgets, log=print):
-    """Final validation scores (student vs the uniform schedule), then the policy file with its card."""
-    student, uniform = evaluate_student(val, net, eval_budgets), evaluate_uniform(val, eval_budgets)
+def save_trained_policy(out, net: PolicyNet, core, val, budget_range, training: dict, eval_budgets, log=print,
+                        student: dict | None = None):
+    """Final validation scores (student vs the uniform schedule), then the policy file with its card.
+    `student`: the network's validation scores at `eval_budgets` when the caller already has them."""
+    student = student or evaluate_student(val, net, eval_budgets)
+    uniform = evaluate_uniform(val, eval_budgets)
     table = summary_table(student, uniform)
     log(f"validation, {len(val.pairs)} pairs, {core.steps} steps, guidance {core.guidance}:\n{table}")
     card = PolicyCard(model=core.model, model_config_hash=model_config_hash(core.pipe), actions=core.actions,
