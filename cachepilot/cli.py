@@ -217,6 +217,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    """Every cache method on the same pairs: results.csv/json, table.md, pareto.png, side_by_side.gif."""
+    from cachepilot.infer.ablate import AblationConfig, ablate
+
+    settings = {"model": args.model, "model_path": args.model_path, "split": args.split, "methods": args.methods}
+    if args.prompts_file:
+        settings["prompts"] = tuple(_read_prompts(args.prompts_file))
+    for name in ("pairs", "steps", "guidance"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.budgets:
+        settings["budgets"] = _floats(args.budgets)
+    if args.oracle_budgets:
+        settings["oracle_budgets"] = _floats(args.oracle_budgets)
+    if args.policies:
+        settings["policies"] = tuple(p for p in args.policies.split(",") if p)
+    config = AblationConfig.quick(**settings) if args.quick else AblationConfig(**settings)
+    out = Path(args.out)
+    ablate(config, out)
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/results.csv, results.json, table.md, pareto.png, side_by_side.gif")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="1", help="distill: Lightning Trainer flag (e.g. 2 with --strategy ddp)")
     p.add_argument("--strategy", default="auto", help="distill: Lightning Trainer flag (ddp, ddp_spawn, ...)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ablate", help="run every cache method on the same prompts and seeds; tables, Pareto plot, GIF")
+    p.add_argument("--model", default="toy-wan")
+    p.add_argument("--model-path")
+    p.add_argument("--methods", default="all", help="all, or a comma list: baseline and peer names, oracle, learned, "
+                   "learned-<policy>")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split (real models)")
+    p.add_argument("--pairs", type=int, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
+    p.add_argument("--steps", type=int, help="default 50")
+    p.add_argument("--guidance", type=float, help="default 5")
+    p.add_argument("--budgets", help="learned policies' budgets (default 0.2,0.25,0.35,0.5,0.6)")
+    p.add_argument("--oracle-budgets", help="default 0.25,0.35,0.5")
+    p.add_argument("--policies", help="comma list of policy folders (default: every policy-* beside the weights)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 pairs, default knobs, one budget")
+    p.add_argument("--out", default="results/ablation", help="output folder; its runs/ are reused on a rerun")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("calibrate", help="fit TeaCache / MagCache / AdaCache / MixCache statistics for a model")
     p.add_argument("--model", default="toy-wan")

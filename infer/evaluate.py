@@ -35,9 +35,8 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guida
     return np.asarray(pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).frames)
 
 
-def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np.ndarray, steps: int, guidance: float,
-               method: str, knob: float) -> tuple[list[PairResult], float]:
-    """Returns per-pair results and the batch's transformer wall time."""
+def generate_with(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
+    """One batched generation under `policy`: (frames, per-sample computed fraction, transformer wall time)."""
     apply_cache(pipe, policy, num_inference_steps=steps)
     try:
         frames = generate_batch(pipe, prompts, seeds, steps, guidance)
@@ -48,7 +47,14 @@ def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np
     for i in range(len(prompts)):
         mine = [d for d in summary.decisions if d.sample == i]
         fractions.append(sum(d.flops for d in mine) / sum(d.full_flops for d in mine))
-    return score(frames, reference, prompts, seeds, fractions, method, knob), summary.wall_time
+    return frames, fractions, summary.wall_time
+
+
+def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np.ndarray, steps: int, guidance: float,
+               method: str, knob: float) -> tuple[list[PairResult], float]:
+    """Returns per-pair results and the batch's transformer wall time."""
+    frames, fractions, wall = generate_with(pipe, policy, prompts, seeds, steps, guidance)
+    return score(frames, reference, prompts, seeds, fractions, method, knob), wall
 
 
 def score(frames, reference, prompts, seeds, fractions, method: str, knob: float) -> list[PairResult]:

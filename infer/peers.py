@@ -110,8 +110,10 @@ def available_peers() -> list[str]:
     return [name for name, p in PEERS.items() if p.library != "cache-dit" or has_cache_dit]
 
 
-def run_peer(pipe, peer: Peer, value: float, prompts, seeds, reference, steps: int, guidance: float,
-             calibration: dict | None = None) -> tuple[list[PairResult], float]:
+def generate_with_peer(pipe, peer: Peer, value: float, prompts, seeds, steps: int, guidance: float,
+                       calibration: dict | None = None):
+    """One batched generation under a peer cache: (frames, per-sample computed fraction, transformer wall time).
+    The fraction is the batch's (a peer's decisions are not reported per sample)."""
     transformer = pipe.transformer
     blocks = adapter_for(transformer).blocks(transformer)
     counts = {"blocks": 0, "calls": 0, "wall": 0.0, "start": 0.0}
@@ -136,4 +138,10 @@ def run_peer(pipe, peer: Peer, value: float, prompts, seeds, reference, steps: i
         for h in handles:
             h.remove()
     fraction = counts["blocks"] / (counts["calls"] * len(blocks))
-    return score(frames, reference, prompts, seeds, [fraction] * len(prompts), peer.name, value), counts["wall"]
+    return frames, [fraction] * len(prompts), counts["wall"]
+
+
+def run_peer(pipe, peer: Peer, value: float, prompts, seeds, reference, steps: int, guidance: float,
+             calibration: dict | None = None) -> tuple[list[PairResult], float]:
+    frames, fractions, wall = generate_with_peer(pipe, peer, value, prompts, seeds, steps, guidance, calibration)
+    return score(frames, reference, prompts, seeds, fractions, peer.name, value), wall

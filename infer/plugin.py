@@ -15,7 +15,7 @@ from cachepilot.runtime import cache_summary, remove_cache, reset_cache
 __all__ = ["apply_cache", "remove_cache", "cache_summary", "reset_cache", "load_policy"]
 
 
-def _calibration_of(pipe) -> dict | None:
+def calibration_of(pipe) -> dict | None:
     """The calibration.json saved beside the pipeline's weights, if any."""
     folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
     path = Path(folder) / CALIBRATION_FILE if folder else None
@@ -44,7 +44,7 @@ def apply_cache(pipe, policy, calibration: dict | None = None, num_inference_ste
         if unknown:
             raise CachepilotError(f"{policy} takes the knob {baseline.knob!r}, not {', '.join(sorted(unknown))}")
         if calibration is None:
-            calibration = _calibration_of(pipe)
+            calibration = calibration_of(pipe)
         num_blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
         policy = make_baseline(policy, knobs.get(baseline.knob), calibration=calibration, num_blocks=num_blocks)
     return _apply_runtime(pipe, policy, num_inference_steps=num_inference_steps)

@@ -24,7 +24,7 @@ class DBCacheConfig:
     back_blocks: int = 0  # Bn
     threshold: float = 0.08
     warmup_steps: int = 8
-    sweep: tuple[float, ...] = (0.04, 0.08, 0.12, 0.2)
+    sweep: tuple[float, ...] = (0.08, 0.12, 0.2, 0.3, 0.5)  # ablation knobs: the default and larger (more reuse)
 
 
 class DBCache(BasePolicy):

@@ -16,7 +16,7 @@ from .base import BasePolicy
 @dataclass
 class FirstBlockConfig:
     threshold: float = 0.05  # diffusers' default
-    sweep: tuple[float, ...] = (0.03, 0.05, 0.1, 0.2)
+    sweep: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)  # ablation knobs: the default and larger (more reuse)
 
 
 class FirstBlockCache(BasePolicy):

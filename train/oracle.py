@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -230,3 +231,15 @@ def refine(pipe, pair: tuple[str, int], full_steps: list[int], reference: np.nda
 def _gaps_ok(full_steps: list[int], steps: int, max_gap: int) -> bool:
     ends = [*full_steps[1:], steps]
     return all(0 < j - i <= max_gap for i, j in zip(full_steps, ends))
+
+
+GAIN_FILE = "oracle_gain.npz"  # beside a model's weights, or in a training run directory
+
+
+def stored_gain(path, model_hash: str, steps: int, guidance: float) -> np.ndarray | None:
+    """An amplification profile saved at `path`, if it was measured for these weights, steps and guidance."""
+    if not Path(path).is_file():
+        return None
+    stored = np.load(path)
+    same = {"model_hash": model_hash, "steps": steps, "guidance": guidance}
+    return stored["gain"] if all(k in stored.files and stored[k].item() == v for k, v in same.items()) else None

@@ -1,0 +1,342 @@
+"""`cachepilot ablate`: every cache method on the same prompts and seeds, scored against the uncached output.
+
+NoCache (the reference), each baseline across its knob sweep, the peers (diffusers' caches, cache-dit when
+installed), the oracle at a few budgets and each learned policy shipped beside the model at several
+budgets. Each (method, knob) run is one batched generation of all pairs; its per-pair scores (and the
+frames of the first pairs, for the side-by-side GIF) are stored as soon as it finishes, under a folder
+named by the model hash and the setting, so a rerun only computes what is missing. `ablation_report`
+turns the runs into results.csv / results.json, the Pareto table, pareto.png and the GIF.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from cachepilot.errors import CachepilotError
+from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One point of the ablation: a method at one knob value (a budget for learned policies and the oracle)."""
+
+    method: str
+    knob: float
+    kind: str  # "reference" | "learned" | "oracle" | "schedule" (uniform) | "baseline" | "peer"
+    knob_name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}@{self.knob:g}"
+
+
+@dataclass
+class AblationConfig:
+    model: str = "toy-wan"
+    model_path: str | None = None
+    split: str = "test"
+    prompts: tuple[str, ...] | None = None  # instead of a toy-wan split (real models)
+    pairs: int = 16  # (prompt, seed) pairs: the split's first prompts, seeds 0..pairs-1
+    steps: int = 50
+    guidance: float = 5.0
+    methods: str = "all"  # or a comma list of baseline / peer names, "oracle", "learned", "learned-<name>"
+    budgets: tuple[float, ...] = (0.2, 0.25, 0.35, 0.5, 0.6)  # learned policies (within each one's range)
+    oracle_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    policies: tuple[str, ...] | None = None  # policy folders; default: every policy-* folder beside the weights
+    sweeps: bool = True  # False: each baseline and peer at its default knob only
+    gif_pairs: int = 2
+    gif_budget: float = 0.35  # each method's point closest to this computed fraction goes into the GIF
+
+    @classmethod
+    def quick(cls, **overrides) -> "AblationConfig":
+        """A smoke run of every method (2 pairs, default knobs, one budget) for tests and first looks."""
+        return replace(cls(pairs=2, budgets=(0.35,), oracle_budgets=(0.35,), sweeps=False, gif_pairs=1), **overrides)
+
+
+@dataclass
+class Run:
+    """A finished run: per-pair scores and the batch's transformer wall time."""
+
+    entry: Entry
+    computed_fraction: list[float]
+    psnr: list[float]
+    ssim: list[float]
+    lpips: list[float] | None
+    wall: float
+
+
+class Setting:
+    """The pipeline, the pairs, their uncached reference and where runs of this exact setting are stored."""
+
+    def __init__(self, config: AblationConfig, root: Path, log=print):
+        from cachepilot.envs.references import model_hash
+        from cachepilot.infer.evaluate import timed_reference
+        from cachepilot.infer.plugin import calibration_of
+        from cachepilot.models.registry import load_pipeline, weights_path
+
+        self.config, self.log = config, log
+        self.pipe = load_pipeline(config.model, config.model_path)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.weights = weights_path(config.model, config.model_path)
+        self.calibration = calibration_of(self.pipe)
+        self.model_hash = model_hash(self.pipe)
+        prompts = list(config.prompts) if config.prompts else _split_prompts(config.model, config.split)
+        if len(prompts) < config.pairs:
+            raise CachepilotError(f"{config.pairs} pairs asked, but only {len(prompts)} prompts are available")
+        self.prompts, self.seeds = prompts[: config.pairs], list(range(config.pairs))
+        name = config.split if not config.prompts else "prompts"
+        self.dir = root / "runs" / (f"{config.model}-{self.model_hash[:12]}-{name}-pairs{config.pairs}"
+                                    f"-steps{config.steps}-guidance{config.guidance:g}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / "reference.npz"
+        if path.exists():
+            stored = np.load(path)
+            self.reference, self.reference_wall = stored["frames"], float(stored["wall"])
+        else:
+            log(f"reference: {config.pairs} pairs without cache")
+            timed_reference(self.pipe, self.prompts, self.seeds, 3, config.guidance)  # warm-up at the batch size
+            self.reference, self.reference_wall = timed_reference(self.pipe, self.prompts, self.seeds, config.steps,
+                                                                  config.guidance)
+            _save_npz(path, frames=self.reference, wall=np.array(self.reference_wall))
+        self.lpips_note: str | None = None
+
+    def _paths(self, entry: Entry) -> tuple[Path, Path]:
+        return self.dir / f"{entry.key}.json", self.dir / f"{entry.key}.frames.npz"
+
+    def stored(self, entry: Entry) -> Run | None:
+        path, _ = self._paths(entry)
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return Run(entry, data["computed_fraction"], data["psnr"], data["ssim"], data["lpips"], data["wall"])
+
+    def frames(self, entry: Entry) -> np.ndarray:
+        """Frames of the first `gif_pairs` pairs of a stored run (the reference for method "none")."""
+        if entry.method == "none":
+            return self.reference[: self.config.gif_pairs]
+        return np.load(self._paths(entry)[1])["frames"]
+
+    def score(self, entry: Entry, frames: np.ndarray, fractions, wall: float) -> Run:
+        lpips = self._lpips(frames)
+        run = Run(entry, [float(f) for f in fractions], [_finite(psnr(f, r)) for f, r in zip(frames, self.reference)],
+                  [ssim(f, r) for f, r in zip(frames, self.reference)], lpips, float(wall))
+        path, frames_path = self._paths(entry)
+        _save_npz(frames_path, frames=np.asarray(frames[: self.config.gif_pairs], dtype=np.float32))
+        atomic_write_text(path, json.dumps(asdict(run), allow_nan=False))
+        return run
+
+    def _lpips(self, frames) -> list[float] | None:
+        if self.lpips_note is not None:
+            return None
+        try:
+            return [lpips_distance(f, r) for f, r in zip(frames, self.reference)]
+        except LPIPSUnavailable as error:
+            self.lpips_note = f"LPIPS not computed: {error}"
+            self.log(self.lpips_note)
+            return None
+
+    def reference_run(self) -> Run:
+        n = len(self.prompts)
+        zero = [0.0] * n if self._lpips(self.reference[:1]) is not None else None
+        return Run(Entry("none", 0.0, "reference", "-"), [1.0] * n, [math.inf] * n, [1.0] * n, zero,
+                   self.reference_wall)
+
+
+def _finite(value: float) -> float:
+    """JSON has no infinity; a run identical to the reference is stored at 1e9 dB (shown as lossless)."""
+    return 1e9 if math.isinf(value) else float(value)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _split_prompts(model: str, split: str) -> list[str]:
+    from cachepilot.models.registry import get_spec
+
+    if get_spec(model).family != "toy-wan":
+        raise CachepilotError("prompt splits exist for toy-wan only; pass --prompts-file (one prompt per line)")
+    from cachepilot.models.toy_wan.scenes import load_split
+
+    return list(load_split(split))
+
+
+# ---- which runs ---------------------------------------------------------------------------------
+def learned_policies(setting: Setting) -> dict[str, object]:
+    """name -> PolicyBundle for each policy folder that fits this pipeline and step count (others are
+    reported and skipped)."""
+    from cachepilot.policies.policy_file import PolicyFileError, load_policy
+
+    config = setting.config
+    folders = config.policies
+    if folders is None:
+        folders = sorted(str(p) for p in setting.weights.glob("policy-*") if p.is_dir()) if setting.weights else []
+    bundles = {}
+    for folder in folders:
+        name = "learned-" + Path(folder).name.removeprefix("policy-")
+        try:
+            bundle = load_policy(folder)
+            bundle.check_pipeline(setting.pipe, config.steps)
+        except (PolicyFileError, CachepilotError) as error:
+            setting.log(f"skipping policy {folder}: {error}")
+            continue
+        bundles[name] = bundle
+    return bundles
+
+
+def plan(setting: Setting, bundles: dict) -> list[Entry]:
+    """The entries `config.methods` asks for, in a stable order; unknown names are an error."""
+    from cachepilot.infer.peers import PEERS, available_peers
+    from cachepilot.policies.registry import BASELINES
+
+    config = setting.config
+    baselines = [n for n in BASELINES if n != "none"]
+    peers = available_peers()
+    known = baselines + list(PEERS) + ["oracle", "uniform", "learned", *bundles]
+    wanted = known if config.methods == "all" else [m.strip() for m in config.methods.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in known]
+    if unknown:
+        raise CachepilotError(f"unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(known)}")
+    entries = []
+    for name in baselines:
+        if name in wanted:
+            b = BASELINES[name]
+            if b.name in ("teacache", "magcache") and setting.calibration is None:
+                setting.log(f"skipping {name}: no calibration.json beside the weights (`cachepilot calibrate`)")
+                continue
+            entries += [Entry(name, float(k), "baseline", b.knob) for k in (b.sweep if config.sweeps else (b.default,))]
+    for name in PEERS:
+        if name in wanted and config.methods != "all" and name not in peers:
+            raise CachepilotError(f"{name} needs cache-dit: pip install 'cachepilot[peers]'")
+        if name in wanted and name in peers:
+            if name == "diffusers-magcache" and setting.calibration is None:
+                setting.log(f"skipping {name}: no calibration.json beside the weights")
+                continue
+            p = PEERS[name]
+            entries += [Entry(name, float(k), "peer", p.knob) for k in (p.sweep if config.sweeps else (p.default,))]
+    if "oracle" in wanted:
+        entries += [Entry("oracle", float(b), "oracle", "budget") for b in config.oracle_budgets]
+    if "uniform" in wanted:  # the oracle's FULL count, evenly spaced: what the oracle's placement is worth
+        entries += [Entry("uniform", float(b), "schedule", "budget") for b in config.oracle_budgets]
+    for name, bundle in bundles.items():
+        if name in wanted or "learned" in wanted:
+            lo, hi = bundle.card.budget_range
+            entries += [Entry(name, float(b), "learned", "budget") for b in config.budgets if lo <= b <= hi]
+    return entries
+
+
+# ---- running ------------------------------------------------------------------------------------
+class Runner:
+    """Computes the entries a setting has not stored yet."""
+
+    def __init__(self, setting: Setting, bundles: dict):
+        self.setting, self.bundles, self._oracle_tables = setting, bundles, None
+
+    def run(self, entry: Entry) -> Run:
+        from cachepilot.infer.evaluate import generate_with
+        from cachepilot.infer.peers import PEERS, generate_with_peer
+
+        s, c = self.setting, self.setting.config
+        if entry.kind == "peer":
+            frames, fractions, wall = generate_with_peer(s.pipe, PEERS[entry.method], entry.knob, s.prompts, s.seeds,
+                                                         c.steps, c.guidance, s.calibration)
+        else:
+            frames, fractions, wall = generate_with(s.pipe, self.policy(entry), s.prompts, s.seeds, c.steps, c.guidance)
+        return s.score(entry, frames, fractions, wall)
+
+    def policy(self, entry: Entry):
+        from cachepilot.models.adapters import adapter_for
+        from cachepilot.policies.registry import make_baseline
+        from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
+        from cachepilot.train.oracle import fulls_for_budget
+
+        s = self.setting
+        if entry.kind == "learned":
+            return self.bundles[entry.method].policy(entry.knob)
+        fulls = fulls_for_budget(entry.knob, s.config.steps)
+        if entry.kind == "schedule":
+            return FixedSchedule.uniform(s.config.steps, fulls / s.config.steps)
+        if entry.kind == "oracle":
+            return FixedSchedule.per_sample([full_steps_schedule(s.config.steps, t.plan(fulls)) for t in self.oracle_tables()])
+        blocks = len(adapter_for(s.pipe.transformer).blocks(s.pipe.transformer))
+        return make_baseline(entry.method, entry.knob, calibration=s.calibration, num_blocks=blocks)
+
+    def oracle_tables(self):
+        """The oracle's segment tables for these pairs (measured once, stored with the runs)."""
+        from cachepilot.train.oracle import DEFAULT_MAX_GAP, SegmentTable, measure_segments
+
+        if self._oracle_tables is None:
+            s, c = self.setting, self.setting.config
+            gain = self.oracle_gain()
+            path = s.dir / "oracle_tables.npz"
+            if path.exists():
+                errors = np.load(path)["errors"]
+            else:
+                s.log("oracle: measuring segment tables")
+                tables, _ = measure_segments(s.pipe, list(zip(s.prompts, s.seeds)), c.steps, c.guidance, gain=gain)
+                errors = np.stack([t.errors for t in tables])
+                _save_npz(path, errors=errors)
+            self._oracle_tables = [SegmentTable(e, DEFAULT_MAX_GAP, gain) for e in errors]
+        return self._oracle_tables
+
+    def oracle_gain(self) -> np.ndarray:
+        from cachepilot.train.oracle import GAIN_FILE, stored_gain
+
+        s, c = self.setting, self.setting.config
+        gain = stored_gain(s.weights / GAIN_FILE, s.model_hash, c.steps, c.guidance) if s.weights else None
+        if gain is None:
+            raise CachepilotError(f"the oracle needs the model's error-amplification profile ({GAIN_FILE} beside the "
+                                  f"weights, for {c.steps} steps and guidance {c.guidance:g}); `cachepilot train "
+                                  "--algo distill` measures one in its run folder: copy it there, or leave out the oracle")
+        return gain
+
+
+@dataclass
+class Ablation:
+    setting: Setting
+    runs: list[Run]  # the reference first
+    points: list  # ablation_report.Point per run: means, speedups, Pareto marks
+
+
+def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Ablation:
+    """Run (or reuse) every entry, then write the report into `out`."""
+    from tqdm.auto import tqdm
+
+    from .ablation_report import write_report
+
+    out = Path(out)
+    setting = Setting(config, out, log)
+    bundles = learned_policies(setting)
+    entries = plan(setting, bundles)
+    if any(e.kind == "oracle" for e in entries):
+        try:
+            Runner(setting, bundles).oracle_gain()
+        except CachepilotError as error:
+            if config.methods != "all":
+                raise
+            log(f"skipping the oracle: {error}")
+            entries = [e for e in entries if e.kind != "oracle"]
+    runner = Runner(setting, bundles)
+    runs = [setting.reference_run()]
+    missing = [e for e in entries if setting.stored(e) is None]
+    log(f"{len(entries)} runs, {len(entries) - len(missing)} already stored in {setting.dir}")
+    bar = tqdm(total=len(missing), desc="ablation", unit="run", disable=not progress or not missing)
+    for entry in entries:
+        run = setting.stored(entry)
+        if run is None:
+            bar.set_postfix_str(entry.key)
+            run = runner.run(entry)
+            bar.update()
+        runs.append(run)
+    bar.close()
+    return Ablation(setting, runs, write_report(out, setting, runs))

@@ -1,0 +1,207 @@
+"""What `cachepilot ablate` writes: results.csv / results.json (one row per method, knob and pair), a
+markdown table of the Pareto-relevant points, pareto.png and a side-by-side GIF (reference | each method).
+
+Speedups: FLOPs speedup is 1 / (mean computed fraction), i.e. total uncached over total cached transformer
+FLOPs; wall speedup is the reference batch's transformer wall time over the run's, on this machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cachepilot.io import atomic_write_bytes, atomic_write_text
+
+KIND_ORDER = {"reference": 0, "learned": 1, "oracle": 2, "schedule": 3, "baseline": 4, "peer": 5}
+
+
+@dataclass
+class Point:
+    """One run's means: what the table and the plot show."""
+
+    method: str
+    kind: str
+    knob_name: str
+    knob: float
+    computed_fraction: float
+    flops_speedup: float
+    wall_speedup: float
+    psnr: float
+    ssim: float
+    lpips: float | None
+    own_front: bool = False  # not dominated by another knob of the same method
+    global_front: bool = False  # not dominated by any deployable method (the oracle is a limit, not a method)
+
+    @property
+    def knob_label(self) -> str:
+        return "-" if self.kind == "reference" else f"{self.knob_name}={self.knob:g}"
+
+
+def _mean_psnr(values) -> float:
+    values = [math.inf if v >= 1e9 else v for v in values]  # stored identical-to-reference marker
+    return math.inf if any(math.isinf(v) for v in values) else float(np.mean(values))
+
+
+def points(runs, reference_wall: float) -> list[Point]:
+    found = []
+    for run in runs:
+        fraction = float(np.mean(run.computed_fraction))
+        found.append(Point(run.entry.method, run.entry.kind, run.entry.knob_name, run.entry.knob, fraction, 1 / fraction,
+                           reference_wall / run.wall if run.wall > 0 else math.nan, _mean_psnr(run.psnr),
+                           float(np.mean(run.ssim)), float(np.mean(run.lpips)) if run.lpips else None))
+    _mark_fronts(found)
+    return sorted(found, key=lambda p: (KIND_ORDER[p.kind], p.method, p.flops_speedup))
+
+
+def _dominated(p: Point, others) -> bool:
+    return any(q is not p and q.flops_speedup >= p.flops_speedup and q.psnr >= p.psnr
+               and (q.flops_speedup > p.flops_speedup or q.psnr > p.psnr) for q in others)
+
+
+def _mark_fronts(found: list[Point]) -> None:
+    deployable = [p for p in found if p.kind != "oracle"]
+    for p in found:
+        p.own_front = not _dominated(p, [q for q in found if q.method == p.method])
+        p.global_front = p.kind != "oracle" and not _dominated(p, deployable)
+
+
+def _fmt_psnr(value: float) -> str:
+    return "lossless" if math.isinf(value) else f"{value:.2f}"
+
+
+def pareto_table(found: list[Point]) -> str:
+    """Each method's own frontier (the knobs worth choosing); ★ marks the frontier across all methods."""
+    lines = ["| method | knob | computed fraction | FLOPs speedup | wall speedup | PSNR dB | SSIM | LPIPS | front |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for p in found:
+        if not p.own_front:
+            continue
+        lpips = "-" if p.lpips is None else f"{p.lpips:.4f}"
+        mark = "★" if p.global_front else ("limit" if p.kind == "oracle" else "")
+        lines.append(f"| {p.method} | {p.knob_label} | {p.computed_fraction:.3f} | {p.flops_speedup:.2f}x | "
+                     f"{p.wall_speedup:.2f}x | {_fmt_psnr(p.psnr)} | {p.ssim:.4f} | {lpips} | {mark} |")
+    return "\n".join(lines)
+
+
+def plot_pareto(found: list[Point], title: str) -> bytes:
+    """PSNR vs FLOPs speedup, one curve per method (its knobs in speedup order), the oracle dashed as the limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    methods = dict.fromkeys(p.method for p in found if p.kind != "reference")
+    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i % 20) for i in range(len(methods))])
+    for method in methods:
+        mine = sorted((p for p in found if p.method == method), key=lambda p: p.flops_speedup)
+        kind = mine[0].kind
+        style = {"oracle": dict(color="black", linestyle="--", marker="x", linewidth=1.5),
+                 "learned": dict(linestyle="-", marker="o", linewidth=2.5),
+                 "peer": dict(linestyle=":", marker="s", linewidth=1.2)}.get(kind, dict(linestyle="-", marker=".", linewidth=1.2))
+        label = f"{method} (limit)" if kind == "oracle" else method
+        ax.plot([p.flops_speedup for p in mine], [p.psnr for p in mine], label=label, **style)
+    ax.set_xlabel("FLOPs speedup (uncached / cached transformer FLOPs)")
+    ax.set_ylabel("PSNR vs uncached output (dB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def gif_columns(found: list[Point], budget: float) -> list[Point]:
+    """The reference, then for each method its point whose computed fraction is closest to `budget`."""
+    columns = [p for p in found if p.kind == "reference"]
+    for method in dict.fromkeys(p.method for p in found if p.kind != "reference"):
+        mine = [p for p in found if p.method == method]
+        columns.append(min(mine, key=lambda p: (abs(p.computed_fraction - budget), -p.psnr)))
+    return columns
+
+
+def side_by_side(videos: list[np.ndarray], labels: list[tuple[str, str]], scale: int = 7) -> np.ndarray:
+    """Frames (T, H, W, 3) in [0, 1]: one column per method (labelled on top), one row per pair.
+    `videos[c]` holds column c's pairs: (pairs, T, h, w, 3)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    pairs, frames, h, w, _ = videos[0].shape
+    cell_w, cell_h, header, gap = w * scale, h * scale, 26, 2
+    width = len(videos) * (cell_w + gap)
+    out = np.ones((frames, header + pairs * (cell_h + gap), width, 3), dtype=np.float32)
+    banner = Image.new("RGB", (width, header), "white")
+    draw = ImageDraw.Draw(banner)
+    try:
+        font = ImageFont.load_default(size=10)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+    for c, (top, bottom) in enumerate(labels):
+        draw.text((c * (cell_w + gap) + 2, 1), top, fill="black", font=font)
+        draw.text((c * (cell_w + gap) + 2, 13), bottom, fill="black", font=font)
+    out[:, :header] = np.asarray(banner, dtype=np.float32) / 255
+    for c, video in enumerate(videos):
+        big = np.clip(video, 0, 1).repeat(scale, axis=2).repeat(scale, axis=3)
+        for r in range(pairs):
+            y, x = header + r * (cell_h + gap), c * (cell_w + gap)
+            out[:, y : y + cell_h, x : x + cell_w] = big[r]
+    return out
+
+
+def write_report(out: Path, setting, runs) -> list[Point]:
+    from cachepilot.infer.ablate import Entry
+    from cachepilot.video import save_video
+
+    config = setting.config
+    found = points(runs, setting.reference_wall)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {_torch_version()}"
+    about = {"model": config.model, "model_hash": setting.model_hash, "split": config.split, "pairs": config.pairs,
+             "steps": config.steps, "guidance": config.guidance, "machine": machine,
+             "reference_transformer_wall_s": setting.reference_wall,
+             "lpips": setting.lpips_note or "AlexNet LPIPS (lpips package)"}
+    rows = []
+    for run in runs:
+        fraction = float(np.mean(run.computed_fraction))
+        for i, (prompt, seed) in enumerate(zip(setting.prompts, setting.seeds)):
+            rows.append({"method": run.entry.method, "kind": run.entry.kind, "knob_name": run.entry.knob_name,
+                         "knob": run.entry.knob, "prompt": prompt, "seed": seed,
+                         "computed_fraction": run.computed_fraction[i], "flops_speedup": 1 / run.computed_fraction[i],
+                         "wall_speedup": setting.reference_wall / run.wall if run.wall > 0 else None,
+                         "batch_flops_speedup": 1 / fraction,
+                         "psnr": None if run.psnr[i] >= 1e9 else run.psnr[i], "ssim": run.ssim[i],
+                         "lpips": run.lpips[i] if run.lpips else None})
+    out.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "results.csv", text.getvalue())
+    summary = [{**{k: v for k, v in p.__dict__.items()}, "psnr": None if math.isinf(p.psnr) else p.psnr} for p in found]
+    atomic_write_text(out / "results.json", json.dumps({"setting": about, "summary": summary, "pairs": rows},
+                                                       indent=1, allow_nan=False) + "\n")
+    title = (f"{config.model}, {config.pairs} {config.split} pairs, {config.steps} steps, guidance {config.guidance:g}"
+             f" ({machine})")
+    table = pareto_table(found)
+    atomic_write_text(out / "table.md", f"{title}\n\n{table}\n\n{setting.lpips_note or ''}\n")
+    atomic_write_bytes(out / "pareto.png", plot_pareto(found, title))
+    columns = gif_columns(found, config.gif_budget)
+    videos = [setting.frames(Entry(p.method, p.knob, p.kind, p.knob_name)) for p in columns]
+    labels = [(p.method, "reference" if p.kind == "reference" else f"{p.flops_speedup:.1f}x {_fmt_psnr(p.psnr)} dB")
+              for p in columns]
+    save_video(side_by_side(videos, labels), out / "side_by_side.gif", fps=4, scale=1)
+    return found
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__

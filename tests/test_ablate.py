@@ -1,0 +1,97 @@
+"""`cachepilot ablate`: the quick run end to end on toy-wan, its reuse of stored runs, and the report's pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from cachepilot.cli import main
+from cachepilot.infer.ablation_report import Point, gif_columns, pareto_table, points, side_by_side
+from cachepilot.infer.peers import available_peers
+from cachepilot.policies.registry import BASELINES
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ablation")
+    assert main(["ablate", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_ablation_writes_every_output(quick):
+    data = json.loads((quick / "results.json").read_text())
+    methods = {row["method"] for row in data["summary"]}
+    expected = {"none", "oracle", "uniform", "learned-distill", "learned-ppo", *available_peers(), *BASELINES}
+    assert methods == expected
+    assert len(data["pairs"]) == 2 * len(data["summary"])  # 2 pairs per run
+    by_method = {row["method"]: row for row in data["summary"]}
+    assert by_method["none"]["computed_fraction"] == 1 and by_method["none"]["psnr"] is None  # the reference
+    for name in ("learned-distill", "learned-ppo", "oracle", "uniform"):
+        assert by_method[name]["knob"] == 0.35 and by_method[name]["computed_fraction"] <= 0.35 + 1e-9
+        assert 15 < by_method[name]["psnr"] < 60
+    header = (quick / "results.csv").read_text().splitlines()[0].split(",")
+    for column in ("method", "knob", "prompt", "seed", "computed_fraction", "flops_speedup", "wall_speedup", "psnr",
+                   "ssim", "lpips"):
+        assert column in header
+    assert "| learned-distill | budget=0.35 |" in (quick / "table.md").read_text()
+    assert (quick / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    gif = iio.imread(quick / "side_by_side.gif")
+    assert gif.shape[0] == 8 and gif.shape[2] > gif.shape[1]  # 8 frames, one wide row of columns
+
+
+def test_rerun_reuses_stored_runs(quick, capsys):
+    before = json.loads((quick / "results.json").read_text())["summary"]
+    assert main(["ablate", "--quick", "--out", str(quick)]) == 0
+    out = capsys.readouterr().out
+    assert "already stored" in out
+    runs = len(before) - 1  # the reference is not a run
+    assert f"{runs} runs, {runs} already stored" in out
+    assert json.loads((quick / "results.json").read_text())["summary"] == before
+
+
+def test_unknown_method_is_a_clear_error(quick, capsys):
+    assert main(["ablate", "--quick", "--methods", "static,fastcache", "--out", str(quick)]) == 2
+    assert "unknown method(s) fastcache" in capsys.readouterr().err
+
+
+def _point(method, speedup, quality, kind="baseline"):
+    return Point(method, kind, "k", speedup, 1 / speedup, speedup, speedup, quality, 0.9, None)
+
+
+def test_pareto_fronts_per_method_and_across_methods():
+    found = [_point("a", 2, 30), _point("a", 3, 25), _point("a", 2.5, 24),  # a@2.5 is dominated by a@3
+             _point("b", 2, 31), _point("b", 4, 20),
+             _point("oracle", 3, 40, kind="oracle")]  # a limit: it dominates nobody
+    from cachepilot.infer.ablation_report import _mark_fronts
+
+    _mark_fronts(found)
+    own = {(p.method, p.knob): p.own_front for p in found}
+    glob = {(p.method, p.knob): p.global_front for p in found}
+    assert own == {("a", 2): True, ("a", 3): True, ("a", 2.5): False, ("b", 2): True, ("b", 4): True,
+                   ("oracle", 3): True}
+    assert glob == {("a", 2): False, ("a", 3): True, ("a", 2.5): False, ("b", 2): True, ("b", 4): True,
+                    ("oracle", 3): False}
+    table = pareto_table(found)
+    assert "| a | k=2.5 |" not in table and "| oracle | k=3 |" in table and "limit" in table
+
+
+def test_gif_columns_pick_each_methods_point_nearest_the_budget():
+    found = [_point("a", 2, 30), _point("a", 3, 25), _point("b", 4, 20)]
+    assert [(p.method, p.knob) for p in gif_columns(found, 0.35)] == [("a", 3), ("b", 4)]
+    frames = side_by_side([np.zeros((2, 8, 16, 16, 3)), np.ones((2, 8, 16, 16, 3))], [("a", "x"), ("b", "y")], scale=2)
+    assert frames.shape == (8, 26 + 2 * (32 + 2), 2 * (32 + 2), 3)
+    assert frames.min() >= 0 and frames.max() <= 1
+
+
+def test_points_from_runs_speedups():
+    from cachepilot.infer.ablate import Entry, Run
+
+    runs = [Run(Entry("none", 0, "reference", "-"), [1.0, 1.0], [math.inf] * 2, [1, 1], None, 10.0),
+            Run(Entry("static", 2, "baseline", "interval"), [0.5, 0.5], [30.0, 32.0], [0.9, 0.95], None, 5.0)]
+    found = {p.method: p for p in points(runs, reference_wall=10.0)}
+    assert found["static"].flops_speedup == 2 and found["static"].wall_speedup == 2 and found["static"].psnr == 31
+    assert math.isinf(found["none"].psnr)
