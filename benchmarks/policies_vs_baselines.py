@@ -5,7 +5,7 @@
 Built on `cachepilot ablate` (same runs, same store, same report files: whatever either has computed is
 reused). For each
 budget, each baseline runs at the knob of its sweep whose mean computed fraction is closest at or below
-the budget; the learned policies run at the budget (their guard keeps them within it); the oracle runs its
+the budget (the peers, other projects' caches, likewise); the learned policies run at the budget (their guard keeps them within it); the oracle runs its
 DP schedule for that many FULL steps, and "uniform" the same number of FULL steps evenly spaced. PSNR is
 against the uncached output of the same (prompt, seed); the interval is a paired bootstrap 95% CI of
 (best learned - method) over the pairs.
@@ -18,6 +18,7 @@ import argparse
 import numpy as np
 
 from cachepilot.infer.ablate import AblationConfig, ablate
+from cachepilot.infer.peers import available_peers
 from cachepilot.train.oracle import fulls_for_budget
 
 
@@ -57,7 +58,7 @@ def main() -> None:
             if b in runs.get(name, {}):
                 rows.append((f"{name} (DP)" if name == "oracle" else name, f"{fulls_for_budget(b, args.steps)} FULL",
                              runs[name][b]))
-        for name in _baselines():
+        for name in [*_baselines(), *available_peers()]:
             below = [r for r in runs.get(name, {}).values() if np.mean(r.computed_fraction) <= b + 1e-9]
             pick = max(below, key=lambda r: np.mean(r.computed_fraction)) if below else None
             rows.append((name, f"{pick.entry.knob:g}" if pick else "no knob reaches it", pick))

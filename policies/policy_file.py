@@ -102,6 +102,13 @@ class PolicyBundle:
         if actual != self.card.model_config_hash:
             raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
                                   f"{self.card.model_config_hash}); the pipeline's transformer has config hash {actual}")
+        from cachepilot.models.adapters import adapter_for
+
+        blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
+        wrong = [str(a) for a in self.card.actions if a.k + a.back >= blocks]
+        if self.card.num_blocks != blocks or wrong:
+            raise PolicyFileError(f"this policy's action set ({', '.join(map(str, self.card.actions))}, for "
+                                  f"{self.card.num_blocks} blocks) does not fit a transformer of {blocks} blocks")
         if steps is not None and steps != self.card.steps:
             fixed = [n for n in self.card.observation.names if n not in STEP_NORMALISED]
             if "steps_since_full" in fixed:

@@ -89,6 +89,22 @@ def test_policy_for_another_model_is_refused(wan_pipe, toy_pipe, wan_policy):
         apply_cache(wan_pipe, load_policy(wan_policy))
 
 
+def test_policy_with_an_action_set_for_other_blocks_is_refused(wan_pipe, wan_policy, tmp_path):
+    """Same model config (hash) but a card whose action set names blocks the transformer does not have."""
+    import json
+    import shutil
+
+    from cachepilot.runtime import Action
+
+    copy = tmp_path / "policy-edited"
+    shutil.copytree(wan_policy, copy)
+    card = json.loads((copy / "policy.json").read_text())
+    card["actions"][-1] = str(Action.block(7))
+    (copy / "policy.json").write_text(json.dumps(card))
+    with pytest.raises(PolicyFileError, match="does not fit a transformer of 4 blocks"):
+        apply_cache(wan_pipe, load_policy(copy), budget=0.4)
+
+
 def test_shipped_policy_on_toy_wan_removed_bit_identical(toy_pipe):
     prompt = "a red circle moving left quickly on a gradient background"
 
