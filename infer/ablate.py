@@ -76,7 +76,6 @@ class Setting:
 
     def __init__(self, config: AblationConfig, root: Path, log=print):
         from cachepilot.envs.references import model_hash
-        from cachepilot.infer.evaluate import timed_reference
         from cachepilot.infer.plugin import calibration_of
         from cachepilot.models.registry import load_pipeline, weights_path
 
@@ -94,6 +93,13 @@ class Setting:
         self.dir = root / "runs" / (f"{config.model}-{self.model_hash[:12]}-{name}-pairs{config.pairs}"
                                     f"-steps{config.steps}-guidance{config.guidance:g}")
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.lpips_note: str | None = None
+
+    def load_reference(self) -> None:
+        """The uncached frames and transformer wall time of all pairs (stored, or generated now)."""
+        from cachepilot.infer.evaluate import timed_reference
+
+        config, log = self.config, self.log
         path = self.dir / "reference.npz"
         if path.exists():
             stored = np.load(path)
@@ -104,7 +110,6 @@ class Setting:
             self.reference, self.reference_wall = timed_reference(self.pipe, self.prompts, self.seeds, config.steps,
                                                                   config.guidance)
             _save_npz(path, frames=self.reference, wall=np.array(self.reference_wall))
-        self.lpips_note: str | None = None
 
     def _paths(self, entry: Entry) -> tuple[Path, Path]:
         return self.dir / f"{entry.key}.json", self.dir / f"{entry.key}.frames.npz"
@@ -327,6 +332,7 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Abl
             log(f"skipping the oracle: {error}")
             entries = [e for e in entries if e.kind != "oracle"]
     runner = Runner(setting, bundles)
+    setting.load_reference()
     runs = [setting.reference_run()]
     missing = [e for e in entries if setting.stored(e) is None]
     log(f"{len(entries)} runs, {len(entries) - len(missing)} already stored in {setting.dir}")

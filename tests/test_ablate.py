@@ -53,9 +53,10 @@ def test_rerun_reuses_stored_runs(quick, capsys):
     assert json.loads((quick / "results.json").read_text())["summary"] == before
 
 
-def test_unknown_method_is_a_clear_error(quick, capsys):
-    assert main(["ablate", "--quick", "--methods", "static,fastcache", "--out", str(quick)]) == 2
+def test_unknown_method_is_a_clear_error_before_any_compute(tmp_path, capsys):
+    assert main(["ablate", "--quick", "--methods", "static,fastcache", "--out", str(tmp_path)]) == 2
     assert "unknown method(s) fastcache" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.npz"))  # not even the reference was generated
 
 
 def _point(method, speedup, quality, kind="baseline"):
