@@ -10,11 +10,13 @@ so a distilled network warm-starts PPO and a PPO actor exports to the same file.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from cachepilot.runtime import Action, Signals
 
@@ -34,11 +36,22 @@ class PolicyNet(nn.Module):
         self.head = nn.Linear(width, num_actions)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(obs))
+        # the same ops as body + head, without nn.Module call overhead: this runs once per denoising step
+        x = obs
+        for layer in self.body[::2]:
+            x = torch.tanh(F.linear(x, layer.weight, layer.bias))
+        return F.linear(x, self.head.weight, self.head.bias)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+@functools.lru_cache(maxsize=64)
+def _step_costs(actions: tuple[Action, ...], num_blocks: int) -> np.ndarray:
+    costs = np.array([a.step_cost(num_blocks) for a in actions])
+    costs.setflags(write=False)
+    return costs
 
 
 def budget_mask(actions: Sequence[Action], num_blocks: int, step: int, spent: float, budget: float,
@@ -46,7 +59,7 @@ def budget_mask(actions: Sequence[Action], num_blocks: int, step: int, spent: fl
     """Actions whose cost keeps the generation within `budget` (a fraction of full compute over `steps` steps),
     given `spent` full steps' worth already computed; step 0 may do anything, and the cheapest action is
     always left."""
-    costs = np.array([a.step_cost(num_blocks) for a in actions])
+    costs = _step_costs(tuple(actions), num_blocks)
     if step == 0:
         return np.ones(len(actions), dtype=bool)
     allowed = spent + costs <= budget * steps + 1e-6
@@ -61,8 +74,8 @@ def within_budget(valid: np.ndarray, actions: Sequence[Action], num_blocks: int,
 
 
 def masked_argmax(logits: torch.Tensor, masks: np.ndarray) -> list[int]:
-    logits = logits.masked_fill(~torch.as_tensor(masks, dtype=torch.bool), float("-inf"))
-    return logits.argmax(-1).tolist()
+    """The best allowed action per row (first one on ties)."""
+    return np.where(np.asarray(masks, dtype=bool), logits.detach().cpu().numpy(), -np.inf).argmax(-1).tolist()
 
 
 class LearnedPolicy(StepLevelPolicy):

@@ -95,8 +95,9 @@ class ObservationSpec:
         return "modulated_rel_l1" in self.names
 
     def build(self, signals: Signals, budget: float) -> np.ndarray:
-        raw = signals.as_dict() | {"budget": budget, "budget_left": budget_left(signals, budget)}
-        return np.array([f.normalise(raw[f.name]) for f in self.features], dtype=np.float32)
+        extra = {"budget": budget, "budget_left": budget_left(signals, budget)}  # attribute reads: this runs per decision
+        return np.array([f.normalise(extra[f.name] if f.name in extra else getattr(signals, f.name))
+                         for f in self.features], dtype=np.float32)
 
     def to_dict(self) -> dict:
         return {"version": self.version, "clip": CLIP, "log_eps": LOG_EPS, "features": [asdict(f) for f in self.features]}
