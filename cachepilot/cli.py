@@ -201,7 +201,8 @@ def cmd_train(args) -> int:
         from cachepilot.train.distill import DistillConfig, distill
 
         config = DistillConfig(pairs=args.pairs, val_pairs=args.val_pairs, budgets=budgets, dagger_rounds=args.rounds,
-                               epochs=args.epochs, num_envs=args.num_envs, seed=args.seed, trainer=trainer)
+                               epochs=args.epochs, num_envs=args.num_envs, seed=args.seed, trainer=trainer,
+                               student_val_every=args.val_every)
         bundle, _ = distill(out, config, model=args.model, run_dir=args.run_dir, steps=args.steps,
                             guidance=args.guidance, references=args.references)
     else:
@@ -297,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
     p.add_argument("--rounds", type=int, default=2, help="distill: DAgger rounds after the oracle's own")
     p.add_argument("--epochs", type=int, default=30, help="distill: epochs per round")
+    p.add_argument("--val-every", type=int, default=10, help="distill: epochs between real-generation scores of "
+                   "the student on the val pairs (1: every epoch; each costs a few seconds)")
     p.add_argument("--timesteps", type=int, default=12_000, help="ppo: environment steps in total")
     p.add_argument("--init-from", help="ppo: warm-start the actor from this policy file (e.g. the distilled one)")
     p.add_argument("--num-envs", type=int, default=8, help="episodes run in one batch")
