@@ -2,7 +2,9 @@
 
 A shipped policy file drives real 50-step CFG generations; every call of its `choose` (observation vector,
 budget guard, MLP forward, masked argmax) is timed, and so is every transformer call of an uncached
-generation of the same batch. Target: decision time well under 1% of a transformer call. The runtime's cost
+generation of the same batch. Target: decision time well under 1% of a transformer call. One decision per
+step serves both CFG branches, so the last column (all decisions over all transformer calls of an uncached
+generation) is the share of transformer time a generation spends deciding. The runtime's cost
 of gathering the signals the policy reads is measured separately by benchmarks/runtime_overhead.py.
 
     python benchmarks/policy_decision_time.py [--policy checkpoints/toy-wan/policy-distill] [--batch 1,8]
@@ -65,15 +67,17 @@ def main() -> None:
     print(f"toy-wan, {args.steps} steps, guidance {args.guidance}; {platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; policy {args.policy} "
           f"({bundle.net.num_parameters} parameters) at budget {args.budget}")
-    print("| batch | decisions | median decision ms | median full transformer call ms | decision / call |")
-    print("|---|---|---|---|---|")
+    print("| batch | decisions | median decision ms | median full transformer call ms | decision / call | "
+          "all decisions / all calls of an uncached generation |")
+    print("|---|---|---|---|---|---|")
     for batch in (int(b) for b in args.batch.split(",")):
         pairs = prompts[:batch], list(range(batch))
         transformer_call_times(pipe, *pairs, 3, args.guidance)  # warm-up
         calls = transformer_call_times(pipe, *pairs, args.steps, args.guidance)
         decisions = decision_times(pipe, bundle.policy(args.budget), *pairs, args.steps, args.guidance)
         d, c = statistics.median(decisions), statistics.median(calls)
-        print(f"| {batch} | {len(decisions)} | {d * 1e3:.3f} | {c * 1e3:.1f} | {d / c:.2%} |")
+        share = sum(decisions) / sum(calls)  # one decision per step serves both CFG branches
+        print(f"| {batch} | {len(decisions)} | {d * 1e3:.3f} | {c * 1e3:.1f} | {d / c:.2%} | {share:.2%} |")
 
 
 if __name__ == "__main__":
