@@ -30,6 +30,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_npz(path: str | Path, **arrays) -> None:
+    """numpy's .npz, written atomically (np.savez into memory, then `atomic_write_bytes`)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
     """Yield a temporary directory beside `path`; on success it replaces `path` in (nearly) one rename.

@@ -8,7 +8,7 @@ import numpy as np
 from gymnasium import spaces
 
 from cachepilot.metrics import QUALITY_METRICS, quality
-from cachepilot.models.adapters import adapter_for
+from cachepilot.models.adapters import num_blocks as count_blocks
 from cachepilot.policies.learned import within_budget
 from cachepilot.policies.observation import CLIP, ObservationSpec
 from cachepilot.runtime import Action, step_actions
@@ -74,7 +74,7 @@ class CacheEpisodes:
         self.pairs = make_pairs(model, prompts, pairs)
         self.budget_range = _budget_range(budget)
         self.reward = reward or RewardConfig()
-        self.num_blocks = num_blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
+        self.num_blocks = num_blocks = count_blocks(pipe.transformer)
         self.budget_guard = budget_guard
         self.actions: tuple[Action, ...] = step_actions(num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks)
         self.spec = ObservationSpec()

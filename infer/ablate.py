@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from cachepilot.errors import CachepilotError
-from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.io import atomic_write_npz, atomic_write_text
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
 
 
@@ -109,7 +109,7 @@ class Setting:
             timed_reference(self.pipe, self.prompts, self.seeds, 3, config.guidance)  # warm-up at the batch size
             self.reference, self.reference_wall = timed_reference(self.pipe, self.prompts, self.seeds, config.steps,
                                                                   config.guidance)
-            _save_npz(path, frames=self.reference, wall=np.array(self.reference_wall))
+            atomic_write_npz(path, frames=self.reference, wall=np.array(self.reference_wall))
 
     def _paths(self, entry: Entry) -> tuple[Path, Path]:
         return self.dir / f"{entry.key}.json", self.dir / f"{entry.key}.frames.npz"
@@ -132,7 +132,7 @@ class Setting:
         run = Run(entry, [float(f) for f in fractions], [_finite(psnr(f, r)) for f, r in zip(frames, self.reference)],
                   [ssim(f, r) for f, r in zip(frames, self.reference)], lpips, float(wall))
         path, frames_path = self._paths(entry)
-        _save_npz(frames_path, frames=np.asarray(frames[: self.config.gif_pairs], dtype=np.float32))
+        atomic_write_npz(frames_path, frames=np.asarray(frames[: self.config.gif_pairs], dtype=np.float32))
         atomic_write_text(path, json.dumps(asdict(run), allow_nan=False))
         return run
 
@@ -156,14 +156,6 @@ class Setting:
 def _finite(value: float) -> float:
     """JSON has no infinity; a run identical to the reference is stored at 1e9 dB (shown as lossless)."""
     return 1e9 if math.isinf(value) else float(value)
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _split_prompts(model: str, split: str) -> list[str]:
@@ -245,7 +237,7 @@ class Runner:
     """Computes the entries a setting has not stored yet."""
 
     def __init__(self, setting: Setting, bundles: dict):
-        self.setting, self.bundles, self._oracle_tables = setting, bundles, None
+        self.setting, self.bundles, self._oracle_tables, self._gain = setting, bundles, None, None
 
     def run(self, entry: Entry) -> Run:
         from cachepilot.infer.evaluate import generate_with
@@ -260,7 +252,7 @@ class Runner:
         return s.score(entry, frames, fractions, wall)
 
     def policy(self, entry: Entry):
-        from cachepilot.models.adapters import adapter_for
+        from cachepilot.models.adapters import num_blocks
         from cachepilot.policies.registry import make_baseline
         from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
         from cachepilot.train.oracle import fulls_for_budget
@@ -273,8 +265,7 @@ class Runner:
             return FixedSchedule.uniform(s.config.steps, fulls / s.config.steps)
         if entry.kind == "oracle":
             return FixedSchedule.per_sample([full_steps_schedule(s.config.steps, t.plan(fulls)) for t in self.oracle_tables()])
-        blocks = len(adapter_for(s.pipe.transformer).blocks(s.pipe.transformer))
-        return make_baseline(entry.method, entry.knob, calibration=s.calibration, num_blocks=blocks)
+        return make_baseline(entry.method, entry.knob, calibration=s.calibration, num_blocks=num_blocks(s.pipe.transformer))
 
     def oracle_tables(self):
         """The oracle's segment tables for these pairs (measured once, stored with the runs)."""
@@ -290,19 +281,22 @@ class Runner:
                 s.log("oracle: measuring segment tables")
                 tables, _ = measure_segments(s.pipe, list(zip(s.prompts, s.seeds)), c.steps, c.guidance, gain=gain)
                 errors = np.stack([t.errors for t in tables])
-                _save_npz(path, errors=errors)
+                atomic_write_npz(path, errors=errors)
             self._oracle_tables = [SegmentTable(e, DEFAULT_MAX_GAP, gain) for e in errors]
         return self._oracle_tables
 
     def oracle_gain(self) -> np.ndarray:
         from cachepilot.train.oracle import GAIN_FILE, stored_gain
 
+        if self._gain is not None:
+            return self._gain
         s, c = self.setting, self.setting.config
         gain = stored_gain(s.weights / GAIN_FILE, s.model_hash, c.steps, c.guidance) if s.weights else None
         if gain is None:
             raise CachepilotError(f"the oracle needs the model's error-amplification profile ({GAIN_FILE} beside the "
                                   f"weights, for {c.steps} steps and guidance {c.guidance:g}); `cachepilot train "
                                   "--algo distill` measures one in its run folder: copy it there, or leave out the oracle")
+        self._gain = gain
         return gain
 
 
@@ -323,26 +317,24 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Abl
     setting = Setting(config, out, log)
     bundles = learned_policies(setting)
     entries = plan(setting, bundles)
+    runner = Runner(setting, bundles)
     if any(e.kind == "oracle" for e in entries):
         try:
-            Runner(setting, bundles).oracle_gain()
+            runner.oracle_gain()
         except CachepilotError as error:
             if config.methods != "all":
                 raise
             log(f"skipping the oracle: {error}")
             entries = [e for e in entries if e.kind != "oracle"]
-    runner = Runner(setting, bundles)
     setting.load_reference()
-    runs = [setting.reference_run()]
-    missing = [e for e in entries if setting.stored(e) is None]
+    stored = {e: setting.stored(e) for e in entries}
+    missing = [e for e, run in stored.items() if run is None]
     log(f"{len(entries)} runs, {len(entries) - len(missing)} already stored in {setting.dir}")
     bar = tqdm(total=len(missing), desc="ablation", unit="run", disable=not progress or not missing)
-    for entry in entries:
-        run = setting.stored(entry)
-        if run is None:
-            bar.set_postfix_str(entry.key)
-            run = runner.run(entry)
-            bar.update()
-        runs.append(run)
+    for entry in missing:
+        bar.set_postfix_str(entry.key)
+        stored[entry] = runner.run(entry)
+        bar.update()
     bar.close()
+    runs = [setting.reference_run(), *stored.values()]
     return Ablation(setting, runs, write_report(out, setting, runs))

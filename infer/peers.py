@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from cachepilot.models.adapters import adapter_for
+from cachepilot.models.adapters import adapter_for, num_blocks
 from cachepilot.policies.dbcache import default_front_blocks
 
 from .evaluate import PairResult, generate_batch, score
@@ -29,7 +29,7 @@ class Peer:
     library: str = "diffusers"
 
     def enable(self, pipe, value: float, steps: int, calibration: dict | None) -> None:
-        config = self.config(value, steps, calibration, len(adapter_for(pipe.transformer).blocks(pipe.transformer)))
+        config = self.config(value, steps, calibration, num_blocks(pipe.transformer))
         if self.library == "cache-dit":
             _cache_dit().enable_cache(_cache_dit_adapter(pipe), cache_config=config)
         else:

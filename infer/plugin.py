@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cachepilot.models.adapters import adapter_for
+from cachepilot.models.adapters import num_blocks
 from cachepilot.errors import CachepilotError
 from cachepilot.policies.calibration import CALIBRATION_FILE, load_calibration
 from cachepilot.policies.policy_file import PolicyBundle, load_policy
@@ -45,6 +45,6 @@ def apply_cache(pipe, policy, calibration: dict | None = None, num_inference_ste
             raise CachepilotError(f"{policy} takes the knob {baseline.knob!r}, not {', '.join(sorted(unknown))}")
         if calibration is None:
             calibration = calibration_of(pipe)
-        num_blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
-        policy = make_baseline(policy, knobs.get(baseline.knob), calibration=calibration, num_blocks=num_blocks)
+        blocks = num_blocks(pipe.transformer)
+        policy = make_baseline(policy, knobs.get(baseline.knob), calibration=calibration, num_blocks=blocks)
     return _apply_runtime(pipe, policy, num_inference_steps=num_inference_steps)

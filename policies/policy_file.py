@@ -102,9 +102,9 @@ class PolicyBundle:
         if actual != self.card.model_config_hash:
             raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
                                   f"{self.card.model_config_hash}); the pipeline's transformer has config hash {actual}")
-        from cachepilot.models.adapters import adapter_for
+        from cachepilot.models.adapters import num_blocks
 
-        blocks = len(adapter_for(pipe.transformer).blocks(pipe.transformer))
+        blocks = num_blocks(pipe.transformer)
         wrong = [str(a) for a in self.card.actions if a.k + a.back >= blocks]
         if self.card.num_blocks != blocks or wrong:
             raise PolicyFileError(f"this policy's action set ({', '.join(map(str, self.card.actions))}, for "

@@ -23,7 +23,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from cachepilot.io import atomic_write_bytes
+from cachepilot.io import atomic_write_npz
 from cachepilot.policies.learned import PolicyNet
 
 from .oracle import DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments, stored_gain
@@ -116,7 +116,7 @@ class StudentValidation(L.Callback):
             return
         net = copy.deepcopy(module.net).cpu().eval()
         last = epoch == trainer.max_epochs
-        scores = evaluate_student(self.val, net, self.budgets if last else self.budgets[len(self.budgets) // 2 :][:1])
+        scores = evaluate_student(self.val, net, self.budgets if last else (self.budgets[len(self.budgets) // 2],))
         self.last = scores if last else None
         if trainer.logger is not None:
             for budget, score in scores.items():
@@ -144,14 +144,6 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
     return module.net.cpu().eval()
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
     """The amplification profile: the run's own, else the one shipped beside the model (same weights, steps
     and guidance only), else measured now on validation pairs."""
@@ -167,8 +159,8 @@ def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
     log(f"oracle: measuring the error-amplification profile on {len(val)} val pairs")
     gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
                          config.gain_every)
-    _save_npz(run_dir / GAIN_FILE, {"gain": gain, "model_hash": np.array(core.store.model_hash),
-                                            "steps": np.array(core.steps), "guidance": np.array(core.guidance)})
+    atomic_write_npz(run_dir / GAIN_FILE, gain=gain, model_hash=np.array(core.store.model_hash),
+                     steps=np.array(core.steps), guidance=np.array(core.guidance))
     return gain
 
 
@@ -191,7 +183,7 @@ def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfi
         for i, table, output in zip(chunk, found, frames):
             tables[i] = table
             core.store.put(*core.pairs[i], output)
-        _save_npz(path, {f"errors_{i}": t.errors for i, t in tables.items()})
+        atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()})
     return tables
 
 
@@ -224,7 +216,7 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
             who = "oracle" if net is None else "student"
             log(f"round {round_}: {len(jobs)} episodes rolled out by the {who}, labelled by the oracle")
             arrays = run_episodes(core, jobs, teacher, net=net, batch=config.num_envs).arrays()
-            _save_npz(path, arrays)
+            atomic_write_npz(path, **arrays)
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
         student_val = StudentValidation(val, config.eval_budgets, config.student_val_every, round_ * config.epochs)

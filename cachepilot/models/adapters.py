@@ -148,3 +148,8 @@ def adapter_for(transformer: Any) -> ModelAdapter:
             f"no cache adapter for {name}; supported transformers: {', '.join(sorted(ADAPTERS))}"
         )
     return ADAPTERS[name]
+
+
+def num_blocks(transformer: Any) -> int:
+    """How many transformer blocks the runtime's block-level actions count over."""
+    return len(adapter_for(transformer).blocks(transformer))
