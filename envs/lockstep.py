@@ -1,20 +1,26 @@
-"""Denoising episodes driven one step at a time: the pipeline runs on a worker thread and pauses at each decision.
+"""Denoising episodes driven one step at a time: the pipeline runs as a coroutine that pauses at each decision.
 
 The transformer's decision point is inside its forward (the runtime computes the signals there), so the
-real pipeline runs on a worker thread whose step-level policy hands the signals to the environment and
-waits for the agent's actions. Exactly the code path of inference: the same pipeline `__call__`, the
-same runtime hooks, the same signals. N episodes run in lockstep as one batched pipeline call, and the
-runtime computes only the samples whose action needs it.
+real pipeline `__call__` runs in a greenlet, a second call stack on the same OS thread: its step-level
+policy switches back to the environment with the signals and resumes with the agent's actions. Exactly
+the code path of inference: the same pipeline `__call__`, the same runtime hooks, the same signals. N
+episodes run in lockstep as one batched pipeline call, and the runtime computes only the samples whose
+action needs it.
+
+Why not a worker thread (the first design): with torch running on two OS threads, libgomp sees more
+OpenMP threads than cores and (GOMP_SPINCOUNT) its idle threads spin 100 times, not 300,000, before
+they sleep, so every op waits for a futex wake-up; a toy-wan transformer call took 1.5-2.5x longer on
+the worker thread than on the main thread (benchmarks/env_throughput.py prints it).
+One OS thread keeps one OpenMP team.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from greenlet import getcurrent, greenlet
 
 from cachepilot.policies.observation import ObservationSpec
 from cachepilot.policies.step_level import StepLevelPolicy
@@ -22,11 +28,21 @@ from cachepilot.runtime import Action, apply_cache, remove_cache
 
 
 class _Abort(BaseException):
-    """Raised inside the worker to end an unfinished episode (BaseException: nothing in between swallows it)."""
+    """Thrown into the pipeline to end an unfinished episode (BaseException: nothing in between swallows it)."""
+
+
+def _jump(switch, *args):
+    """Switch greenlets, keeping this side's torch grad mode: it is per OS thread, so greenlets share it, and
+    the pipeline's `torch.no_grad()` must not leak into the caller (an SB3 update) while it is paused."""
+    grad = torch.is_grad_enabled()
+    try:
+        return switch(*args)
+    finally:
+        torch.set_grad_enabled(grad)
 
 
 class AgentPolicy(StepLevelPolicy):
-    """A step-level policy whose choices come from the environment, across the thread hand-off."""
+    """A step-level policy whose choices come from the environment: it pauses the pipeline to ask."""
 
     name = "agent"
 
@@ -34,15 +50,12 @@ class AgentPolicy(StepLevelPolicy):
         super().__init__(actions)
         self.signals = spec.signals_read
         self.needs_modulated_input = spec.needs_modulated_input
-        self.to_env: queue.Queue = queue.Queue()
-        self.to_worker: queue.Queue = queue.Queue()
 
     def choose(self, signals, masks):
-        self.to_env.put(("decide", signals, masks))
-        picks = self.to_worker.get()
-        if picks is None:
-            raise _Abort
-        return picks
+        env = getcurrent().parent
+        if env is None:
+            raise RuntimeError("AgentPolicy decides only inside an environment's episode")
+        return _jump(env.switch, ("decide", signals, masks))
 
 
 @dataclass
@@ -70,7 +83,7 @@ class Lockstep:
     def __init__(self, pipe, actions: tuple[Action, ...], spec: ObservationSpec, steps: int, guidance: float):
         self.pipe, self.steps, self.guidance = pipe, int(steps), float(guidance)
         self.policy = AgentPolicy(actions, spec)
-        self.thread: threading.Thread | None = None
+        self.episode: greenlet | None = None  # the paused pipeline call
         self.runtime = None
         self._ledger = _Ledger()
 
@@ -80,59 +93,49 @@ class Lockstep:
         self.pipe.set_progress_bar_config(disable=True)
         self.runtime = apply_cache(self.pipe, self.policy, num_inference_steps=self.steps)
         self._ledger = _Ledger()
-        self.thread = threading.Thread(target=self._work, args=(list(prompts), list(seeds)), daemon=True)
-        self.thread.start()
-        return self._wait(len(prompts))
+        self.episode = greenlet(self._work)
+        return self._resume(self.episode.switch, list(prompts), list(seeds))
 
     def step(self, picks: list[int]) -> Pause:
-        if self.thread is None:
+        if self.episode is None:
             raise RuntimeError("no episode is running; call start() first")
-        self.policy.to_worker.put([int(p) for p in picks])
-        return self._wait(len(picks))
+        return self._resume(self.episode.switch, [int(p) for p in picks])
 
     def abort(self) -> None:
         """Stop an unfinished episode and take the hooks off the pipeline."""
-        if self.thread is not None:
-            if self.thread.is_alive():
-                self.policy.to_worker.put(None)
-            self.thread.join()
-            self.thread = None
-        for q in (self.policy.to_env, self.policy.to_worker):
-            while not q.empty():
-                q.get_nowait()
+        episode, self.episode = self.episode, None
+        if episode is not None and not episode.dead:
+            _jump(episode.throw, _Abort())
         if self.runtime is not None:
             remove_cache(self.pipe)
             self.runtime = None
 
-    # ---- worker side ------------------------------------------------------------------------
+    # ---- pipeline side ----------------------------------------------------------------------
     def _keep_latents(self, _pipe, _i, _t, kwargs):
         self._ledger.latents = kwargs["latents"].detach()
         return kwargs
 
-    def _work(self, prompts: list[str], seeds: list[int]) -> None:
+    def _work(self, prompts: list[str], seeds: list[int]):
         try:
             generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
             frames = self.pipe(prompt=prompts, num_inference_steps=self.steps, guidance_scale=self.guidance,
                                generator=generators, output_type="np", callback_on_step_end=self._keep_latents).frames
-            self.policy.to_env.put(("done", np.asarray(frames)))
         except _Abort:
-            pass
-        except BaseException as err:  # hand any failure to the environment's thread
-            self.policy.to_env.put(("error", err))
+            return ("aborted",)
+        return ("done", np.asarray(frames))
 
-    # ---- env side ---------------------------------------------------------------------------
-    def _wait(self, n: int) -> Pause:
-        message = self.policy.to_env.get()
+    # ---- environment side -------------------------------------------------------------------
+    def _resume(self, switch, *args) -> Pause:
+        """Run the pipeline until its next decision or its end; a failure in it comes back here, hooks removed."""
+        n = len(args[0])
+        try:
+            message = _jump(switch, *args)
+        except BaseException:
+            self.abort()
+            raise
         costs = self._step_costs(n)
         latents = self._ledger.latents
-        if message[0] == "error":
-            self.thread.join()
-            self.thread = None
-            self.abort()
-            raise message[1]
         if message[0] == "done":
-            self.thread.join()
-            self.thread = None
             self.abort()
             return Pause(costs, frames=message[1], latents=latents)
         _, signals, masks = message

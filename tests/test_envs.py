@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
@@ -141,6 +142,25 @@ def test_batched_env_equals_single_envs(make_env):
             o, r, *_ = env.step(picks[t][i])
             np.testing.assert_allclose(o, obs[t + 1][i], atol=1e-5)
             assert r == pytest.approx(rewards[t][i], abs=1e-5)
+
+
+def test_paused_episode_leaves_the_caller_alone(make_env, toy_pipe, monkeypatch):
+    env = make_env()
+    env.reset(seed=0)  # the pipeline is paused inside its torch.no_grad()
+    assert torch.is_grad_enabled()
+    layer = torch.nn.Linear(2, 1)
+    layer(torch.ones(1, 2)).sum().backward()  # e.g. an SB3 update between two steps
+    assert layer.weight.grad is not None
+    env.step(0)
+    assert torch.is_grad_enabled()
+    env.close()  # mid-episode: the hooks come off, so another environment can use the pipeline
+    other = make_env()
+    other.reset(seed=1)
+    monkeypatch.setattr(toy_pipe.scheduler, "step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):  # a failure inside the pipeline reaches the caller
+        other.step(0)
+    monkeypatch.undo()
+    run(make_env(), [0] * STEPS)  # ... and leaves the pipeline unhooked
 
 
 def test_bad_arguments_are_clear(make_env, monkeypatch, tmp_path):

@@ -138,6 +138,9 @@ def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_
     if remaining > 0:
         agent.learn(remaining, callback=_callback(run_dir, val, config, env.actions, log), reset_num_timesteps=False,
                     tb_log_name="ppo")
+    else:
+        log(f"{checkpoint} is already at {agent.num_timesteps} steps (asked: {config.total_timesteps}); exporting it "
+            "without training (another --run-dir starts over)")
     env.close()
     net = actor_to_net(agent, config.hidden)
     minutes = (time.perf_counter() - started) / 60
