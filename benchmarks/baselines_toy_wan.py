@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 
-import torch
 
 from cachepilot.infer.evaluate import run_method, timed_reference
 from cachepilot.infer.peers import PEERS, available_peers, run_peer
@@ -21,6 +18,7 @@ from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.registry import BASELINES, make_baseline
 from cachepilot.policies.calibration import CALIBRATION_FILE, load_calibration
+from cachepilot.provenance import machine_summary
 
 
 def main() -> None:
@@ -53,8 +51,7 @@ def main() -> None:
         frac = statistics.mean(r.computed_fraction for r in results)
         table.append((name, f"{method.knob}={method.default:g}", frac, 1 / frac, ref_wall / wall,
                       statistics.mean(r.psnr for r in results), statistics.mean(r.ssim for r in results)))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    print(f"toy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {machine}")
+    print(f"toy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {machine_summary()}")
     print("| method | knob (default) | computed fraction | FLOPs speedup | transformer wall speedup | PSNR dB | SSIM |")
     print("|---|---|---|---|---|---|---|")
     for name, knob, frac, flops, wall, p, s in table:
@@ -62,7 +59,7 @@ def main() -> None:
     if args.json:
         from cachepilot.io import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"machine": machine, "pairs": rows}, indent=2) + "\n")
+        atomic_write_text(args.json, json.dumps({"machine": machine_summary(), "pairs": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

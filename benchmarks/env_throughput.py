@@ -16,8 +16,6 @@ the caller's thread rather than on a worker thread (envs/lockstep.py).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import threading
 import time
@@ -29,6 +27,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from cachepilot.envs import BatchedCacheEnv, CacheEnv, ReferenceStore
 from cachepilot.envs.episodes import make_pairs
 from cachepilot.models.registry import load_pipeline
+from cachepilot.provenance import machine_summary
 
 
 def steps_per_second(venv, episodes: int, steps: int, seed: int = 0) -> float:
@@ -85,7 +84,7 @@ def main() -> None:
     rate_batched = steps_per_second(batched, args.episodes, args.steps)
     batched.close()
     bare_1, bare_n = per_sample_ms(pipes[0].transformer, (1, args.envs))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"machine: {machine_summary()}")
     print(f"{'environment':<32} {'env steps/s':>12}")
     print(f"{f'DummyVecEnv of {args.envs} CacheEnv':<32} {rate_single:>12.1f}")
     print(f"{f'BatchedCacheEnv({args.envs})':<32} {rate_batched:>12.1f}")

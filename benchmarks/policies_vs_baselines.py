@@ -20,6 +20,7 @@ import numpy as np
 from cachepilot.infer.ablate import AblationConfig, ablate
 from cachepilot.infer.peers import available_peers
 from cachepilot.train.oracle import fulls_for_budget
+from cachepilot.provenance import machine_summary
 
 
 def bootstrap_ci(diff: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -47,7 +48,7 @@ def main() -> None:
         runs.setdefault(run.entry.method, {})[run.entry.knob] = run
     learned = {m: r for m, r in runs.items() if m.startswith("learned-")}
     print(f"\ntoy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; "
-          f"{_machine(args.out)}")
+          f"{machine_summary()}")
     for b in budgets:
         print(f"\nbudget {b}: computed fraction <= {b}")
         print("| method | knob | computed fraction | PSNR dB | best learned - method, PSNR dB [95% CI] |")
@@ -81,12 +82,6 @@ def _baselines() -> list[str]:
 
     return [n for n in BASELINES if n != "none"]
 
-
-def _machine(out: str) -> str:
-    import json
-    from pathlib import Path
-
-    return json.loads((Path(out) / "results.json").read_text())["setting"]["machine"]
 
 
 if __name__ == "__main__":

@@ -13,12 +13,9 @@ of gathering the signals the policy reads is measured separately by benchmarks/r
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import time
 
-import torch
 
 from cachepilot.infer.evaluate import generate_with
 from cachepilot.models.registry import load_pipeline
@@ -26,6 +23,7 @@ from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.policy_file import load_policy
 from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+from cachepilot.provenance import machine_summary
 
 
 def decision_times(pipe, policy, prompts, seeds, steps, guidance) -> list[float]:
@@ -64,8 +62,7 @@ def main() -> None:
     pipe = load_pipeline("toy-wan")
     bundle = load_policy(args.policy)
     prompts = list(load_split("test"))
-    print(f"toy-wan, {args.steps} steps, guidance {args.guidance}; {platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; policy {args.policy} "
+    print(f"toy-wan, {args.steps} steps, guidance {args.guidance}; {machine_summary()}; policy {args.policy} "
           f"({bundle.net.num_parameters} parameters) at budget {args.budget}")
     print("| batch | decisions | median decision ms | median full transformer call ms | decision / call | "
           "all decisions / all calls of an uncached generation |")

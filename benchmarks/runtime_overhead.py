@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 
@@ -26,6 +24,7 @@ from cachepilot.models.registry import load_pipeline
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+from cachepilot.provenance import machine_summary
 
 class FullReadingEverything(NoCache):
     """Always FULL, but asks for every optional signal: the runtime's cost when a learned policy observes all."""
@@ -111,7 +110,7 @@ def main() -> None:
 
     med = statistics.median
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "machine": machine_summary(),
         "runs": args.runs, "steps": args.steps,
         "call_bare_ms": call_bare_ms, "call_runtime_full_ms": call_hooked_ms, "call_overhead_pct": call_overhead,
         "bare_pipeline_s": med(bare), "runtime_full_pipeline_s": med(hooked),

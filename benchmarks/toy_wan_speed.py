@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -15,6 +14,7 @@ import torch
 
 from cachepilot.infer.generate import generate
 from cachepilot.models.registry import embedded_path, load_pipeline
+from cachepilot.provenance import machine_summary
 
 PROMPT = "a red circle moving left quickly and a blue square standing still on a gradient background"
 
@@ -34,7 +34,7 @@ def main() -> None:
         start = time.perf_counter()
         generate(pipe, PROMPT, steps=args.steps, guidance=5.0, seed=seed, progress=False)
         times.append(time.perf_counter() - start)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads"
+    machine = machine_summary()
     median = statistics.median(times)
     print("| steps | CFG | runs | median s / video | min | max | machine |")
     print("|---|---|---|---|---|---|---|")

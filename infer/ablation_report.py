@@ -11,14 +11,13 @@ import csv
 import io
 import json
 import math
-import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.provenance import machine_summary
 
 KIND_ORDER = {"reference": 0, "learned": 1, "oracle": 2, "schedule": 3, "baseline": 4, "peer": 5}
 
@@ -163,7 +162,7 @@ def write_report(out: Path, setting, runs) -> list[Point]:
 
     config = setting.config
     found = points(runs, setting.reference_wall)
-    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {_torch_version()}"
+    machine = machine_summary()
     about = {"model": config.model, "model_hash": setting.model_hash, "split": config.split, "pairs": config.pairs,
              "steps": config.steps, "guidance": config.guidance, "machine": machine,
              "reference_transformer_wall_s": setting.reference_wall,
@@ -200,8 +199,3 @@ def write_report(out: Path, setting, runs) -> list[Point]:
     save_video(side_by_side(videos, labels), out / "side_by_side.gif", fps=4, scale=1)
     return found
 
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
