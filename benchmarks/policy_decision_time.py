@@ -16,14 +16,13 @@ import argparse
 import statistics
 import time
 
-
-from cachepilot.infer.evaluate import generate_with
+from cachepilot.infer.evaluate import generate_batch, generate_with
 from cachepilot.models.registry import load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.policy_file import load_policy
-from cachepilot.runtime import apply_cache, cache_summary, remove_cache
 from cachepilot.provenance import machine_summary
+from cachepilot.runtime import apply_cache, cache_summary, remove_cache
 
 
 def decision_times(pipe, policy, prompts, seeds, steps, guidance) -> list[float]:
@@ -41,8 +40,6 @@ def decision_times(pipe, policy, prompts, seeds, steps, guidance) -> list[float]
 
 
 def transformer_call_times(pipe, prompts, seeds, steps, guidance) -> list[float]:
-    from cachepilot.infer.evaluate import generate_batch
-
     apply_cache(pipe, NoCache(), num_inference_steps=steps)
     try:
         generate_batch(pipe, prompts, seeds, steps, guidance)
