@@ -44,7 +44,8 @@ def steps_per_second(venv, episodes: int, steps: int, seed: int = 0) -> float:
 def per_sample_ms(transformer, batches: tuple[int, ...], rounds: int = 5, calls: int = 5) -> list[float]:
     """Per batch size, milliseconds per sample of one bare transformer call (toy-wan shapes): the fastest of
     `rounds` rounds, the sizes alternating, since a VM's noise only ever adds time."""
-    inputs = {b: (torch.randn(b, 3, 8, 16, 16), torch.full((b,), 500.0), torch.randn(b, 24, 64)) for b in batches}
+    channels = transformer.config.in_channels  # the latent, plus position channels where the model takes them
+    inputs = {b: (torch.randn(b, channels, 8, 16, 16), torch.full((b,), 500.0), torch.randn(b, 24, 64)) for b in batches}
     best = dict.fromkeys(batches, float("inf"))
     with torch.no_grad():
         for b in batches:

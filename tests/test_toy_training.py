@@ -48,3 +48,44 @@ def test_warm_start_from_an_export_counts_prior_steps(tmp_path):
     pipe = load_pipeline("toy-wan", model_path=exported_path)
     for name, value in pipe.transformer.state_dict().items():
         assert torch.equal(fresh.transformer.state_dict()[name], value) and torch.equal(fresh.ema["transformer"].state_dict()[name], value)
+
+
+def test_position_channels_give_each_pixel_its_frame_row_and_column():
+    from cachepilot.models.toy_wan.components import position_channels, with_position
+
+    grid = position_channels(8, 16, 16)
+    assert grid.shape == (3, 8, 16, 16)
+    frame, row, column = grid
+    assert torch.equal(frame[:, 0, 0], torch.linspace(-1, 1, 8)) and torch.equal(frame[3], torch.full((16, 16), frame[3, 0, 0].item()))
+    assert torch.equal(row[0, :, 5], torch.linspace(-1, 1, 16)) and torch.equal(column[2, 7], torch.linspace(-1, 1, 16))
+    latents = torch.randn(2, 3, 8, 16, 16)
+    assert with_position(latents, 3) is latents  # a transformer without position channels gets the latent alone
+    model_input = with_position(latents, 6)
+    assert torch.equal(model_input[:, :3], latents) and torch.equal(model_input[1, 3:], grid)
+    try:
+        with_position(latents, 5)
+    except ValueError as err:
+        assert "5 channels" in str(err)
+    else:
+        raise AssertionError("a channel count that is neither +0 nor +3 must be refused")
+
+
+def test_warm_start_widens_an_export_without_position_channels(tmp_path):
+    """An export from before the position channels (in_channels 3) still warm-starts the trainer: the new
+    inputs get zero weights, so the widened model denoises as the export did."""
+    from cachepilot.models.toy_wan import components
+    from cachepilot.models.toy_wan.pipeline import ToyWanPipeline
+
+    old = ToyWanPipeline(text_encoder=components.build_text_encoder(), scheduler=components.build_scheduler(),
+                         transformer=components.WanTransformer3DModel(**{**components.TRANSFORMER_CONFIG, "in_channels": 3}))
+    old.save_pretrained(tmp_path / "old")
+    module = ToyWanModule()
+    module.load_exported(tmp_path / "old")
+    assert module.transformer.config.in_channels == 6
+    widened = module.transformer.patch_embedding.weight
+    assert torch.equal(widened[:, :3], old.transformer.patch_embedding.weight) and not widened[:, 3:].any()
+    new = module.ema_pipeline()
+    kwargs = dict(prompt=["a red circle moving left quickly on a plain background"], num_inference_steps=3, output_type="latent")
+    expected = old(generator=[torch.Generator().manual_seed(0)], **kwargs).frames
+    got = new(generator=[torch.Generator().manual_seed(0)], **kwargs).frames
+    assert torch.allclose(got, expected, atol=1e-4)

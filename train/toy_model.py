@@ -99,7 +99,7 @@ class ToyWanModule(L.LightningModule):
         embeds = text_encoder(text_encoder.tokenize(prompts))
         s = sigmas.view(-1, 1, 1, 1, 1)
         noisy = (1 - s) * videos + s * noise
-        pred = transformer(noisy, sigmas * 1000, embeds, return_dict=False)[0]
+        pred = transformer(components.with_position(noisy, transformer.config.in_channels), sigmas * 1000, embeds, return_dict=False)[0]
         return F.mse_loss(pred.float(), (noise - videos).float())
 
     def training_step(self, batch, batch_idx):
@@ -133,10 +133,15 @@ class ToyWanModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def load_exported(self, folder: str | Path) -> None:
-        """Start from an exported pipeline's weights: both the trained and the EMA copies."""
+        """Start from an exported pipeline's weights: both the trained and the EMA copies.
+
+        An export from before the position channels (in_channels 3) is widened with zero weights for them,
+        so the warm-started model computes what the export did (to float rounding) and learns to use them."""
         pipe = ToyWanPipeline.from_pretrained(folder)
         for name in ("transformer", "text_encoder"):
             state = getattr(pipe, name).state_dict()
+            if name == "transformer":
+                state = _widen_patch_embedding(state, self.transformer.config.in_channels)
             getattr(self, name).load_state_dict(state)
             self.ema[name].load_state_dict(state)
 
@@ -146,6 +151,16 @@ class ToyWanModule(L.LightningModule):
             transformer=copy.deepcopy(self.ema["transformer"]).eval().cpu(),
             scheduler=components.build_scheduler(),
         )
+
+
+def _widen_patch_embedding(state: dict, in_channels: int) -> dict:
+    """Zero-pad the patch embedding's input channels up to `in_channels` (new inputs start with no effect)."""
+    weight = state["patch_embedding.weight"]
+    missing = in_channels - weight.shape[1]
+    if missing > 0:
+        pad = weight.new_zeros(weight.shape[0], missing, *weight.shape[2:])
+        state = {**state, "patch_embedding.weight": torch.cat([weight, pad], dim=1)}
+    return state
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:

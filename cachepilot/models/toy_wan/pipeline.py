@@ -14,6 +14,7 @@ import torch
 from diffusers import DiffusionPipeline, UniPCMultistepScheduler, WanTransformer3DModel
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
+from .components import with_position
 from .scenes import HEIGHT, NUM_FRAMES, WIDTH
 from .text_encoder import ToyPromptEncoder
 
@@ -67,7 +68,7 @@ class ToyWanPipeline(DiffusionPipeline):
     def prepare_latents(self, batch_size: int, num_frames: int, height: int, width: int, generator, latents=None) -> torch.Tensor:
         if latents is not None:
             return latents.to(device=self._execution_device, dtype=self.transformer.dtype)
-        shape = (batch_size, self.transformer.config.in_channels, num_frames, height, width)
+        shape = (batch_size, self.transformer.config.out_channels, num_frames, height, width)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"got {len(generator)} generators for a batch of {batch_size}")
         if isinstance(generator, list):
@@ -118,15 +119,16 @@ class ToyWanPipeline(DiffusionPipeline):
         the cache runtime's state at a step and explores several continuations from there)."""
         timestep = t.expand(latents.shape[0])
         context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]), "num_inference_steps": self._num_timesteps}
+        model_input = with_position(latents, self.transformer.config.in_channels)
         with self.transformer.cache_context("cond", **context):
             noise_pred = self.transformer(
-                hidden_states=latents, timestep=timestep, encoder_hidden_states=prompt_embeds,
+                hidden_states=model_input, timestep=timestep, encoder_hidden_states=prompt_embeds,
                 attention_kwargs=attention_kwargs, return_dict=False,
             )[0]
         if self.do_classifier_free_guidance:
             with self.transformer.cache_context("uncond", **context):
                 noise_uncond = self.transformer(
-                    hidden_states=latents, timestep=timestep, encoder_hidden_states=negative_prompt_embeds,
+                    hidden_states=model_input, timestep=timestep, encoder_hidden_states=negative_prompt_embeds,
                     attention_kwargs=attention_kwargs, return_dict=False,
                 )[0]
             noise_pred = noise_uncond + self.guidance_scale * (noise_pred - noise_uncond)
