@@ -15,11 +15,11 @@ import argparse
 import random
 
 import torch
-import torch.nn.functional as F
 
 from cachepilot.models.registry import load_pipeline
-from cachepilot.models.toy_wan import components, scenes
+from cachepilot.models.toy_wan import scenes
 from cachepilot.provenance import machine_summary
+from cachepilot.train.toy_model import flow_matching_loss
 
 DIRECTIONS = ("left", "right", "up", "down")  # "standing still" differs in other words too; left out
 
@@ -30,20 +30,17 @@ def prompt_for(direction: str) -> str:
 
 @torch.no_grad()
 def loss_matrix(pipe, sigma: float, videos: int, seed: int = 0) -> torch.Tensor:
-    """[true direction, prompted direction] -> mean flow-matching loss at noise level `sigma`."""
+    """[true direction, prompted direction] -> mean flow-matching loss (the trainer's) at noise level `sigma`."""
     transformer, encoder = pipe.transformer.eval(), pipe.text_encoder.eval()
     rng = random.Random(seed)
+    sigmas = torch.full((videos,), sigma)
     losses = torch.zeros(len(DIRECTIONS), len(DIRECTIONS))
     for i, true in enumerate(DIRECTIONS):
         scene = scenes.parse_prompt(prompt_for(true))
         clean = torch.stack([scenes.render(scene, rng) for _ in range(videos)])
         noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed + i))
-        noisy = components.with_position((1 - sigma) * clean + sigma * noise, transformer.config.in_channels)
-        timestep = torch.full((videos,), sigma * 1000.0)
         for j, prompted in enumerate(DIRECTIONS):
-            embeds = encoder.encode([prompt_for(prompted)] * videos)
-            pred = transformer(noisy, timestep, embeds, return_dict=False)[0]
-            losses[i, j] = F.mse_loss(pred, noise - clean)
+            losses[i, j] = flow_matching_loss(transformer, encoder, clean, [prompt_for(prompted)] * videos, sigmas, noise)
     return losses
 
 

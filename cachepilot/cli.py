@@ -104,7 +104,7 @@ def toy_wan_card_sections() -> dict:
         "It is cachepilot's embedded default model: everything runs on a CPU with no downloads.",
         "architecture": {k: str(v) for k, v in components.TRANSFORMER_CONFIG.items()}
         | {"video": f"3 x {scenes.NUM_FRAMES} x {scenes.HEIGHT} x {scenes.WIDTH} (the latent is the video, in [-1, 1])",
-           "position channels": "3 fixed inputs beside the latent: frame, row, column in [-1, 1] (in_channels 6 = 3 + 3)",
+           "position channels": f"{components.POSITION_CHANNELS} fixed inputs beside the latent: frame, row, column in [-1, 1]",
            "scheduler": "UniPCMultistepScheduler, flow_prediction, flow_shift 3.0", "text_encoder": "ToyPromptEncoder (word embeddings + 1 transformer layer, 64-d, 24 tokens)"},
         "data": {"colours": ", ".join(scenes.COLOURS), "shapes": ", ".join(scenes.SHAPES),
                  "motions": "left/right/up/down x slowly/quickly, or standing still", "objects": "1 or 2",

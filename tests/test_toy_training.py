@@ -1,5 +1,6 @@
 """The toy-wan trainer runs, resumes from its last checkpoint and exports a loadable pipeline."""
 
+import pytest
 import torch
 
 from cachepilot.models.registry import load_pipeline, write_checksums
@@ -62,12 +63,8 @@ def test_position_channels_give_each_pixel_its_frame_row_and_column():
     assert with_position(latents, 3) is latents  # a transformer without position channels gets the latent alone
     model_input = with_position(latents, 6)
     assert torch.equal(model_input[:, :3], latents) and torch.equal(model_input[1, 3:], grid)
-    try:
+    with pytest.raises(ValueError, match="5 channels"):  # neither +0 nor +3
         with_position(latents, 5)
-    except ValueError as err:
-        assert "5 channels" in str(err)
-    else:
-        raise AssertionError("a channel count that is neither +0 nor +3 must be refused")
 
 
 def test_warm_start_widens_an_export_without_position_channels(tmp_path):

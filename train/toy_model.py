@@ -42,6 +42,15 @@ def shifted_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * u / (1 + (shift - 1) * u)
 
 
+def flow_matching_loss(transformer, text_encoder, videos, prompts, sigmas, noise) -> torch.Tensor:
+    """Wan's objective: predict v = noise - video from (1 - sigma) * video + sigma * noise at timestep 1000 * sigma."""
+    embeds = text_encoder(text_encoder.tokenize(prompts))
+    s = sigmas.view(-1, 1, 1, 1, 1)
+    noisy = (1 - s) * videos + s * noise
+    pred = transformer(components.with_position(noisy, transformer.config.in_channels), sigmas * 1000, embeds, return_dict=False)[0]
+    return F.mse_loss(pred.float(), (noise - videos).float())
+
+
 class SceneStream(IterableDataset):
     """An endless stream of (video, prompt) rendered on the fly from a prompt split."""
 
@@ -95,18 +104,11 @@ class ToyWanModule(L.LightningModule):
         self.ema = torch.nn.ModuleDict({"transformer": copy.deepcopy(self.transformer), "text_encoder": copy.deepcopy(self.text_encoder)})
         self.ema.requires_grad_(False)
 
-    def _loss(self, transformer, text_encoder, videos, prompts, sigmas, noise) -> torch.Tensor:
-        embeds = text_encoder(text_encoder.tokenize(prompts))
-        s = sigmas.view(-1, 1, 1, 1, 1)
-        noisy = (1 - s) * videos + s * noise
-        pred = transformer(components.with_position(noisy, transformer.config.in_channels), sigmas * 1000, embeds, return_dict=False)[0]
-        return F.mse_loss(pred.float(), (noise - videos).float())
-
     def training_step(self, batch, batch_idx):
         videos, prompts = batch
         prompts = ["" if random.random() < self.cfg.cfg_dropout else p for p in prompts]
         sigmas = shifted_sigmas(torch.rand(videos.shape[0], device=self.device), self.cfg.flow_shift)
-        loss = self._loss(self.transformer, self.text_encoder, videos, prompts, sigmas, torch.randn_like(videos))
+        loss = flow_matching_loss(self.transformer, self.text_encoder, videos, prompts, sigmas, torch.randn_like(videos))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -122,7 +124,7 @@ class ToyWanModule(L.LightningModule):
         g = torch.Generator().manual_seed(batch_idx)
         sigmas = torch.linspace(0.05, 0.95, videos.shape[0])
         noise = torch.randn(videos.shape, generator=g).to(videos)
-        loss = self._loss(self.ema["transformer"], self.ema["text_encoder"], videos, prompts, sigmas.to(videos), noise)
+        loss = flow_matching_loss(self.ema["transformer"], self.ema["text_encoder"], videos, prompts, sigmas.to(videos), noise)
         self.log("val/loss_ema", loss, prog_bar=True, batch_size=videos.shape[0])
 
     def configure_optimizers(self):

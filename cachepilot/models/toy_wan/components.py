@@ -25,11 +25,12 @@ VOCABULARY = sorted(
     {"a", "and", "on", "background", "moving", "standing", *COLOURS, *SHAPES, *DIRECTIONS, *SPEEDS, *BACKGROUNDS}
 )
 TEXT_DIM = 64
+POSITION_CHANNELS = 3  # frame, row, column (see `with_position`)
 TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2),
     num_attention_heads=4,
     attention_head_dim=32,
-    in_channels=3 + 3,  # the video, then the position channels (see `with_position`)
+    in_channels=3 + POSITION_CHANNELS,  # the video, then the position channels
     out_channels=3,
     text_dim=TEXT_DIM,
     freq_dim=64,
@@ -56,8 +57,9 @@ def with_position(latents: torch.Tensor, in_channels: int) -> torch.Tensor:
     extra = in_channels - latents.shape[1]
     if extra == 0:
         return latents
-    if extra != 3:
-        raise ValueError(f"transformer takes {in_channels} channels; latents have {latents.shape[1]} (expected +0 or +3)")
+    if extra != POSITION_CHANNELS:
+        raise ValueError(f"transformer takes {in_channels} channels; latents have {latents.shape[1]} "
+                         f"(expected +0 or +{POSITION_CHANNELS})")
     grid = position_channels(*latents.shape[2:]).to(latents)
     return torch.cat([latents, grid.expand(latents.shape[0], -1, -1, -1, -1)], dim=1)
 
