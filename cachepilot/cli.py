@@ -105,7 +105,8 @@ def toy_wan_card_sections() -> dict:
         "architecture": {k: str(v) for k, v in components.TRANSFORMER_CONFIG.items()}
         | {"video": f"3 x {scenes.NUM_FRAMES} x {scenes.HEIGHT} x {scenes.WIDTH} (the latent is the video, in [-1, 1])",
            "position channels": f"{components.POSITION_CHANNELS} fixed inputs beside the latent: frame, row, column in [-1, 1]",
-           "scheduler": "UniPCMultistepScheduler, flow_prediction, flow_shift 3.0", "text_encoder": "ToyPromptEncoder (word embeddings + 1 transformer layer, 64-d, 24 tokens)"},
+           "scheduler": "UniPCMultistepScheduler, flow_prediction, flow_shift 3.0", "text_encoder": "ToyPromptEncoder (word embeddings + 1 transformer layer, 64-d, 24 tokens, "
+                           f"attention bias by word distance up to {components.TEXT_RELATIVE_DISTANCE}, as T5)"},
         "data": {"colours": ", ".join(scenes.COLOURS), "shapes": ", ".join(scenes.SHAPES),
                  "motions": "left/right/up/down x slowly/quickly, or standing still", "objects": "1 or 2",
                  "backgrounds": ", ".join(scenes.BACKGROUNDS),

@@ -44,6 +44,10 @@ def test_warm_start_from_an_export_counts_prior_steps(tmp_path):
                            accelerator="cpu", devices=1, init_from=exported_path)
     assert module.cfg.prior_steps == 2
     assert export_toy_wan(tmp_path / "second", tmp_path / "again")["training_steps"] == 3
+    module = train_toy_wan(tmp_path / "second", ToyTrainConfig(max_steps=2, batch_size=2, val_every=1, warmup_steps=1),
+                           accelerator="cpu", devices=1)  # resumed without init_from: still 2 steps behind the start
+    assert module.cfg.prior_steps == 2
+    assert export_toy_wan(tmp_path / "second", tmp_path / "again")["training_steps"] == 4
     fresh = ToyWanModule()
     fresh.load_exported(exported_path)
     pipe = load_pipeline("toy-wan", model_path=exported_path)
@@ -67,13 +71,16 @@ def test_position_channels_give_each_pixel_its_frame_row_and_column():
         with_position(latents, 5)
 
 
-def test_warm_start_widens_an_export_without_position_channels(tmp_path):
-    """An export from before the position channels (in_channels 3) still warm-starts the trainer: the new
-    inputs get zero weights, so the widened model denoises as the export did."""
+def test_warm_start_widens_an_export_without_position_channels_or_word_distance_bias(tmp_path):
+    """An export from before the position channels (in_channels 3) and the prompt encoder's word-distance bias
+    still warm-starts the trainer: the new inputs get zero weights and the bias its starting prior, so with
+    that bias zeroed the widened model denoises as the export did."""
     from cachepilot.models.toy_wan import components
     from cachepilot.models.toy_wan.pipeline import ToyWanPipeline
+    from cachepilot.models.toy_wan.text_encoder import ToyPromptEncoder, locality_prior
 
-    old = ToyWanPipeline(text_encoder=components.build_text_encoder(), scheduler=components.build_scheduler(),
+    old = ToyWanPipeline(text_encoder=ToyPromptEncoder(vocabulary=components.VOCABULARY, dim=components.TEXT_DIM),
+                         scheduler=components.build_scheduler(),
                          transformer=components.WanTransformer3DModel(**{**components.TRANSFORMER_CONFIG, "in_channels": 3}))
     old.save_pretrained(tmp_path / "old")
     module = ToyWanModule()
@@ -81,6 +88,10 @@ def test_warm_start_widens_an_export_without_position_channels(tmp_path):
     assert module.transformer.config.in_channels == 6
     widened = module.transformer.patch_embedding.weight
     assert torch.equal(widened[:, :3], old.transformer.patch_embedding.weight) and not widened[:, 3:].any()
+    prior = locality_prior(4, components.TEXT_RELATIVE_DISTANCE)
+    assert torch.equal(module.text_encoder.relative_bias, prior) and torch.equal(module.ema["text_encoder"].relative_bias, prior)
+    with torch.no_grad():
+        module.ema["text_encoder"].relative_bias.zero_()
     new = module.ema_pipeline()
     kwargs = dict(prompt=["a red circle moving left quickly on a plain background"], num_inference_steps=3, output_type="latent")
     expected = old(generator=[torch.Generator().manual_seed(0)], **kwargs).frames

@@ -138,12 +138,15 @@ class ToyWanModule(L.LightningModule):
         """Start from an exported pipeline's weights: both the trained and the EMA copies.
 
         An export from before the position channels (in_channels 3) is widened with zero weights for them,
-        so the warm-started model computes what the export did (to float rounding) and learns to use them."""
+        so the warm-started model computes what the export did (to float rounding) and learns to use them.
+        An export whose prompt encoder has no word-distance bias gets this model's starting bias."""
         pipe = ToyWanPipeline.from_pretrained(folder)
         for name in ("transformer", "text_encoder"):
             state = getattr(pipe, name).state_dict()
             if name == "transformer":
                 state = _widen_patch_embedding(state, self.transformer.config.in_channels)
+            elif "relative_bias" not in state and hasattr(self.text_encoder, "relative_bias"):
+                state = {**state, "relative_bias": self.text_encoder.relative_bias.detach().clone()}
             getattr(self, name).load_state_dict(state)
             self.ema[name].load_state_dict(state)
 
@@ -192,7 +195,10 @@ def train_toy_wan(
     config = config or ToyTrainConfig()
     run_dir = Path(run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
-    resumed_step = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] if ckpt else 0
+    resumed = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt else {}
+    resumed_step = resumed.get("global_step", 0)
+    if resumed:  # a resumed warm start keeps counting the steps behind the weights it started from
+        config.prior_steps = int(resumed.get("hyper_parameters", {}).get("prior_steps", 0))
     L.seed_everything(config.seed + resumed_step, workers=True)  # a fresh data stream after each resume
     if ckpt is None and init_from is not None:
         from cachepilot.models.card import read_card

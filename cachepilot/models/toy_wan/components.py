@@ -25,6 +25,7 @@ VOCABULARY = sorted(
     {"a", "and", "on", "background", "moving", "standing", *COLOURS, *SHAPES, *DIRECTIONS, *SPEEDS, *BACKGROUNDS}
 )
 TEXT_DIM = 64
+TEXT_RELATIVE_DISTANCE = 12  # word distances the encoder's attention bias tells apart (see text_encoder)
 POSITION_CHANNELS = 3  # frame, row, column (see `with_position`)
 TRANSFORMER_CONFIG = dict(
     patch_size=(1, 2, 2),
@@ -69,7 +70,7 @@ def build_transformer() -> WanTransformer3DModel:
 
 
 def build_text_encoder() -> ToyPromptEncoder:
-    return ToyPromptEncoder(vocabulary=VOCABULARY, max_length=24, dim=TEXT_DIM)
+    return ToyPromptEncoder(vocabulary=VOCABULARY, max_length=24, dim=TEXT_DIM, max_relative_distance=TEXT_RELATIVE_DISTANCE)
 
 
 def build_scheduler() -> UniPCMultistepScheduler:

@@ -3,6 +3,11 @@
 It plays the role UMT5 plays for Wan: it turns a prompt into `encoder_hidden_states`, padded to a fixed
 length with zeros (as WanPipeline pads T5 outputs), and the empty prompt into all zeros (the
 unconditional branch of classifier-free guidance).
+
+Like T5, its attention adds a learned bias per head and word distance (`max_relative_distance`). Wan's
+cross-attention sees the text as an unordered set, so "a red circle moving left and a blue square moving
+up" can only tell the DiT which shape moves which way if the encoder has bound each direction word to its
+own object's words; word order is what says which, and a bias by distance makes it easy to read.
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ class ToyPromptEncoder(ModelMixin, ConfigMixin):
     """Maps prompts to (batch, max_length, dim) embeddings; id 0 is padding."""
 
     @register_to_config
-    def __init__(self, vocabulary: list[str], max_length: int = 24, dim: int = 64, num_heads: int = 4):
+    def __init__(self, vocabulary: list[str], max_length: int = 24, dim: int = 64, num_heads: int = 4,
+                 max_relative_distance: int = 0):
         super().__init__()
         self.token_embedding = nn.Embedding(len(vocabulary) + 1, dim, padding_idx=0)
         self.position_embedding = nn.Parameter(torch.zeros(1, max_length, dim))
         self.layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
         self.norm = nn.LayerNorm(dim)
         self._ids = {w: i + 1 for i, w in enumerate(vocabulary)}
+        # 0 keeps the encoder of the first toy-wan weights (no bias), so they load unchanged.
+        if max_relative_distance:
+            self.relative_bias = nn.Parameter(locality_prior(num_heads, max_relative_distance))
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Word ids (batch, max_length), right-padded with 0; raises UnknownWordsError naming bad words."""
@@ -59,9 +68,34 @@ class ToyPromptEncoder(ModelMixin, ConfigMixin):
         empty = ~mask.any(dim=1)
         key_padding = ~mask
         key_padding[empty] = False
-        x = self.norm(self.layer(x, src_key_padding_mask=key_padding))
+        if hasattr(self, "relative_bias"):
+            # The layer's own steps (post-norm): its fused inference path misreads a per-head mask.
+            layer = self.layer
+            x = layer.norm1(x + layer._sa_block(x, self._attention_bias(key_padding).to(x.dtype), None))
+            x = layer.norm2(x + layer._ff_block(x))
+        else:
+            x = self.layer(x, src_key_padding_mask=key_padding)
+        x = self.norm(x)
         return x * mask.unsqueeze(-1).to(x.dtype)
+
+    def _attention_bias(self, key_padding: torch.Tensor) -> torch.Tensor:
+        """(batch * heads, length, length) additive attention mask: the distance bias, -inf on padding keys."""
+        length = key_padding.shape[1]
+        reach = self.config.max_relative_distance
+        positions = torch.arange(length, device=key_padding.device)
+        distance = (positions[None, :] - positions[:, None]).clamp(-reach, reach) + reach  # key minus query
+        bias = self.relative_bias[:, distance]  # (heads, length, length)
+        padding = torch.zeros(key_padding.shape, dtype=bias.dtype, device=bias.device).masked_fill(key_padding, float("-inf"))
+        return (bias[None] + padding[:, None, None, :]).flatten(0, 1)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         return self(self.tokenize(prompts))
+
+
+def locality_prior(num_heads: int, reach: int) -> torch.Tensor:
+    """(heads, 2 * reach + 1) starting bias: head h favours nearby words with slope 2**-h per word (as ALiBi),
+    so the encoder can bind words to their neighbours from the first step; the last head starts flat."""
+    distance = torch.arange(-reach, reach + 1).abs().float()
+    slopes = [0.0 if h == num_heads - 1 else 2.0 ** -h for h in range(num_heads)]
+    return torch.stack([-slope * distance for slope in slopes])
