@@ -84,7 +84,8 @@ def cmd_train_model(args) -> int:
     from cachepilot.train.toy_model import ToyTrainConfig, export_toy_wan, train_toy_wan
 
     if not args.export_only:
-        config = ToyTrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+        config = ToyTrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                two_objects=args.two_objects)
         train_toy_wan(args.run_dir, config, accelerator=args.accelerator, devices=args.devices,
                       strategy=args.strategy, resume=not args.no_resume, init_from=args.init_from)
     facts = export_toy_wan(args.run_dir, args.out)
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--two-objects", type=float, default=0.5, help="share of two-object training scenes (0 to 1)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
     p.add_argument("--strategy", default="auto")

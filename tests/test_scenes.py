@@ -46,3 +46,12 @@ def test_render_is_deterministic_in_range_and_moves():
     xs = torch.arange(scenes.WIDTH).float()
     centroid_x = [(red[f].sum(0) * xs).sum() / red[f].sum() for f in range(scenes.NUM_FRAMES)]
     assert centroid_x[-1] - centroid_x[0] == pytest.approx(1.5 * (scenes.NUM_FRAMES - 1), abs=1.0)
+
+
+def test_sample_scene_draws_two_object_scenes_at_the_asked_rate():
+    rng, prompts = random.Random(0), scenes.load_split("train")
+    for share in (0.0, 0.5, 0.75, 1.0):
+        drawn = [len(scenes.sample_scene(rng, prompts, share).objects) == 2 for _ in range(2000)]
+        assert abs(sum(drawn) / len(drawn) - share) < 0.04, share
+    with pytest.raises(ValueError, match="probability"):
+        scenes.sample_scene(rng, prompts, 1.5)

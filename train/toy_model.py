@@ -33,6 +33,7 @@ class ToyTrainConfig:
     cfg_dropout: float = 0.1  # fraction of prompts replaced by the empty prompt, so CFG works
     flow_shift: float = components.FLOW_SHIFT
     val_every: int = 500
+    two_objects: float = 0.5  # share of two-object scenes; raise it once one-object scenes are learned
     seed: int = 0
     prior_steps: int = 0  # steps already behind the weights we start from (warm start from an export)
 
@@ -54,15 +55,15 @@ def flow_matching_loss(transformer, text_encoder, videos, prompts, sigmas, noise
 class SceneStream(IterableDataset):
     """An endless stream of (video, prompt) rendered on the fly from a prompt split."""
 
-    def __init__(self, split: str, seed: int):
+    def __init__(self, split: str, seed: int, two_objects: float = 0.5):
         self.prompts = scenes.load_split(split)
-        self.seed = seed
+        self.seed, self.two_objects = seed, two_objects
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = random.Random(self.seed * 1009 + (info.id if info else 0))
         while True:
-            scene = scenes.sample_scene(rng, self.prompts)
+            scene = scenes.sample_scene(rng, self.prompts, self.two_objects)
             yield scenes.render(scene, rng), scene.prompt
 
 
@@ -81,12 +82,13 @@ class FixedScenes(torch.utils.data.Dataset):
 
 
 class SceneDataModule(L.LightningDataModule):
-    def __init__(self, batch_size: int = 16, seed: int = 0, num_workers: int = 0):
+    def __init__(self, batch_size: int = 16, seed: int = 0, num_workers: int = 0, two_objects: float = 0.5):
         super().__init__()
-        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.batch_size, self.seed, self.num_workers, self.two_objects = batch_size, seed, num_workers, two_objects
 
     def train_dataloader(self):
-        return DataLoader(SceneStream("train", self.seed), batch_size=self.batch_size, num_workers=self.num_workers)
+        stream = SceneStream("train", self.seed, self.two_objects)
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def val_dataloader(self):
         return DataLoader(FixedScenes("val"), batch_size=self.batch_size)
@@ -207,7 +209,7 @@ def train_toy_wan(
     module = ToyWanModule(**asdict(config))
     if ckpt is None and init_from is not None:
         module.load_exported(init_from)
-    datamodule = SceneDataModule(batch_size=config.batch_size, seed=config.seed + resumed_step)
+    datamodule = SceneDataModule(batch_size=config.batch_size, seed=config.seed + resumed_step, two_objects=config.two_objects)
     if precision is None:
         precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
     trainer = L.Trainer(

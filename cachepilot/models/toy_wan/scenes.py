@@ -132,11 +132,13 @@ def load_split(split: str) -> tuple[str, ...]:
     return tuple(line for line in text.splitlines() if line.strip())
 
 
-def sample_scene(rng: random.Random, prompts: tuple[str, ...] | list[str]) -> Scene:
-    """Half one-object, half two-object scenes, so both kinds are trained equally often."""
+def sample_scene(rng: random.Random, prompts: tuple[str, ...] | list[str], two_objects: float = 0.5) -> Scene:
+    """A one- or two-object scene, two-object with probability `two_objects` (however many prompts each kind has)."""
+    if not 0.0 <= two_objects <= 1.0:
+        raise ValueError(f"two_objects is a probability, got {two_objects}")
     single = [p for p in prompts if " and " not in p]
     double = [p for p in prompts if " and " in p]
-    pool = single if (rng.random() < 0.5 and single) or not double else double
+    pool = single if (rng.random() >= two_objects and single) or not double else double
     return parse_prompt(rng.choice(pool))
 
 
