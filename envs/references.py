@@ -50,7 +50,9 @@ def model_hash(pipe) -> str:
         digest.update(name.encode())
         config = getattr(module, "config", None)
         if config is not None:  # private keys say where it was loaded from, not what it computes
-            public = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+            # so do options set to what modules from before the option computed (a module lists them)
+            neutral = getattr(module, "hash_neutral_config", {})
+            public = {k: v for k, v in dict(config).items() if not k.startswith("_") and not (k in neutral and neutral[k] == v)}
             digest.update(json.dumps(public, sort_keys=True, default=str).encode())
         for key, tensor in sorted(module.state_dict().items()):
             digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())

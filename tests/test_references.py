@@ -151,3 +151,14 @@ def test_step_level_policy_without_uncond_branch_never_offers_cfg():
     policy.decide(_signals(step=0), (FULL,))
     policy.decide(_signals(step=1), (FULL, STEP))
     assert policy.seen_masks[1] == [[True, True, False]]
+
+
+def test_shipped_profiles_match_the_shipped_weights():
+    """Profiles measured for the shipped toy-wan are tied to its model hash; options added to the modules since
+    (at the values that compute what the weights did) must not change it, or the shipped files go stale."""
+    from cachepilot.models.registry import load_pipeline, weights_path
+    from cachepilot.train.oracle import GAIN_FILE, stored_gain
+
+    pipe = load_pipeline("toy-wan")
+    assert pipe.text_encoder.config.max_relative_distance == 0  # saved before the option existed
+    assert stored_gain(weights_path("toy-wan") / GAIN_FILE, model_hash(pipe), 50, 5.0) is not None

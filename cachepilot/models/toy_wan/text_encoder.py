@@ -34,6 +34,10 @@ class UnknownWordsError(CachepilotError, ValueError):
 class ToyPromptEncoder(ModelMixin, ConfigMixin):
     """Maps prompts to (batch, max_length, dim) embeddings; id 0 is padding."""
 
+    # Options at these values compute what encoders saved before the option did: fingerprints leave them out,
+    # so weights saved without the option keep their model hash (and the references, profiles tied to it).
+    hash_neutral_config = {"max_relative_distance": 0}
+
     @register_to_config
     def __init__(self, vocabulary: list[str], max_length: int = 24, dim: int = 64, num_heads: int = 4,
                  max_relative_distance: int = 0):
