@@ -81,11 +81,12 @@ def main() -> None:
         true = m.diag().mean().item()
         other = ((m.sum() - m.diag().sum()) / (m.numel() - len(DIRECTIONS))).item()
         print(f"| {sigma:.1f} | {true:.4f} | {other:.4f} | {other - true:+.4f} |")
-    print(f"\nTwo objects moving different ways, {4 * args.videos} videos: the true prompt vs the directions swapped")
+    two_object_videos = len(DIRECTIONS) * args.videos  # as many videos as the direction table
+    print(f"\nTwo objects moving different ways, {two_object_videos} videos: the true prompt vs the directions swapped")
     print("| noise level | loss, true prompt | loss, directions swapped | swapped - true |")
     print("|---|---|---|---|")
     for sigma in (float(s) for s in args.sigmas.split(",")):
-        true, swapped = binding_losses(pipe, sigma, 4 * args.videos)
+        true, swapped = binding_losses(pipe, sigma, two_object_videos)
         print(f"| {sigma:.1f} | {true:.4f} | {swapped:.4f} | {swapped - true:+.4f} |")
 
 

@@ -1,4 +1,5 @@
-"""Where a number was measured: one line naming the machine, for benchmark tables, reports and cards."""
+"""Where a number was measured and on what: the machine line for benchmark tables, reports and cards, and the
+part of a module's config that identifies the model, for the fingerprints that tie files to weights."""
 
 from __future__ import annotations
 
@@ -14,3 +15,15 @@ def machine_summary() -> str:
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
     return ", ".join(parts)
+
+
+def identifying_config(module) -> dict:
+    """The config entries that say what `module` computes, for fingerprints.
+
+    Private keys say where it was loaded from, so they are left out; so are options a module class lists in
+    `hash_neutral_config` at the value that computes what modules saved before the option did, so adding an
+    option does not orphan files tied to weights saved without it.
+    """
+    neutral = getattr(module, "hash_neutral_config", {})
+    return {k: v for k, v in dict(module.config).items()
+            if not k.startswith("_") and not (k in neutral and neutral[k] == v)}

@@ -23,6 +23,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.provenance import identifying_config
 from cachepilot.policies.base import BasePolicy
 from cachepilot.runtime import FULL, apply_cache, remove_cache
 
@@ -49,11 +50,8 @@ def model_hash(pipe) -> str:
     for name, module in modules:
         digest.update(name.encode())
         config = getattr(module, "config", None)
-        if config is not None:  # private keys say where it was loaded from, not what it computes
-            # so do options set to what modules from before the option computed (a module lists them)
-            neutral = getattr(module, "hash_neutral_config", {})
-            public = {k: v for k, v in dict(config).items() if not k.startswith("_") and not (k in neutral and neutral[k] == v)}
-            digest.update(json.dumps(public, sort_keys=True, default=str).encode())
+        if config is not None:
+            digest.update(json.dumps(identifying_config(module), sort_keys=True, default=str).encode())
         for key, tensor in sorted(module.state_dict().items()):
             digest.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
             t = tensor.detach()

@@ -20,6 +20,7 @@ from safetensors.torch import save as save_safetensors
 
 from cachepilot.errors import CachepilotError
 from cachepilot.io import atomic_directory
+from cachepilot.provenance import identifying_config
 from cachepilot.runtime import Action
 
 from .learned import LearnedPolicy, PolicyNet
@@ -35,10 +36,9 @@ class PolicyFileError(CachepilotError):
 
 
 def model_config_hash(pipe_or_transformer) -> str:
-    """What a policy is tied to: the transformer's class and public config (not where it was loaded from)."""
+    """What a policy is tied to: the transformer's class and identifying config (not where it was loaded from)."""
     transformer = getattr(pipe_or_transformer, "transformer", pipe_or_transformer)
-    config = {k: v for k, v in dict(transformer.config).items() if not k.startswith("_")}
-    text = json.dumps({"class": type(transformer).__name__, "config": config}, sort_keys=True, default=str)
+    text = json.dumps({"class": type(transformer).__name__, "config": identifying_config(transformer)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
