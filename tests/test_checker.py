@@ -42,3 +42,18 @@ def test_empty_video_finds_no_colour():
     verdict = checker.judge(np.full((8, 16, 16, 3), 0.2, dtype=np.float32), "a red circle standing still on a plain background")
     assert verdict.colours_found == () and verdict.directions_found == ("lost",)
     assert not verdict.colour_ok and not verdict.motion_ok
+
+
+def test_bar_verdict_follows_issue_2s_bar_and_only_at_its_settings():
+    settings = {"split": "test", "videos": 64, "steps": 50, "guidance": 5.0}
+    assert checker.bar_verdict(settings | {"colour_accuracy": 0.9, "motion_accuracy": 0.8}).endswith(": met")
+    assert checker.bar_verdict(settings | {"colour_accuracy": 1.0, "motion_accuracy": 0.79}).endswith("NOT met (motion)")
+    assert "not judged" in checker.bar_verdict(settings | {"videos": 8, "colour_accuracy": 1.0, "motion_accuracy": 1.0})
+
+
+def test_summary_counts_motion_by_number_of_objects():
+    one = scenes.parse_prompt("a blue circle moving up slowly on a plain background")
+    two = scenes.parse_prompt("a green circle moving left quickly and a red square moving down slowly on a plain background")
+    verdicts = [checker.judge(_frames(one, 0), one), checker.judge(_frames(two, 0), two), checker.judge(_frames(two, 0)[::-1], two)]
+    summary = checker.summarise(verdicts)
+    assert summary["motion_accuracy_one_object"] == "1/1" and summary["motion_accuracy_two_object"] == "1/2"

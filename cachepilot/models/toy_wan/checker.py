@@ -16,6 +16,9 @@ from .scenes import COLOURS, Scene, parse_prompt
 SATURATION_MIN = 0.3  # backgrounds are grey (saturation 0); objects are saturated
 MIN_AREA = 4.0  # mean pixels per frame for a colour to count as present (an object covers ~20-40)
 STILL_SPEED = 0.3  # pixels per frame
+# Issue 2's quality bar, on 64 test-split pairs at 50 steps, guidance 5.
+QUALITY_BAR = {"colour_accuracy": 0.90, "motion_accuracy": 0.80}
+BAR_SETTINGS = {"split": "test", "videos": 64, "steps": 50, "guidance": 5.0}
 
 
 def _chroma(rgb: np.ndarray) -> np.ndarray:
@@ -89,12 +92,27 @@ def judge(video: np.ndarray, prompt: str | Scene) -> VideoVerdict:
 
 
 def summarise(verdicts: list[VideoVerdict]) -> dict:
+    """Accuracies overall and, for motion, by number of objects (two-object scenes are the hard part)."""
     n = len(verdicts)
-    return {
+    summary = {
         "videos": n,
         "colour_accuracy": sum(v.colour_ok for v in verdicts) / n,
         "motion_accuracy": sum(v.motion_ok for v in verdicts) / n,
     }
+    for count, name in ((1, "one_object"), (2, "two_object")):
+        group = [v for v in verdicts if len(v.colours_expected) == count]
+        if group:
+            summary[f"motion_accuracy_{name}"] = f"{sum(v.motion_ok for v in group)}/{len(group)}"
+    return summary
+
+
+def bar_verdict(summary: dict) -> str:
+    """Whether a summary meets issue 2's bar; a run with other settings is not a measurement of it."""
+    bar = ", ".join(f"{k.split('_')[0]} >= {v:.0%}" for k, v in QUALITY_BAR.items())
+    if any(summary.get(k) != v for k, v in BAR_SETTINGS.items()):
+        return f"{bar}: not judged (the bar is measured on 64 test pairs, 50 steps, guidance 5)"
+    missed = [k.split("_")[0] for k, v in QUALITY_BAR.items() if summary[k] < v]
+    return f"{bar}: " + ("met" if not missed else f"NOT met ({', '.join(missed)})")
 
 
 def evaluate(pipe, split: str = "test", pairs: int = 64, steps: int = 50, guidance: float = 5.0,
