@@ -105,7 +105,7 @@ class PolicyBundle:
         from cachepilot.models.adapters import num_blocks
 
         blocks = num_blocks(pipe.transformer)
-        wrong = [str(a) for a in self.card.actions if a.k + a.back >= blocks]
+        wrong = [str(a) for a in self.card.actions if not a.fits(blocks)]
         if self.card.num_blocks != blocks or wrong:
             raise PolicyFileError(f"this policy's action set ({', '.join(map(str, self.card.actions))}, for "
                                   f"{self.card.num_blocks} blocks) does not fit a transformer of {blocks} blocks")

@@ -66,6 +66,11 @@ class Action:
             return 0.5
         return self.blocks_run(num_blocks) / num_blocks
 
+    def fits(self, num_blocks: int) -> bool:
+        """Whether a model with `num_blocks` blocks can take this action: a BLOCK action must leave at least
+        one block between its front and back parts to reuse (k + b < num_blocks)."""
+        return self.kind is not Kind.BLOCK or self.k + self.back < num_blocks
+
     def runs_block(self, index: int, num_blocks: int) -> bool:
         if self.kind is Kind.FULL:
             return True
@@ -90,7 +95,8 @@ CFG = Action(Kind.CFG)
 
 def step_actions(num_blocks: int, block_ks: tuple[int, ...] = ()) -> tuple[Action, ...]:
     """The step-level action set: FULL, STEP, CFG and BLOCK_k for the given k (1 <= k < num_blocks)."""
-    for k in block_ks:
-        if not 1 <= k < num_blocks:
-            raise ValueError(f"BLOCK_{k} out of range for a model with {num_blocks} blocks (1 <= k < {num_blocks})")
-    return (FULL, STEP, CFG, *(Action.block(k) for k in sorted(set(block_ks))))
+    blocks = tuple(Action.block(k) for k in sorted(set(block_ks)))
+    for action in blocks:
+        if not action.fits(num_blocks):
+            raise ValueError(f"{action} out of range for a model with {num_blocks} blocks (1 <= k < {num_blocks})")
+    return (FULL, STEP, CFG, *blocks)

@@ -129,8 +129,8 @@ class CacheRuntime:
         self.block_ks = tuple(sorted({*getattr(policy, "block_ks", ()), *((policy.probe_blocks,) if policy.probe_blocks else ())}))
         self.back = int(getattr(policy, "back_blocks", 0))  # trailing blocks every BLOCK action also runs (Bn)
         for k in self.block_ks:
-            if not 1 <= k < self.num_blocks - self.back:
-                raise ValueError(f"BLOCK_{k}{f'_{self.back}' if self.back else ''} out of range for "
+            if not Action.block(k, self.back).fits(self.num_blocks):
+                raise ValueError(f"{Action.block(k, self.back)} out of range for "
                                  f"{type(transformer).__name__} with {self.num_blocks} blocks")
         self.back_start = self.num_blocks - self.back  # first trailing block (== num_blocks when back == 0)
         self.capture = frozenset(self.block_ks) | ({self.back_start} if self.back else frozenset())
