@@ -12,7 +12,7 @@ import torch
 
 from cachepilot.policies.learned import LearnedPolicy, PolicyNet, budget_mask
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
-from cachepilot.runtime import FULL, STEP, apply_cache, cache_summary, remove_cache, step_actions
+from cachepilot.runtime import apply_cache, cache_summary, remove_cache, step_actions
 from cachepilot.train.oracle import SegmentTable, fulls_for_budget, measure_segments
 
 STEPS = 6
@@ -151,6 +151,11 @@ def test_distillation_end_to_end(trained):
     assert card.results["learned"]["0.5"]["computed_fraction"] <= 0.5 + 1e-9
     assert (root / "distill.run" / "tensorboard").is_dir() and list((root / "distill.run" / "checkpoints").rglob("last.ckpt"))
     assert "| 0.50 |" in table
+    # The kept student is the round with the best validation score, and the card says which and what it scored.
+    rounds = card.training["rounds"]
+    best = max(rounds, key=lambda r: np.mean([s["psnr"] for s in r["val"].values()]))
+    assert card.training["selected_round"] == best["round"]
+    assert card.results["learned"]["0.5"]["psnr"] == best["val"]["0.5"]["psnr"]
 
 
 def test_distillation_logs_the_students_val_quality_per_epoch(trained):

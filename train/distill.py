@@ -2,7 +2,9 @@
 
 Round 0 rolls the oracle itself out through the environment and records (observation, oracle action);
 every later round rolls the current student out and has the oracle relabel the states the student
-reached (`SegmentTable.compute_now`), then trains on everything gathered so far. TensorBoard gets the loss
+reached (`SegmentTable.compute_now`), then trains on everything gathered so far. As in DAgger (Ross et al.
+2011), the policy kept is the round's student with the best validation score, not necessarily the last: a
+round's relabelled states can pull the student away from what the oracle does. TensorBoard gets the loss
 and oracle agreement per step and epoch, and every `student_val_every` epochs the student's real PSNR and
 computed fraction per budget on validation pairs (`StudentValidation`).
 
@@ -207,7 +209,7 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     teacher = OracleTeacher(tables, core.actions, steps)
     jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
     logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
-    gathered, net, history = [], None, []
+    gathered, net, history, best = [], None, [], None
     for round_ in range(config.dagger_rounds + 1):
         path = run_dir / f"round{round_}.npz"
         if path.exists():
@@ -225,8 +227,18 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
         history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores})
         log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
             f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
+        if best is None or mean_psnr(scores) > mean_psnr(best[2]):
+            best = (round_, copy.deepcopy(net), scores)
     logger.experiment.flush()
     minutes = (time.perf_counter() - started) / 60
+    selected, net, scores = best
+    log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
     training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
-                "rounds": history, "wall_minutes": round(minutes, 1), "oracle": "segment-error DP, train/oracle.py"}
+                "rounds": history, "selected_round": selected, "wall_minutes": round(minutes, 1),
+                "oracle": "segment-error DP, train/oracle.py"}
     return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)
+
+
+def mean_psnr(scores: dict[float, dict]) -> float:
+    """A round's validation score: the budget guard fixes the compute at each budget, so PSNR alone ranks."""
+    return float(np.mean([s["psnr"] for s in scores.values()]))
