@@ -4,12 +4,15 @@ NoCache (the reference), each baseline across its knob sweep, the peers (diffuse
 installed), the oracle at a few budgets and each learned policy shipped beside the model at several
 budgets. Each (method, knob) run is one batched generation of all pairs; its per-pair scores (and the
 frames of the first pairs, for the side-by-side GIF) are stored as soon as it finishes, under a folder
-named by the model hash and the setting, so a rerun only computes what is missing. `ablation_report`
+named by the model hash and the setting, so a rerun only computes what is missing. A run that read files
+beside the weights (a policy, the calibration, the oracle's profile) records their digest and is computed
+again once they change. `ablation_report`
 turns the runs into results.csv / results.json, the Pareto table, pareto.png and the GIF.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, replace
@@ -20,6 +23,8 @@ import numpy as np
 from cachepilot.errors import CachepilotError
 from cachepilot.io import atomic_write_npz, atomic_write_text
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
+
+CALIBRATED = ("teacache", "magcache", "diffusers-magcache")  # methods built from the model's calibration.json
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,19 @@ class Setting:
                                     f"-steps{config.steps}-guidance{config.guidance:g}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lpips_note: str | None = None
+        self.policy_digests: dict[str, str] = {}  # learned method -> digest of its weights (learned_policies)
+
+    def inputs(self, entry: Entry) -> str:
+        """Digest of the files beside the weights that `entry`'s run depends on ("" for none)."""
+        from cachepilot.train.oracle import GAIN_FILE
+
+        if entry.kind == "learned":
+            return self.policy_digests[entry.method]
+        if entry.method in CALIBRATED:
+            return _digest(json.dumps(self.calibration, sort_keys=True).encode())
+        if entry.kind == "oracle" and self.weights and (self.weights / GAIN_FILE).is_file():
+            return _digest((self.weights / GAIN_FILE).read_bytes())
+        return ""
 
     def load_reference(self) -> None:
         """The uncached frames and transformer wall time of all pairs (stored, or generated now)."""
@@ -119,6 +137,8 @@ class Setting:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
+        if data.get("inputs", "") != self.inputs(entry):
+            return None  # made with another policy, calibration or profile: stale
         return Run(entry, data["computed_fraction"], data["psnr"], data["ssim"], data["lpips"], data["wall"])
 
     def frames(self, entry: Entry) -> np.ndarray:
@@ -133,7 +153,7 @@ class Setting:
                   [ssim(f, r) for f, r in zip(frames, self.reference)], lpips, float(wall))
         path, frames_path = self._paths(entry)
         atomic_write_npz(frames_path, frames=np.asarray(frames[: self.config.gif_pairs], dtype=np.float32))
-        atomic_write_text(path, json.dumps(asdict(run), allow_nan=False))
+        atomic_write_text(path, json.dumps(asdict(run) | {"inputs": self.inputs(entry)}, allow_nan=False))
         return run
 
     def _lpips(self, frames) -> list[float] | None:
@@ -151,6 +171,10 @@ class Setting:
         zero = [0.0] * n if self._lpips(self.reference[:1]) is not None else None
         return Run(Entry("none", 0.0, "reference", "-"), [1.0] * n, [math.inf] * n, [1.0] * n, zero,
                    self.reference_wall)
+
+
+def _digest(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _finite(value: float) -> float:
@@ -172,6 +196,7 @@ def _split_prompts(model: str, split: str) -> list[str]:
 def learned_policies(setting: Setting) -> dict[str, object]:
     """name -> PolicyBundle for each policy folder that fits this pipeline and step count (others are
     reported and skipped)."""
+    from cachepilot.policies.policy_file import WEIGHTS as POLICY_WEIGHTS
     from cachepilot.policies.policy_file import PolicyFileError, load_policy
 
     config = setting.config
@@ -188,6 +213,7 @@ def learned_policies(setting: Setting) -> dict[str, object]:
             setting.log(f"skipping policy {folder}: {error}")
             continue
         bundles[name] = bundle
+        setting.policy_digests[name] = _digest((Path(folder) / POLICY_WEIGHTS).read_bytes())
     return bundles
 
 
@@ -208,7 +234,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     for name in baselines:
         if name in wanted:
             b = BASELINES[name]
-            if b.name in ("teacache", "magcache") and setting.calibration is None:
+            if b.name in CALIBRATED and setting.calibration is None:
                 setting.log(f"skipping {name}: no calibration.json beside the weights (`cachepilot calibrate`)")
                 continue
             entries += [Entry(name, float(k), "baseline", b.knob) for k in (b.sweep if config.sweeps else (b.default,))]
@@ -216,7 +242,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
         if name in wanted and config.methods != "all" and name not in peers:
             raise CachepilotError(f"{name} needs cache-dit: pip install 'cachepilot[peers]'")
         if name in wanted and name in peers:
-            if name == "diffusers-magcache" and setting.calibration is None:
+            if name in CALIBRATED and setting.calibration is None:
                 setting.log(f"skipping {name}: no calibration.json beside the weights")
                 continue
             p = PEERS[name]

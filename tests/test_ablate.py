@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -16,9 +17,19 @@ from cachepilot.policies.registry import BASELINES
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def model(tmp_path_factory):
+    """A copy of the shipped toy-wan, whose policy files a test may replace."""
+    import shutil
+
+    from cachepilot.models.registry import embedded_path
+
+    return Path(shutil.copytree(embedded_path("toy-wan"), tmp_path_factory.mktemp("model") / "toy-wan"))
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, model):
     out = tmp_path_factory.mktemp("ablation")
-    assert main(["ablate", "--quick", "--out", str(out)]) == 0
+    assert main(["ablate", "--quick", "--model-path", str(model), "--out", str(out)]) == 0
     return out
 
 
@@ -43,14 +54,28 @@ def test_quick_ablation_writes_every_output(quick):
     assert gif.shape[0] == 8 and gif.shape[2] > gif.shape[1]  # 8 frames, one wide row of columns
 
 
-def test_rerun_reuses_stored_runs(quick, capsys):
+def test_rerun_reuses_stored_runs(quick, model, capsys):
     before = json.loads((quick / "results.json").read_text())["summary"]
-    assert main(["ablate", "--quick", "--out", str(quick)]) == 0
+    assert main(["ablate", "--quick", "--model-path", str(model), "--out", str(quick)]) == 0
     out = capsys.readouterr().out
     assert "already stored" in out
     runs = len(before) - 1  # the reference is not a run
     assert f"{runs} runs, {runs} already stored" in out
     assert json.loads((quick / "results.json").read_text())["summary"] == before
+
+
+def test_a_replaced_policy_file_is_run_again(quick, model, capsys):
+    """A stored run belongs to the policy weights it was made with: retraining a policy must not keep
+    reporting the old one's scores."""
+    import shutil
+
+    shutil.rmtree(model / "policy-ppo")
+    shutil.copytree(model / "policy-distill", model / "policy-ppo")
+    runs = len(json.loads((quick / "results.json").read_text())["summary"]) - 1
+    assert main(["ablate", "--quick", "--model-path", str(model), "--out", str(quick)]) == 0
+    assert f"{runs} runs, {runs - 1} already stored" in capsys.readouterr().out
+    summary = {row["method"]: row for row in json.loads((quick / "results.json").read_text())["summary"]}
+    assert summary["learned-ppo"]["psnr"] == summary["learned-distill"]["psnr"]
 
 
 def test_unknown_method_is_a_clear_error_before_any_compute(tmp_path, capsys):
