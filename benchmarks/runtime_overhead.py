@@ -48,7 +48,7 @@ def per_call_overhead(pipe, calls: int = 400) -> tuple[float, float, float]:
 
     bare, hooked = pipe.transformer, copy.deepcopy(pipe.transformer)
     apply_cache(hooked, NoCache())
-    x = torch.randn(1, 3, 8, 16, 16)
+    x = torch.randn(1, pipe.transformer.config.in_channels, 8, 16, 16)  # the latent (+ position channels)
     text = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)[0]
 
     def call(model, i):
