@@ -132,9 +132,10 @@ def cmd_check_model(args) -> int:
         details = [{"prompt": v.prompt, "colour_ok": v.colour_ok, "motion_ok": v.motion_ok,
                     "colours_found": v.colours_found, "directions_found": v.directions_found} for v in verdicts]
         atomic_write_text(args.json, json.dumps({"summary": summary, "videos": details}, indent=2) + "\n")
-    print(checker.bar_verdict(summary))
+    verdict = checker.bar_verdict(summary)
+    print(verdict)
     if args.update_card:
-        quality = summary | {"bar": checker.bar_verdict(summary), "command": "cachepilot check-model toy-wan --update-card"}
+        quality = summary | {"bar": verdict, "command": "cachepilot check-model toy-wan --update-card"}
         update_card(weights_path(args.model, args.model_path), quality=quality)
     return 0
 

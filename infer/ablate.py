@@ -24,8 +24,6 @@ from cachepilot.errors import CachepilotError
 from cachepilot.io import atomic_write_npz, atomic_write_text
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
 
-CALIBRATED = ("teacache", "magcache", "diffusers-magcache")  # methods built from the model's calibration.json
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -107,7 +105,7 @@ class Setting:
 
         if entry.kind == "learned":
             return self.policy_digests[entry.method]
-        if entry.method in CALIBRATED:
+        if _calibrated(entry.method):
             return _digest(json.dumps(self.calibration, sort_keys=True).encode())
         if entry.kind == "oracle" and self.weights and (self.weights / GAIN_FILE).is_file():
             return _digest((self.weights / GAIN_FILE).read_bytes())
@@ -177,6 +175,15 @@ def _digest(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _calibrated(method: str) -> bool:
+    """Whether a baseline or peer is built from the model's calibration.json."""
+    from cachepilot.infer.peers import PEERS
+    from cachepilot.policies.registry import BASELINES
+
+    spec = BASELINES.get(method) or PEERS.get(method)
+    return spec is not None and spec.calibrated
+
+
 def _finite(value: float) -> float:
     """JSON has no infinity; a run identical to the reference is stored at 1e9 dB (shown as lossless)."""
     return 1e9 if math.isinf(value) else float(value)
@@ -196,7 +203,6 @@ def _split_prompts(model: str, split: str) -> list[str]:
 def learned_policies(setting: Setting) -> dict[str, object]:
     """name -> PolicyBundle for each policy folder that fits this pipeline and step count (others are
     reported and skipped)."""
-    from cachepilot.policies.policy_file import WEIGHTS as POLICY_WEIGHTS
     from cachepilot.policies.policy_file import PolicyFileError, load_policy
 
     config = setting.config
@@ -213,7 +219,7 @@ def learned_policies(setting: Setting) -> dict[str, object]:
             setting.log(f"skipping policy {folder}: {error}")
             continue
         bundles[name] = bundle
-        setting.policy_digests[name] = _digest((Path(folder) / POLICY_WEIGHTS).read_bytes())
+        setting.policy_digests[name] = bundle.weights_sha256[:16]
     return bundles
 
 
@@ -234,7 +240,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     for name in baselines:
         if name in wanted:
             b = BASELINES[name]
-            if b.name in CALIBRATED and setting.calibration is None:
+            if b.calibrated and setting.calibration is None:
                 setting.log(f"skipping {name}: no calibration.json beside the weights (`cachepilot calibrate`)")
                 continue
             entries += [Entry(name, float(k), "baseline", b.knob) for k in (b.sweep if config.sweeps else (b.default,))]
@@ -242,10 +248,10 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
         if name in wanted and config.methods != "all" and name not in peers:
             raise CachepilotError(f"{name} needs cache-dit: pip install 'cachepilot[peers]'")
         if name in wanted and name in peers:
-            if name in CALIBRATED and setting.calibration is None:
+            p = PEERS[name]
+            if p.calibrated and setting.calibration is None:
                 setting.log(f"skipping {name}: no calibration.json beside the weights")
                 continue
-            p = PEERS[name]
             entries += [Entry(name, float(k), "peer", p.knob) for k in (p.sweep if config.sweeps else (p.default,))]
     if "oracle" in wanted:
         entries += [Entry("oracle", float(b), "oracle", "budget") for b in config.oracle_budgets]

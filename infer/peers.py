@@ -27,6 +27,7 @@ class Peer:
     sweep: tuple[float, ...]
     config: Callable[[float, int, dict | None, int], object]  # (knob, steps, calibration, blocks) -> cache config
     library: str = "diffusers"
+    calibrated: bool = False  # configured from the model's calibration.json
 
     def enable(self, pipe, value: float, steps: int, calibration: dict | None) -> None:
         config = self.config(value, steps, calibration, num_blocks(pipe.transformer))
@@ -95,7 +96,7 @@ class PeerUnavailable(RuntimeError):
 
 PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("diffusers-fbcache", "threshold", 0.05, (0.03, 0.05, 0.1, 0.2), _fbcache),
-    Peer("diffusers-magcache", "threshold", 0.06, (0.06, 0.12, 0.24), _magcache),
+    Peer("diffusers-magcache", "threshold", 0.06, (0.06, 0.12, 0.24), _magcache, calibrated=True),
     Peer("diffusers-taylorseer", "cache_interval", 5, (2, 3, 4, 5), _taylorseer),
     Peer("cache-dit-dbcache", "threshold", 0.08, (0.04, 0.08, 0.12, 0.2), _dbcache, library="cache-dit"),
 ]}

@@ -88,6 +88,7 @@ class PolicyBundle:
     net: PolicyNet
     card: PolicyCard
     path: Path | None = None
+    weights_sha256: str = ""  # checked against the card on load: identifies these weights
 
     def policy(self, budget: float, budget_guard: bool = True) -> LearnedPolicy:
         lo, hi = self.card.budget_range
@@ -175,4 +176,4 @@ def load_policy(path) -> PolicyBundle:
         raise PolicyFileError(f"{path / WEIGHTS} does not fit the network its card describes: {err}") from None
     if any(not torch.isfinite(p).all() for p in net.parameters()):
         raise PolicyFileError(f"{path / WEIGHTS} holds NaN or Inf weights")
-    return PolicyBundle(net.eval(), card, path)
+    return PolicyBundle(net.eval(), card, path, data["weights_sha256"])

@@ -24,6 +24,7 @@ class Baseline:
     default: float
     sweep: tuple[float, ...]
     build: Callable[[float, dict | None, int], object]  # (knob value, calibration, num_blocks) -> policy
+    calibrated: bool = False  # built from the model's calibration.json
 
 
 def _need(calibration: dict | None, name: str) -> dict:
@@ -36,9 +37,10 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
     Baseline("none", "-", 0.0, (0.0,), lambda v, cal, n: NoCache()),
     Baseline("static", "interval", StaticConfig.interval, StaticConfig.sweep, lambda v, cal, n: StaticCache(interval=int(v))),
     Baseline("teacache", "threshold", TeaCacheConfig.threshold, TeaCacheConfig.sweep,
-             lambda v, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), threshold=v)),
+             lambda v, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), threshold=v), calibrated=True),
     Baseline("magcache", "threshold", MagCacheConfig.threshold, MagCacheConfig.sweep,
-             lambda v, cal, n: MagCache(MagCacheConfig.from_calibration(_need(cal, "MagCache"), threshold=v))),
+             lambda v, cal, n: MagCache(MagCacheConfig.from_calibration(_need(cal, "MagCache"), threshold=v)),
+             calibrated=True),
     Baseline("first-block", "threshold", FirstBlockConfig.threshold, FirstBlockConfig.sweep,
              lambda v, cal, n: FirstBlockCache(threshold=v)),
     Baseline("dbcache", "threshold", DBCacheConfig.threshold, DBCacheConfig.sweep,

@@ -1,3 +1,6 @@
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,13 +17,19 @@ def toy_pipe():
     return pipe
 
 
+def _copy_toy_wan(folder: Path) -> Path:
+    from cachepilot.models.registry import embedded_path
+
+    return Path(shutil.copytree(embedded_path("toy-wan"), folder / "toy-wan"))
+
+
 @pytest.fixture
 def toy_copy(tmp_path):
     """A private copy of the shipped toy-wan folder that a test may damage."""
-    import shutil
+    return _copy_toy_wan(tmp_path)
 
-    from cachepilot.models.registry import embedded_path
 
-    dst = tmp_path / "toy-wan"
-    shutil.copytree(embedded_path("toy-wan"), dst)
-    return dst
+@pytest.fixture(scope="module")
+def module_toy_copy(tmp_path_factory):
+    """A copy of the shipped toy-wan shared by one module's tests, which may change it in order."""
+    return _copy_toy_wan(tmp_path_factory.mktemp("model"))

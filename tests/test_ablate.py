@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -17,19 +16,9 @@ from cachepilot.policies.registry import BASELINES
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    """A copy of the shipped toy-wan, whose policy files a test may replace."""
-    import shutil
-
-    from cachepilot.models.registry import embedded_path
-
-    return Path(shutil.copytree(embedded_path("toy-wan"), tmp_path_factory.mktemp("model") / "toy-wan"))
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory, model):
+def quick(tmp_path_factory, module_toy_copy):
     out = tmp_path_factory.mktemp("ablation")
-    assert main(["ablate", "--quick", "--model-path", str(model), "--out", str(out)]) == 0
+    assert main(["ablate", "--quick", "--model-path", str(module_toy_copy), "--out", str(out)]) == 0
     return out
 
 
@@ -54,9 +43,9 @@ def test_quick_ablation_writes_every_output(quick):
     assert gif.shape[0] == 8 and gif.shape[2] > gif.shape[1]  # 8 frames, one wide row of columns
 
 
-def test_rerun_reuses_stored_runs(quick, model, capsys):
+def test_rerun_reuses_stored_runs(quick, module_toy_copy, capsys):
     before = json.loads((quick / "results.json").read_text())["summary"]
-    assert main(["ablate", "--quick", "--model-path", str(model), "--out", str(quick)]) == 0
+    assert main(["ablate", "--quick", "--model-path", str(module_toy_copy), "--out", str(quick)]) == 0
     out = capsys.readouterr().out
     assert "already stored" in out
     runs = len(before) - 1  # the reference is not a run
@@ -64,11 +53,12 @@ def test_rerun_reuses_stored_runs(quick, model, capsys):
     assert json.loads((quick / "results.json").read_text())["summary"] == before
 
 
-def test_a_replaced_policy_file_is_run_again(quick, model, capsys):
+def test_a_replaced_policy_file_is_run_again(quick, module_toy_copy, capsys):
     """A stored run belongs to the policy weights it was made with: retraining a policy must not keep
     reporting the old one's scores."""
     import shutil
 
+    model = module_toy_copy
     shutil.rmtree(model / "policy-ppo")
     shutil.copytree(model / "policy-distill", model / "policy-ppo")
     runs = len(json.loads((quick / "results.json").read_text())["summary"]) - 1

@@ -128,10 +128,9 @@ class CacheRuntime:
         self.want_mid, self.want_cfg_drift = "mid_block_change" in wanted, "cfg_diff_drift" in wanted
         self.block_ks = tuple(sorted({*getattr(policy, "block_ks", ()), *((policy.probe_blocks,) if policy.probe_blocks else ())}))
         self.back = int(getattr(policy, "back_blocks", 0))  # trailing blocks every BLOCK action also runs (Bn)
-        for k in self.block_ks:
-            if not Action.block(k, self.back).fits(self.num_blocks):
-                raise ValueError(f"{Action.block(k, self.back)} out of range for "
-                                 f"{type(transformer).__name__} with {self.num_blocks} blocks")
+        for action in (Action.block(k, self.back) for k in self.block_ks):
+            if not action.fits(self.num_blocks):
+                raise ValueError(f"{action} out of range for {type(transformer).__name__} with {self.num_blocks} blocks")
         self.back_start = self.num_blocks - self.back  # first trailing block (== num_blocks when back == 0)
         self.capture = frozenset(self.block_ks) | ({self.back_start} if self.back else frozenset())
         self.num_inference_steps = num_inference_steps

@@ -110,7 +110,8 @@ def bar_verdict(summary: dict) -> str:
     """Whether a summary meets issue 2's bar; a run with other settings is not a measurement of it."""
     bar = ", ".join(f"{k.split('_')[0]} >= {v:.0%}" for k, v in QUALITY_BAR.items())
     if any(summary.get(k) != v for k, v in BAR_SETTINGS.items()):
-        return f"{bar}: not judged (the bar is measured on 64 test pairs, 50 steps, guidance 5)"
+        settings = ", ".join(f"{k} {v}" for k, v in BAR_SETTINGS.items())
+        return f"{bar}: not judged (the bar is measured at {settings})"
     missed = [k.split("_")[0] for k, v in QUALITY_BAR.items() if summary[k] < v]
     return f"{bar}: " + ("met" if not missed else f"NOT met ({', '.join(missed)})")
 
