@@ -12,8 +12,8 @@ import json
 import statistics
 
 
-from cachepilot.infer.evaluate import run_method, timed_reference
-from cachepilot.infer.peers import PEERS, available_peers, run_peer
+from cachepilot.evaluation.harness import run_method, timed_reference
+from cachepilot.evaluation.peers import PEERS, available_peers, run_peer
 from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.registry import BASELINES, make_baseline

@@ -18,8 +18,8 @@ import argparse
 import numpy as np
 
 from cachepilot.infer.ablate import AblationConfig, ablate
-from cachepilot.infer.peers import available_peers
-from cachepilot.train.oracle import fulls_for_budget
+from cachepilot.evaluation.peers import available_peers
+from cachepilot.evaluation.oracle import fulls_for_budget
 from cachepilot.provenance import machine_summary
 
 

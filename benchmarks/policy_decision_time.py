@@ -16,13 +16,13 @@ import argparse
 import statistics
 import time
 
-from cachepilot.infer.evaluate import generate_batch, generate_with
+from cachepilot.evaluation.harness import generate_batch, generate_with
 from cachepilot.models.registry import load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.policy_file import load_policy
 from cachepilot.provenance import machine_summary
-from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
 
 
 def decision_times(pipe, policy, prompts, seeds, steps, guidance) -> list[float]:
@@ -40,7 +40,7 @@ def decision_times(pipe, policy, prompts, seeds, steps, guidance) -> list[float]
 
 
 def transformer_call_times(pipe, prompts, seeds, steps, guidance) -> list[float]:
-    apply_cache(pipe, NoCache(), num_inference_steps=steps)
+    attach_runtime(pipe, NoCache(), num_inference_steps=steps)
     try:
         generate_batch(pipe, prompts, seeds, steps, guidance)
         return list(cache_summary(pipe).wall_times)

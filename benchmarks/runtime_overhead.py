@@ -23,7 +23,7 @@ import torch
 from cachepilot.models.registry import load_pipeline
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.schedule import FixedSchedule
-from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
 from cachepilot.provenance import machine_summary
 
 class FullReadingEverything(NoCache):
@@ -47,7 +47,7 @@ def per_call_overhead(pipe, calls: int = 400) -> tuple[float, float, float]:
     import copy
 
     bare, hooked = pipe.transformer, copy.deepcopy(pipe.transformer)
-    apply_cache(hooked, NoCache())
+    attach_runtime(hooked, NoCache())
     x = torch.randn(1, pipe.transformer.config.in_channels, 8, 16, 16)  # the latent (+ position channels)
     text = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False)[0]
 
@@ -85,7 +85,7 @@ def main() -> None:
     bare, hooked, hooked_all, transformer_full, transformer_sched, pipeline_sched = [], [], [], [], [], []
     schedule = FixedSchedule.uniform(args.steps, args.fraction)
     def run_hooked(policy, walls=None) -> float:
-        apply_cache(pipe, policy)
+        attach_runtime(pipe, policy)
         try:
             seconds = timed(pipe, args.steps, run)
             if walls is not None:
@@ -103,7 +103,7 @@ def main() -> None:
         ]
         for variant in variants if run % 2 == 0 else variants[::-1]:
             variant()
-    apply_cache(pipe, schedule)
+    attach_runtime(pipe, schedule)
     timed(pipe, args.steps, 0)
     summary = cache_summary(pipe)
     remove_cache(pipe)

@@ -1,18 +1,30 @@
 """cachepilot: learned cache policies for diffusion transformers, shipped as diffusers plugins.
 
-The public entry points are re-exported here lazily (the core package never imports the folders above it
-at import time):
+    from cachepilot import apply_cache, remove_cache, cache_summary, load_policy
 
-    from cachepilot import apply_cache, remove_cache, load_policy, cache_summary
+    apply_cache(pipe, load_policy("path/to/policy"), budget=0.35)   # or "teacache", or any Policy
+    ...generate with the pipeline as usual...
+    print(cache_summary(pipe))
+    remove_cache(pipe)
 """
 
+import importlib
+
 __version__ = "0.1.0"
-__all__ = ["apply_cache", "remove_cache", "load_policy", "cache_summary", "reset_cache"]
+_API = {  # name -> the module that defines it
+    "apply_cache": "cachepilot.infer.plugin",
+    "remove_cache": "cachepilot.runtime",
+    "reset_cache": "cachepilot.runtime",
+    "cache_summary": "cachepilot.runtime",
+    "load_policy": "cachepilot.policies.policy_file",
+    "published_calibration": "cachepilot.policies.calibration",
+}
+__all__ = list(_API)
 
 
 def __getattr__(name):
-    if name in __all__:
-        from cachepilot.infer import plugin
-
-        return getattr(plugin, name)
+    # Resolved on first use: every `import cachepilot.<module>` runs this file first, so importing the layers
+    # above the core here would run them for each core import and make the core depend on them.
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'cachepilot' has no attribute {name!r}")

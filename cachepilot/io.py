@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -32,10 +35,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_npz(path: str | Path, **arrays) -> None:
     """numpy's .npz, written atomically (np.savez into memory, then `atomic_write_bytes`)."""
-    import io
-
-    import numpy as np
-
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())

@@ -6,6 +6,7 @@ Videos are (frames, H, W, 3) or batches of them; scores are averaged over frames
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,9 +57,7 @@ class LPIPSUnavailable(RuntimeError):
     """LPIPS cannot be computed here (backbone weights missing); never replaced by a made-up score."""
 
 
-def alexnet_weights_path():
-    from pathlib import Path
-
+def alexnet_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS
 
 
@@ -73,7 +72,7 @@ def lpips_model(random_backbone: bool = False):
                 f"LPIPS needs torchvision's AlexNet weights at {alexnet_weights_path()} (file {ALEXNET_WEIGHTS}, "
                 "from https://download.pytorch.org/models/); copy them there, or set TORCH_HOME to a folder holding "
                 "hub/checkpoints/" + ALEXNET_WEIGHTS)
-        import lpips
+        import lpips  # here, not at the top: it imports torchvision (~2.5 s), which only LPIPS needs
 
         _LPIPS_MODELS[random_backbone] = lpips.LPIPS(net="alex", pnet_rand=random_backbone, verbose=False).eval()
     return _LPIPS_MODELS[random_backbone]

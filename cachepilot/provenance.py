@@ -6,11 +6,11 @@ from __future__ import annotations
 import os
 import platform
 
+import torch
+
 
 def machine_summary() -> str:
     """E.g. "x86_64, 2 CPU cores, torch 2.14.1, 2 threads", plus the GPU's name when torch sees one."""
-    import torch
-
     parts = [platform.machine(), f"{os.cpu_count()} CPU cores", f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 
 from cachepilot.errors import InvalidInputError
@@ -35,8 +36,6 @@ def to_uint8(frames: np.ndarray, scale: int = 1) -> np.ndarray:
 
 
 def save_video(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int = 8) -> Path:
-    import imageio.v3 as iio
-
     path = check_writable(path)
     data = to_uint8(frames, scale)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)

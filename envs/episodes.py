@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 
-from cachepilot.metrics import QUALITY_METRICS, quality
+from cachepilot.metrics import QUALITY_METRICS, lpips_model, quality
 from cachepilot.models.adapters import num_blocks as count_blocks
+from cachepilot.models.registry import load_pipeline
+from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.learned import within_budget
 from cachepilot.policies.observation import CLIP, ObservationSpec
 from cachepilot.runtime import Action, step_actions
@@ -36,8 +38,6 @@ def make_pairs(model: str, prompts, pairs: int | None) -> list[tuple[str, int]]:
     if isinstance(prompts, str):
         if model != "toy-wan":
             raise ValueError(f"prompt split {prompts!r} exists for toy-wan only; pass a list of prompts for {model!r}")
-        from cachepilot.models.toy_wan.scenes import load_split
-
         prompts = load_split(prompts)
     prompts = list(prompts)
     if not prompts:
@@ -63,12 +63,8 @@ class CacheEpisodes:
         if quality not in QUALITY_METRICS:
             raise ValueError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
         if quality == "lpips":
-            from cachepilot.metrics import lpips_model
-
             lpips_model()  # fail now, with the message saying where the weights go, not at the first episode end
         if pipe is None:
-            from cachepilot.models.registry import load_pipeline
-
             pipe = load_pipeline(model, model_path)
         self.pipe, self.model, self.steps, self.guidance, self.quality = pipe, model, int(steps), float(guidance), quality
         self.pairs = make_pairs(model, prompts, pairs)

@@ -24,7 +24,7 @@ from greenlet import getcurrent, greenlet
 
 from cachepilot.policies.observation import ObservationSpec
 from cachepilot.policies.step_level import StepLevelPolicy
-from cachepilot.runtime import Action, apply_cache, remove_cache
+from cachepilot.runtime import Action, attach_runtime, remove_cache
 
 
 class _Abort(BaseException):
@@ -49,7 +49,6 @@ class AgentPolicy(StepLevelPolicy):
     def __init__(self, actions: tuple[Action, ...], spec: ObservationSpec):
         super().__init__(actions)
         self.signals = spec.signals_read
-        self.needs_modulated_input = spec.needs_modulated_input
 
     def choose(self, signals, masks):
         env = getcurrent().parent
@@ -91,7 +90,7 @@ class Lockstep:
         """Begin N episodes; returns the first decision (step 0)."""
         self.abort()
         self.pipe.set_progress_bar_config(disable=True)
-        self.runtime = apply_cache(self.pipe, self.policy, num_inference_steps=self.steps)
+        self.runtime = attach_runtime(self.pipe, self.policy, num_inference_steps=self.steps)
         self._ledger = _Ledger()
         self.episode = greenlet(self._work)
         return self._resume(self.episode.switch, list(prompts), list(seeds))

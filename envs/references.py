@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
+from tqdm.auto import tqdm
 
 from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.provenance import identifying_config
 from cachepilot.policies.base import BasePolicy
-from cachepilot.runtime import FULL, apply_cache, remove_cache
+from cachepilot.runtime import FULL, attach_runtime, remove_cache
 
 STORE_ENV = "CACHEPILOT_REFERENCES"
 FULL_HASH_LIMIT = 50_000_000  # parameters; above this the model hash reads per-tensor statistics, not bytes
@@ -171,8 +172,6 @@ class ReferenceStore:
 
     def get_many(self, pairs, trajectory: bool = False, batch_size: int = 16, progress: bool = True) -> list[Reference]:
         """References for (prompt, seed) pairs, building the missing ones in batches (with a progress bar)."""
-        from tqdm.auto import tqdm
-
         pairs = [(p, int(s)) for p, s in pairs]
         found = {pair: self.load(*pair, trajectory=trajectory) for pair in dict.fromkeys(pairs)}
         missing = [pair for pair, ref in found.items() if ref is None]
@@ -203,7 +202,7 @@ class ReferenceStore:
             return kwargs
 
         generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in pairs]
-        apply_cache(pipe, recorder, num_inference_steps=self.steps)
+        attach_runtime(pipe, recorder, num_inference_steps=self.steps)
         try:
             pipe.set_progress_bar_config(disable=True)
             frames = pipe(prompt=[p for p, _ in pairs], num_inference_steps=self.steps, guidance_scale=self.guidance,

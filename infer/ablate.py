@@ -19,10 +19,25 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from cachepilot.envs.references import model_hash
 from cachepilot.errors import CachepilotError
+from cachepilot.evaluation.harness import generate_with, timed_reference
+from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, fulls_for_budget, measure_segments,
+                                          stored_gain)
+from cachepilot.evaluation.peers import PEERS, available_peers, generate_with_peer
 from cachepilot.io import atomic_write_npz, atomic_write_text
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
+from cachepilot.models.adapters import num_blocks
+from cachepilot.models.registry import get_spec, load_pipeline, weights_path
+from cachepilot.models.toy_wan.scenes import load_split
+from cachepilot.policies.calibration import find_calibration
+from cachepilot.policies.policy_file import PolicyFileError, load_policy
+from cachepilot.policies.registry import BASELINES, calibration_covers, make_baseline
+from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
+
+from .ablation_report import write_report
 
 
 @dataclass(frozen=True)
@@ -78,15 +93,11 @@ class Setting:
     """The pipeline, the pairs, their uncached reference and where runs of this exact setting are stored."""
 
     def __init__(self, config: AblationConfig, root: Path, log=print):
-        from cachepilot.envs.references import model_hash
-        from cachepilot.infer.plugin import calibration_of
-        from cachepilot.models.registry import load_pipeline, weights_path
-
         self.config, self.log = config, log
         self.pipe = load_pipeline(config.model, config.model_path)
         self.pipe.set_progress_bar_config(disable=True)
         self.weights = weights_path(config.model, config.model_path)
-        self.calibration = calibration_of(self.pipe)
+        self.calibration = find_calibration(self.pipe, config.model)
         self.model_hash = model_hash(self.pipe)
         prompts = list(config.prompts) if config.prompts else _split_prompts(config.model, config.split)
         if len(prompts) < config.pairs:
@@ -101,11 +112,10 @@ class Setting:
 
     def inputs(self, entry: Entry) -> str:
         """Digest of the files beside the weights that `entry`'s run depends on ("" for none)."""
-        from cachepilot.train.oracle import GAIN_FILE
-
         if entry.kind == "learned":
             return self.policy_digests[entry.method]
-        if _calibrated(entry.method):
+        spec = BASELINES.get(entry.method) or PEERS.get(entry.method)
+        if spec is not None and spec.calibration:
             return _digest(json.dumps(self.calibration, sort_keys=True).encode())
         if entry.kind == "oracle" and self.weights and (self.weights / GAIN_FILE).is_file():
             return _digest((self.weights / GAIN_FILE).read_bytes())
@@ -113,8 +123,6 @@ class Setting:
 
     def load_reference(self) -> None:
         """The uncached frames and transformer wall time of all pairs (stored, or generated now)."""
-        from cachepilot.infer.evaluate import timed_reference
-
         config, log = self.config, self.log
         path = self.dir / "reference.npz"
         if path.exists():
@@ -175,27 +183,14 @@ def _digest(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _calibrated(method: str) -> bool:
-    """Whether a baseline or peer is built from the model's calibration.json."""
-    from cachepilot.infer.peers import PEERS
-    from cachepilot.policies.registry import BASELINES
-
-    spec = BASELINES.get(method) or PEERS.get(method)
-    return spec is not None and spec.calibrated
-
-
 def _finite(value: float) -> float:
     """JSON has no infinity; a run identical to the reference is stored at 1e9 dB (shown as lossless)."""
     return 1e9 if math.isinf(value) else float(value)
 
 
 def _split_prompts(model: str, split: str) -> list[str]:
-    from cachepilot.models.registry import get_spec
-
     if get_spec(model).family != "toy-wan":
         raise CachepilotError("prompt splits exist for toy-wan only; pass --prompts-file (one prompt per line)")
-    from cachepilot.models.toy_wan.scenes import load_split
-
     return list(load_split(split))
 
 
@@ -203,8 +198,6 @@ def _split_prompts(model: str, split: str) -> list[str]:
 def learned_policies(setting: Setting) -> dict[str, object]:
     """name -> PolicyBundle for each policy folder that fits this pipeline and step count (others are
     reported and skipped)."""
-    from cachepilot.policies.policy_file import PolicyFileError, load_policy
-
     config = setting.config
     folders = config.policies
     if folders is None:
@@ -225,9 +218,6 @@ def learned_policies(setting: Setting) -> dict[str, object]:
 
 def plan(setting: Setting, bundles: dict) -> list[Entry]:
     """The entries `config.methods` asks for, in a stable order; unknown names are an error."""
-    from cachepilot.infer.peers import PEERS, available_peers
-    from cachepilot.policies.registry import BASELINES
-
     config = setting.config
     baselines = [n for n in BASELINES if n != "none"]
     peers = available_peers()
@@ -240,7 +230,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     for name in baselines:
         if name in wanted:
             b = BASELINES[name]
-            if b.calibrated and setting.calibration is None:
+            if not calibration_covers(setting.calibration, b):
                 setting.log(f"skipping {name}: no calibration.json beside the weights (`cachepilot calibrate`)")
                 continue
             entries += [Entry(name, float(k), "baseline", b.knob) for k in (b.sweep if config.sweeps else (b.default,))]
@@ -249,7 +239,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
             raise CachepilotError(f"{name} needs cache-dit: pip install 'cachepilot[peers]'")
         if name in wanted and name in peers:
             p = PEERS[name]
-            if p.calibrated and setting.calibration is None:
+            if not calibration_covers(setting.calibration, p):
                 setting.log(f"skipping {name}: no calibration.json beside the weights")
                 continue
             entries += [Entry(name, float(k), "peer", p.knob) for k in (p.sweep if config.sweeps else (p.default,))]
@@ -272,9 +262,6 @@ class Runner:
         self.setting, self.bundles, self._oracle_tables, self._gain = setting, bundles, None, None
 
     def run(self, entry: Entry) -> Run:
-        from cachepilot.infer.evaluate import generate_with
-        from cachepilot.infer.peers import PEERS, generate_with_peer
-
         s, c = self.setting, self.setting.config
         if entry.kind == "peer":
             frames, fractions, wall = generate_with_peer(s.pipe, PEERS[entry.method], entry.knob, s.prompts, s.seeds,
@@ -284,11 +271,6 @@ class Runner:
         return s.score(entry, frames, fractions, wall)
 
     def policy(self, entry: Entry):
-        from cachepilot.models.adapters import num_blocks
-        from cachepilot.policies.registry import make_baseline
-        from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
-        from cachepilot.train.oracle import fulls_for_budget
-
         s = self.setting
         if entry.kind == "learned":
             return self.bundles[entry.method].policy(entry.knob)
@@ -301,8 +283,6 @@ class Runner:
 
     def oracle_tables(self):
         """The oracle's segment tables for these pairs (measured once, stored with the runs)."""
-        from cachepilot.train.oracle import DEFAULT_MAX_GAP, SegmentTable, measure_segments
-
         if self._oracle_tables is None:
             s, c = self.setting, self.setting.config
             gain = self.oracle_gain()
@@ -318,8 +298,6 @@ class Runner:
         return self._oracle_tables
 
     def oracle_gain(self) -> np.ndarray:
-        from cachepilot.train.oracle import GAIN_FILE, stored_gain
-
         if self._gain is not None:
             return self._gain
         s, c = self.setting, self.setting.config
@@ -341,10 +319,6 @@ class Ablation:
 
 def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Ablation:
     """Run (or reuse) every entry, then write the report into `out`."""
-    from tqdm.auto import tqdm
-
-    from .ablation_report import write_report
-
     out = Path(out)
     setting = Setting(config, out, log)
     bundles = learned_policies(setting)

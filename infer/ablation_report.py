@@ -15,9 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.provenance import machine_summary
+from cachepilot.video import save_video
 
 KIND_ORDER = {"reference": 0, "learned": 1, "oracle": 2, "schedule": 3, "baseline": 4, "peer": 5}
 
@@ -92,14 +96,10 @@ def pareto_table(found: list[Point]) -> str:
 
 def plot_pareto(found: list[Point], title: str) -> bytes:
     """PSNR vs FLOPs speedup, one curve per method (its knobs in speedup order), the oracle dashed as the limit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    fig = Figure(figsize=(9, 5.5), dpi=110)  # no pyplot: nothing global (backend, open figures) is touched
+    ax = fig.subplots()
     methods = dict.fromkeys(p.method for p in found if p.kind != "reference")
-    ax.set_prop_cycle(color=[plt.get_cmap("tab20")(i % 20) for i in range(len(methods))])
+    ax.set_prop_cycle(color=[colormaps["tab20"](i % 20) for i in range(len(methods))])
     for method in methods:
         mine = sorted((p for p in found if p.method == method), key=lambda p: p.flops_speedup)
         kind = mine[0].kind
@@ -116,7 +116,6 @@ def plot_pareto(found: list[Point], title: str) -> bytes:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()
 
 
@@ -132,8 +131,6 @@ def gif_columns(found: list[Point], budget: float) -> list[Point]:
 def side_by_side(videos: list[np.ndarray], labels: list[tuple[str, str]], scale: int = 7) -> np.ndarray:
     """Frames (T, H, W, 3) in [0, 1]: one column per method (labelled on top), one row per pair.
     `videos[c]` holds column c's pairs: (pairs, T, h, w, 3)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     pairs, frames, h, w, _ = videos[0].shape
     cell_w, cell_h, header, gap = w * scale, h * scale, 26, 2
     width = len(videos) * (cell_w + gap)
@@ -157,9 +154,6 @@ def side_by_side(videos: list[np.ndarray], labels: list[tuple[str, str]], scale:
 
 
 def write_report(out: Path, setting, runs) -> list[Point]:
-    from cachepilot.infer.ablate import Entry
-    from cachepilot.video import save_video
-
     config = setting.config
     found = points(runs, setting.reference_wall)
     machine = machine_summary()
@@ -193,7 +187,8 @@ def write_report(out: Path, setting, runs) -> list[Point]:
     atomic_write_text(out / "table.md", f"{title}\n\n{table}\n\n{setting.lpips_note or ''}\n")
     atomic_write_bytes(out / "pareto.png", plot_pareto(found, title))
     columns = gif_columns(found, config.gif_budget)
-    videos = [setting.frames(Entry(p.method, p.knob, p.kind, p.knob_name)) for p in columns]
+    entries = {(run.entry.method, run.entry.knob): run.entry for run in runs}
+    videos = [setting.frames(entries[p.method, p.knob]) for p in columns]
     labels = [(p.method, "reference" if p.kind == "reference" else f"{p.flops_speedup:.1f}x {_fmt_psnr(p.psnr)} dB")
               for p in columns]
     save_video(side_by_side(videos, labels), out / "side_by_side.gif", fps=4, scale=1)

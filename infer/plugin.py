@@ -1,50 +1,56 @@
-"""The plugin surface for diffusers pipelines: apply a cache method by name (or a Policy object)."""
+"""`cachepilot.apply_cache`: put a cache on a diffusers pipeline, whatever decides it: a learned policy file, a
+baseline by name, or any Policy object."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-from cachepilot.models.adapters import num_blocks
 from cachepilot.errors import CachepilotError
-from cachepilot.policies.calibration import CALIBRATION_FILE, load_calibration
+from cachepilot.models.adapters import num_blocks
+from cachepilot.policies.calibration import find_calibration
 from cachepilot.policies.policy_file import PolicyBundle, load_policy
 from cachepilot.policies.registry import get_baseline, make_baseline
-from cachepilot.runtime import apply_cache as _apply_runtime
-from cachepilot.runtime import cache_summary, remove_cache, reset_cache
-
-__all__ = ["apply_cache", "remove_cache", "cache_summary", "reset_cache", "load_policy"]
+from cachepilot.runtime import CacheRuntime, attach_runtime
 
 
-def calibration_of(pipe) -> dict | None:
-    """The calibration.json saved beside the pipeline's weights, if any."""
-    folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
-    path = Path(folder) / CALIBRATION_FILE if folder else None
-    return load_calibration(path) if path is not None and path.is_file() else None
+def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict | None = None,
+                num_inference_steps: int | None = None, batched_cfg: bool | None = None, **knobs) -> CacheRuntime:
+    """Cache a diffusers pipeline (or a bare transformer) with `method`, one of:
 
+    - a policy file, loaded (`load_policy(path)`) or as a path: a learned policy run at `budget`, the fraction of
+      full compute to spend (within its trained range); it is checked against the transformer first (same model
+      config; a step count its observation can take, when `num_inference_steps` is given);
+    - a baseline's name ("static", "teacache", "magcache", "first-block", "dbcache", "adacache", "mixcache") at its
+      paper's default knob, or at the knob given by keyword (`threshold=0.12`); TeaCache and MagCache read
+      `calibration` (default: `find_calibration(pipe)`, the calibration.json beside the weights);
+    - any object implementing the Policy protocol (`cachepilot.runtime.Policy`).
 
-def apply_cache(pipe, policy, calibration: dict | None = None, num_inference_steps: int | None = None,
-                budget: float | None = None, **knobs):
-    """`apply_cache(pipe, load_policy(path), budget=0.35)`, `apply_cache(pipe, "magcache", threshold=0.12)` or
-    `apply_cache(pipe, policy_object)`.
-
-    A learned policy is checked against the pipeline (same model config; a step count its observation can
-    take) and needs a budget within its trained range. Methods that need a calibration (TeaCache,
-    MagCache) read `calibration.json` from the model folder unless one is passed.
+    Returns the runtime. `remove_cache(pipe)` takes it off and leaves the transformer as it was;
+    `cache_summary(pipe)` says what it did in the latest generation.
     """
-    if isinstance(policy, PolicyBundle):
+    transformer = getattr(pipe, "transformer", pipe)
+    if isinstance(method, os.PathLike):
+        method = load_policy(method)
+    if isinstance(method, PolicyBundle):
         if budget is None:
             raise CachepilotError("a learned policy needs a budget: apply_cache(pipe, policy, budget=0.35)")
-        policy.check_pipeline(pipe, num_inference_steps)
-        return _apply_runtime(pipe, policy.policy(budget), num_inference_steps=num_inference_steps)
-    if budget is not None:
-        raise CachepilotError("budget applies to learned policies; heuristic methods take their own knob")
-    if isinstance(policy, str):
-        baseline = get_baseline(policy)
+        if knobs:
+            raise CachepilotError(f"a learned policy takes a budget, not {', '.join(sorted(knobs))}")
+        method.check_pipeline(transformer, num_inference_steps)
+        policy = method.policy(budget)
+    elif budget is not None:
+        raise CachepilotError("budget applies to learned policies; a baseline takes its own knob (e.g. threshold=0.1)")
+    elif isinstance(method, str):
+        baseline = get_baseline(method)
         unknown = set(knobs) - {baseline.knob}
         if unknown:
-            raise CachepilotError(f"{policy} takes the knob {baseline.knob!r}, not {', '.join(sorted(unknown))}")
-        if calibration is None:
-            calibration = calibration_of(pipe)
-        blocks = num_blocks(pipe.transformer)
-        policy = make_baseline(policy, knobs.get(baseline.knob), calibration=calibration, num_blocks=blocks)
-    return _apply_runtime(pipe, policy, num_inference_steps=num_inference_steps)
+            raise CachepilotError(f"{method} takes the knob {baseline.knob!r}, not {', '.join(sorted(unknown))}")
+        if calibration is None and baseline.calibration:
+            calibration = find_calibration(pipe)
+        policy = make_baseline(method, knobs.get(baseline.knob), calibration=calibration,
+                               num_blocks=num_blocks(transformer))
+    elif knobs:
+        raise CachepilotError(f"knobs ({', '.join(sorted(knobs))}) apply to baselines by name; set them on the policy")
+    else:
+        policy = method
+    return attach_runtime(pipe, policy, num_inference_steps=num_inference_steps, batched_cfg=batched_cfg)

@@ -1,4 +1,4 @@
-"""Shared policy plumbing: defaults every policy has, and the policy that never caches."""
+"""Shared policy plumbing: the defaults of the runtime's Policy protocol, and the policy that never caches."""
 
 from __future__ import annotations
 
@@ -17,19 +17,24 @@ def block_layout(actions: Iterable[Action]) -> tuple[tuple[int, ...], int]:
 
 
 class BasePolicy:
-    """Defaults of the runtime's Policy protocol: no probe blocks, no BLOCK_k, cheap signals only."""
+    """Defaults of the Policy protocol (`cachepilot.runtime.policy`): decides per branch, one row at a time
+    (`decide`), with no probe blocks, no BLOCK_k and every optional signal computed unless it says otherwise."""
 
     name = "base"
+    step_level = False
     probe_blocks = 0
     block_ks: tuple[int, ...] = ()
-    needs_modulated_input = False
-    signals: frozenset[str] | None = None  # optional signals read (None: all); see runtime.policy.OPTIONAL_SIGNALS
+    back_blocks = 0
+    signals: frozenset[str] | None = None  # optional signals read (None: all); see runtime.OPTIONAL_SIGNALS
 
     def reset(self) -> None:
         pass
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         raise NotImplementedError
+
+    def decide_batch(self, signals: list[Signals], valid: list[tuple[Action, ...]]) -> list[Action]:
+        return [self.decide(s, v) for s, v in zip(signals, valid)]
 
 
 class NoCache(BasePolicy):

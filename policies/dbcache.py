@@ -1,7 +1,7 @@
 """DBCache (cache-dit): Fn front blocks always run and give the signal; the middle is reused while the
 rel-L1 change of the Fn residual stays under the threshold, after a warm-up; the Bn back blocks always
 run (on the front output plus the cached middle residual: the runtime's BLOCK_k_b action). cache-dit's
-own DBCache runs beside it as a peer when installed (cachepilot.infer.peers).
+own DBCache runs beside it as a peer when installed (cachepilot.evaluation.peers).
 """
 
 from __future__ import annotations

@@ -91,7 +91,6 @@ class LearnedPolicy(StepLevelPolicy):
         self.net, self.spec, self.num_blocks = net.eval(), spec, int(num_blocks)
         self.budget, self.budget_guard = float(budget), budget_guard
         self.signals = spec.signals_read
-        self.needs_modulated_input = spec.needs_modulated_input
 
     def observe(self, signals: list[Signals]) -> np.ndarray:
         return np.stack([self.spec.build(s, self.budget) for s in signals])

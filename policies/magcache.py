@@ -37,11 +37,6 @@ class MagCacheConfig:
         """Per-branch ratios measured by `cachepilot calibrate` for this model."""
         return cls(mag_ratios={b: tuple(v) for b, v in record["magcache"]["mag_ratios"].items()}, **kwargs)
 
-    @classmethod
-    def from_interleaved(cls, ratios: Sequence[float], **kwargs) -> "MagCacheConfig":
-        """Official arrays interleave cond, uncond per step."""
-        return cls(mag_ratios={"cond": tuple(ratios[0::2]), "uncond": tuple(ratios[1::2])}, **kwargs)
-
 
 class MagCache(BasePolicy):
     name = "magcache"

@@ -1,9 +1,10 @@
-"""The observation vector a learned policy sees: the runtime's signals plus the compute budget, normalised.
+"""The observation vector a learned policy sees: runtime signals plus the compute budget, normalised.
 
 The spec is data (feature names, order, normalisation), saved with every policy file, so inference rebuilds
 exactly the vector the policy was trained on. Each feature is: the raw value, optionally log10(value +
 1e-4), then (value - center) / scale, clipped to [-CLIP, CLIP]; a value that is not defined yet (no FULL
-so far, no previous call) becomes `missing`.
+so far, no previous call) becomes `missing`. A signal's normalisation is declared with the signal
+(`cachepilot.runtime.SIGNALS`); the default observation picks which signals a new policy sees.
 
 Two features come from the budget rather than the signals:
   budget       the target fraction of full compute for the whole generation
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cachepilot.runtime import Signals
+from cachepilot.runtime import OPTIONAL_SIGNALS, SIGNALS, Signals
 
 CLIP = 5.0
 LOG_EPS = 1e-4
@@ -39,27 +40,17 @@ class Feature:
             value = math.log10(max(value, 0.0) + LOG_EPS)
         return float(min(CLIP, max(-CLIP, (value - self.center) / self.scale)))
 
+    @classmethod
+    def of_signal(cls, name: str) -> "Feature":
+        s = SIGNALS[name]
+        return cls(name, s.center, s.scale, s.log, s.missing)
 
-def _rel(name: str) -> Feature:  # rel-L1 style signals span decades: 1e-4 .. 1 maps to -1 .. 1
-    return Feature(name, center=-2.0, scale=2.0, log=True, missing=-1.0)
 
-
-DEFAULT_FEATURES: tuple[Feature, ...] = (
-    Feature("step_fraction", center=0.5, scale=0.5),
-    Feature("sigma", center=0.5, scale=0.5),
-    _rel("temb_rel_l1"),
-    _rel("modulated_rel_l1"),
-    Feature("residual_norm_ratio", center=1.0, scale=0.1),
-    _rel("mag_accumulated_error"),
-    _rel("residual_rel_l1"),
-    Feature("motion_energy", center=0.5, scale=0.5),
-    _rel("cfg_diff_drift"),
-    Feature("steps_since_full", center=0.0, scale=5.0, missing=-1.0),
-    Feature("compute_spent", center=0.5, scale=0.5),
-    Feature("budget", center=0.5, scale=0.5),
-    Feature("budget_left", center=0.5, scale=0.5),
-)
-BUDGET_FEATURES = frozenset({"budget", "budget_left"})
+BUDGET_FEATURES = (Feature("budget", center=0.5, scale=0.5), Feature("budget_left", center=0.5, scale=0.5))
+DEFAULT_SIGNALS = ("step_fraction", "sigma", "temb_rel_l1", "modulated_rel_l1", "residual_norm_ratio",
+                   "mag_accumulated_error", "residual_rel_l1", "motion_energy", "cfg_diff_drift", "steps_since_full",
+                   "compute_spent")
+DEFAULT_FEATURES: tuple[Feature, ...] = (*map(Feature.of_signal, DEFAULT_SIGNALS), *BUDGET_FEATURES)
 
 
 def budget_left(signals: Signals, budget: float) -> float | None:
@@ -86,13 +77,7 @@ class ObservationSpec:
     @property
     def signals_read(self) -> frozenset[str]:
         """The runtime's optional signals this spec reads (so the runtime computes only those)."""
-        from cachepilot.runtime.policy import OPTIONAL_SIGNALS
-
         return frozenset(self.names) & OPTIONAL_SIGNALS
-
-    @property
-    def needs_modulated_input(self) -> bool:
-        return "modulated_rel_l1" in self.names
 
     def build(self, signals: Signals, budget: float) -> np.ndarray:
         extra = {"budget": budget, "budget_left": budget_left(signals, budget)}  # attribute reads: this runs per decision
@@ -106,7 +91,7 @@ class ObservationSpec:
     def from_dict(cls, data: dict) -> "ObservationSpec":
         if data.get("version") != 1 or data.get("clip") != CLIP or data.get("log_eps") != LOG_EPS:
             raise ValueError(f"unsupported observation spec (version {data.get('version')!r}); this cachepilot reads version 1")
-        known = set(Signals.__dataclass_fields__) | {"step_fraction"} | BUDGET_FEATURES
+        known = set(SIGNALS) | {f.name for f in BUDGET_FEATURES}
         features = tuple(Feature(**f) for f in data["features"])
         unknown = [f.name for f in features if f.name not in known]
         if unknown:

@@ -20,6 +20,7 @@ from safetensors.torch import save as save_safetensors
 
 from cachepilot.errors import CachepilotError
 from cachepilot.io import atomic_directory
+from cachepilot.models.adapters import num_blocks
 from cachepilot.provenance import identifying_config
 from cachepilot.runtime import Action
 
@@ -98,14 +99,12 @@ class PolicyBundle:
                              budget_guard)
 
     def check_pipeline(self, pipe, steps: int | None = None) -> None:
-        """Refuse a pipeline of another model or a step count the observation cannot take."""
+        """Refuse a pipeline (or transformer) of another model, or a step count the observation cannot take."""
         actual = model_config_hash(pipe)
         if actual != self.card.model_config_hash:
             raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
                                   f"{self.card.model_config_hash}); the pipeline's transformer has config hash {actual}")
-        from cachepilot.models.adapters import num_blocks
-
-        blocks = num_blocks(pipe.transformer)
+        blocks = num_blocks(getattr(pipe, "transformer", pipe))
         wrong = [str(a) for a in self.card.actions if not a.fits(blocks)]
         if self.card.num_blocks != blocks or wrong:
             raise PolicyFileError(f"this policy's action set ({', '.join(map(str, self.card.actions))}, for "

@@ -24,12 +24,14 @@ class Baseline:
     default: float
     sweep: tuple[float, ...]
     build: Callable[[float, dict | None, int], object]  # (knob value, calibration, num_blocks) -> policy
-    calibrated: bool = False  # built from the model's calibration.json
+    calibration: str | None = None  # the section of the model's calibration it is built from
 
 
 def _need(calibration: dict | None, name: str) -> dict:
-    if calibration is None:
-        raise CachepilotError(f"{name} needs a calibration for this model: run `cachepilot calibrate --model <name>`")
+    """The calibration section a method reads ("teacache", "magcache"), or a clear error saying how to get one."""
+    if calibration is None or name.lower() not in calibration:
+        raise CachepilotError(f"{name} needs a calibration for this model: run `cachepilot calibrate --model <name>` "
+                              "(or pass calibration=published_calibration(<model>) for a model with published constants)")
     return calibration
 
 
@@ -37,10 +39,10 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
     Baseline("none", "-", 0.0, (0.0,), lambda v, cal, n: NoCache()),
     Baseline("static", "interval", StaticConfig.interval, StaticConfig.sweep, lambda v, cal, n: StaticCache(interval=int(v))),
     Baseline("teacache", "threshold", TeaCacheConfig.threshold, TeaCacheConfig.sweep,
-             lambda v, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), threshold=v), calibrated=True),
+             lambda v, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), threshold=v), calibration="teacache"),
     Baseline("magcache", "threshold", MagCacheConfig.threshold, MagCacheConfig.sweep,
              lambda v, cal, n: MagCache(MagCacheConfig.from_calibration(_need(cal, "MagCache"), threshold=v)),
-             calibrated=True),
+             calibration="magcache"),
     Baseline("first-block", "threshold", FirstBlockConfig.threshold, FirstBlockConfig.sweep,
              lambda v, cal, n: FirstBlockCache(threshold=v)),
     Baseline("dbcache", "threshold", DBCacheConfig.threshold, DBCacheConfig.sweep,
@@ -49,6 +51,11 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
              lambda v, cal, n: AdaCache(threshold_scale=v)),
     Baseline("mixcache", "scale", 1.0, MixCacheConfig.sweep, lambda v, cal, n: MixCache(scale=v)),
 ]}
+
+
+def calibration_covers(calibration: dict | None, method) -> bool:
+    """Whether a calibration has what a baseline or peer (anything with a `calibration` section name) reads."""
+    return method.calibration is None or (calibration is not None and method.calibration in calibration)
 
 
 def get_baseline(name: str) -> Baseline:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cachepilot.runtime import CFG, FULL, STEP, Action, Signals
+from cachepilot.runtime import FULL, STEP, Action, Signals
 
 from .base import BasePolicy, block_layout
 
@@ -21,9 +21,10 @@ def full_steps_schedule(num_steps: int, full_steps, reuse: Action = STEP) -> lis
 
 
 class FixedSchedule(BasePolicy):
-    """actions[step] applies to both branches; CFG means: cond computes FULL, uncond is rebuilt."""
+    """actions[step] is the step-level action of every step (CFG: cond computes, uncond is rebuilt)."""
 
     name = "schedule"
+    step_level = True
     signals = frozenset()
 
     def __init__(self, actions: Sequence[Action | str]):
@@ -52,7 +53,4 @@ class FixedSchedule(BasePolicy):
         table = self.table[signals.sample] if len(self.table) > 1 else self.table[0]
         if signals.step >= len(table):
             raise IndexError(f"schedule has {len(table)} steps; step {signals.step} requested")
-        action = table[signals.step]
-        if action == CFG:
-            return FULL if signals.branch == "cond" else CFG
-        return action
+        return table[signals.step]

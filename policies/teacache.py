@@ -16,7 +16,7 @@ from cachepilot.runtime import FULL, STEP, Action, Signals
 
 from .base import BasePolicy
 
-# Official coefficient sets (highest degree first); see ../shared/METHODS.md.
+# The authors' fitted coefficient sets, per model (highest degree first); "/ret-steps": for the ret-steps mode.
 COEFFICIENTS: dict[str, tuple[float, ...]] = {
     "wan2.1-t2v-1.3b": (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
     "wan2.1-t2v-1.3b/ret-steps": (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),

@@ -11,7 +11,7 @@ import pytest
 
 from cachepilot.cli import main
 from cachepilot.infer.ablation_report import Point, gif_columns, pareto_table, points, side_by_side
-from cachepilot.infer.peers import available_peers
+from cachepilot.evaluation.peers import available_peers
 from cachepilot.policies.registry import BASELINES
 
 

@@ -72,15 +72,30 @@ def test_magcache_nearest_interp_matches_diffusers():
         assert nearest_interp(src, n) == pytest.approx(diffusers_interp(torch.tensor(src), n).tolist())
 
 
-def test_magcache_official_wan_ratios_split_per_branch():
-    import json
+def test_published_calibrations_reach_the_baselines():
+    """The authors' constants: MagCache's official Wan2.1 1.3B ratios (interleaved cond, uncond per step in the
+    shipped file) and TeaCache's fitted coefficients, as calibration records the baselines are built from."""
+    from cachepilot.errors import CachepilotError
+    from cachepilot.policies.calibration import find_calibration, published_calibration
+    from cachepilot.policies.registry import make_baseline
+    from cachepilot.policies.teacache import COEFFICIENTS
 
-    from cachepilot.models.registry import embedded_path
+    wan = published_calibration("wan2.1-t2v-1.3b")
+    ratios = wan["magcache"]["mag_ratios"]
+    assert len(ratios["cond"]) == len(ratios["uncond"]) == 50
+    assert ratios["cond"][:3] == [1.0, 1.0124, 1.00166] and ratios["uncond"][:3] == [1.0, 1.02213, 1.0041]
+    assert make_baseline("magcache", calibration=wan).ratios("uncond", 50)[2] == 1.0041
+    assert make_baseline("teacache", calibration=wan).config.coefficients == COEFFICIENTS["wan2.1-t2v-1.3b"]
+    hunyuan = published_calibration("hunyuanvideo")
+    assert tuple(hunyuan["teacache"]["coefficients"]) == COEFFICIENTS["hunyuanvideo"] and "magcache" not in hunyuan
+    with pytest.raises(CachepilotError, match="MagCache needs a calibration"):
+        make_baseline("magcache", calibration=hunyuan)
+    assert published_calibration("toy-wan") is None
 
-    data = json.loads(embedded_path("calibration").joinpath("magcache_wan2.1-t2v-1.3b.json").read_text())
-    config = MagCacheConfig.from_interleaved(data["mag_ratios"])
-    assert len(config.mag_ratios["cond"]) == len(config.mag_ratios["uncond"]) == 50
-    assert config.mag_ratios["cond"][:3] == (1.0, 1.0124, 1.00166)
+    class Unsaved:  # a pipeline built in memory: no folder, so no calibration.json beside it
+        config = type("Config", (), {"_name_or_path": ""})()
+
+    assert find_calibration(Unsaved()) is None and find_calibration(Unsaved(), "wan2.1-t2v-1.3b") == wan
 
 
 def test_static():
@@ -158,7 +173,7 @@ def test_adacache_codebook_and_moreg():
     lambda: MixCache(trigger=10.0, step_threshold=10.0),
 ], ids=["static", "teacache", "magcache", "first-block", "dbcache", "dbcache-F2B2", "adacache", "mixcache"])
 def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
-    from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+    from cachepilot import apply_cache, cache_summary, remove_cache
 
     apply_cache(toy_pipe, make())
     try:

@@ -10,7 +10,7 @@ from diffusers import FirstBlockCacheConfig, MagCacheConfig as DiffusersMagCache
 
 from cachepilot.policies.first_block import FirstBlockCache
 from cachepilot.policies.magcache import MagCache, MagCacheConfig
-from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+from cachepilot import apply_cache, cache_summary, remove_cache
 
 PROMPT = "a green square moving left slowly and a red circle standing still on a gradient background"
 STEPS = 10
@@ -67,8 +67,8 @@ def test_first_block_cache_matches_diffusers(toy_pipe):
 
 
 def test_peers_run_in_the_evaluation_harness_with_measured_compute(toy_pipe):
-    from cachepilot.infer.evaluate import timed_reference
-    from cachepilot.infer.peers import PEERS, run_peer
+    from cachepilot.evaluation.harness import timed_reference
+    from cachepilot.evaluation.peers import PEERS, run_peer
 
     prompts, seeds = [PROMPT, "a blue circle standing still on a plain background"], [0, 1]
     reference, _ = timed_reference(toy_pipe, prompts, seeds, 6, 5.0)
@@ -101,7 +101,7 @@ def test_dbcache_matches_cache_dit(toy_pipe, front, back):
     """cache-dit's own DBCache (F{front}B{back}) and ours: same middle-block skips, bit-identical output."""
     import cache_dit
 
-    from cachepilot.infer.peers import _cache_dit_adapter
+    from cachepilot.evaluation.peers import _cache_dit_adapter
     from cachepilot.policies.dbcache import DBCache
 
     config = cache_dit.DBCacheConfig(Fn_compute_blocks=front, Bn_compute_blocks=back, residual_diff_threshold=0.12,
@@ -117,8 +117,8 @@ def test_dbcache_matches_cache_dit(toy_pipe, front, back):
 
 
 def test_cache_dit_peer_runs_in_the_evaluation_harness(toy_pipe):
-    from cachepilot.infer.evaluate import generate_batch
-    from cachepilot.infer.peers import PEERS, available_peers, run_peer
+    from cachepilot.evaluation.harness import generate_batch
+    from cachepilot.evaluation.peers import PEERS, available_peers, run_peer
 
     assert "cache-dit-dbcache" in available_peers()
     prompts, seeds = [PROMPT], [0]

@@ -22,7 +22,9 @@ def test_batched_prompts_match_single_runs(toy_pipe):
     prompts = [PROMPT, "a green square standing still on a gradient background"]
     both = generate(toy_pipe, prompts, steps=4, seed=0, progress=False)
     second = generate(toy_pipe, prompts[1], steps=4, seed=1, progress=False)
-    np.testing.assert_allclose(both[1], second[0], atol=1e-5)
+    # the same maths at batch 2 and 1: batch-size-dependent CPU kernels round differently (seen: 1.05e-5 after 4
+    # steps), while a generator given to the wrong sample would differ by tenths
+    np.testing.assert_allclose(both[1], second[0], atol=1e-4)
 
 
 class _Seen(BaseState):

@@ -9,8 +9,7 @@ import torch
 from cachepilot.cli import main
 from cachepilot.envs.references import ReferenceStore, model_hash
 from cachepilot.policies.observation import DEFAULT_FEATURES, Feature, ObservationSpec
-from cachepilot.policies.step_level import StepLevelPolicy
-from cachepilot.runtime import CFG, FULL, STEP, Signals
+from cachepilot.runtime import Signals
 
 PROMPT = "a red square moving left quickly on a plain background"
 
@@ -123,36 +122,6 @@ def test_observation_spec_round_trip_and_validation():
         ObservationSpec.from_dict(spec.to_dict() | {"version": 2})
 
 
-# ---- step-level policies ------------------------------------------------------------------------
-class Scripted(StepLevelPolicy):
-    def __init__(self, picks):
-        super().__init__((FULL, STEP, CFG))
-        self.picks, self.seen_masks = list(picks), []
-
-    def choose(self, signals, masks):
-        self.seen_masks.append([m.tolist() for m in masks])
-        return [self.picks[signals[0].step]] * len(signals)
-
-
-def test_step_level_cfg_means_cond_full_uncond_rebuilt():
-    policy = Scripted([0, 2, 1])
-    all_valid = (FULL, STEP, CFG)
-    plan = []
-    for step in range(3):
-        plan.append(policy.decide(_signals(step=step, branch="cond"), (FULL, STEP)))
-        plan.append(policy.decide(_signals(step=step, branch="uncond"), all_valid))
-    assert plan == [FULL, FULL, FULL, CFG, STEP, STEP]
-    assert policy.seen_masks[0] == [[True, False, False]]  # nothing cached yet: FULL only
-    assert policy.seen_masks[1] == [[True, True, True]]
-
-
-def test_step_level_policy_without_uncond_branch_never_offers_cfg():
-    policy = Scripted([0, 1])
-    policy.decide(_signals(step=0), (FULL,))
-    policy.decide(_signals(step=1), (FULL, STEP))
-    assert policy.seen_masks[1] == [[True, True, False]]
-
-
 def test_an_option_at_its_neutral_value_leaves_the_fingerprint_alone():
     """Options added to a module since weights were saved, at the value that computes what those weights did,
     must not change the identifying config, or every file tied to those weights goes stale."""
@@ -168,7 +137,7 @@ def test_an_option_at_its_neutral_value_leaves_the_fingerprint_alone():
 def test_shipped_profiles_match_the_shipped_weights():
     """Profiles measured for the shipped toy-wan are tied to its model hash: retraining it means remeasuring them."""
     from cachepilot.models.registry import load_pipeline, weights_path
-    from cachepilot.train.oracle import GAIN_FILE, stored_gain
+    from cachepilot.evaluation.oracle import GAIN_FILE, stored_gain
 
     pipe = load_pipeline("toy-wan")
     assert stored_gain(weights_path("toy-wan") / GAIN_FILE, model_hash(pipe), 50, 5.0) is not None

@@ -15,7 +15,8 @@ from cachepilot.errors import CachepilotError
 from cachepilot.models.adapters import UnsupportedModelError, adapter_for
 from cachepilot.policies.base import BasePolicy, NoCache
 from cachepilot.policies.schedule import FixedSchedule
-from cachepilot.runtime import (CFG, FULL, STEP, Action, CacheStackingError, InvalidActionError, apply_cache,
+from cachepilot.policies.step_level import StepLevelPolicy
+from cachepilot.runtime import (CFG, FULL, STEP, Action, CacheStackingError, InvalidActionError, attach_runtime,
                                 cache_summary, remove_cache)
 
 FAMILIES = list(TINY)
@@ -101,7 +102,7 @@ def tiny(request):
 def test_full_is_bit_identical_and_remove_restores(tiny):
     bare = copy.deepcopy(tiny.model)
     expected = [denoise_step(tiny, bare, s) for s in range(NUM_STEPS)]
-    apply_cache(tiny.model, NoCache(), batched_cfg=tiny.batched_cfg)
+    attach_runtime(tiny.model, NoCache(), batched_cfg=tiny.batched_cfg)
     got = [denoise_step(tiny, tiny.model, s) for s in range(NUM_STEPS)]
     summary = cache_summary(tiny.model)
     remove_cache(tiny.model)
@@ -156,7 +157,7 @@ def _reference_after_full(tiny, action: Action) -> torch.Tensor:
 def test_reuse_actions_equal_their_definitions(tiny, action):
     action = Action.parse(action)
     expected = _reference_after_full(tiny, action)
-    apply_cache(tiny.model, FixedSchedule([FULL, action, FULL]), batched_cfg=tiny.batched_cfg)
+    attach_runtime(tiny.model, FixedSchedule([FULL, action, FULL]), batched_cfg=tiny.batched_cfg)
     denoise_step(tiny, tiny.model, 0)
     got = denoise_step(tiny, tiny.model, 1)
     if tiny.batched_cfg and action == CFG:
@@ -186,7 +187,7 @@ def test_block_k_b_equals_its_definition(tiny):
     probe.replace_input[n - 1] = lambda record: _add(record[1], middle[len(probe.records) - 1])
     expected = denoise_step(tiny, model, 1)
 
-    apply_cache(tiny.model, FixedSchedule([FULL, action]), batched_cfg=tiny.batched_cfg)
+    attach_runtime(tiny.model, FixedSchedule([FULL, action]), batched_cfg=tiny.batched_cfg)
     denoise_step(tiny, tiny.model, 0)
     got = denoise_step(tiny, tiny.model, 1)
     assert torch.equal(got, expected)
@@ -194,6 +195,18 @@ def test_block_k_b_equals_its_definition(tiny):
     assert summary.actions()["cond"] == ["FULL", "BLOCK_1_1"]
     assert summary.computed_fraction == pytest.approx((2 * n + 2 * 2) / (4 * n))
     assert Action.parse("BLOCK_1_1") == action and action.blocks_run(n) == 2
+
+
+class Scripted(BasePolicy):
+    """Test policy deciding per branch: actions[step] on each branch (CFG: the cond branch computes)."""
+
+    name = "scripted"
+
+    def __init__(self, actions, signals=frozenset()):
+        self.actions, self.signals = list(actions), signals
+
+    def decide(self, signals, valid):
+        return self.actions[signals.step].for_branch(signals.branch)
 
 
 class PerSample(BasePolicy):
@@ -210,14 +223,14 @@ class PerSample(BasePolicy):
 
 def test_per_sample_actions_in_one_batch_equal_running_samples_alone(tiny):
     table = {(1, 0): STEP, (2, 0): Action.block(1), (2, 1): STEP}
-    apply_cache(tiny.model, PerSample(table, block_ks=(1,)), batched_cfg=tiny.batched_cfg)
+    attach_runtime(tiny.model, PerSample(table, block_ks=(1,)), batched_cfg=tiny.batched_cfg)
     batched = [denoise_step(tiny, tiny.model, s, batch=2) for s in range(NUM_STEPS)]
     fractions = cache_summary(tiny.model).computed_fraction
     remove_cache(tiny.model)
     singles = []
     for sample in range(2):
         single_table = {(s, 0): a for (s, i), a in table.items() if i == sample}
-        apply_cache(tiny.model, PerSample(single_table, block_ks=(1,)), batched_cfg=tiny.batched_cfg)
+        attach_runtime(tiny.model, PerSample(single_table, block_ks=(1,)), batched_cfg=tiny.batched_cfg)
         singles.append([denoise_step(tiny, tiny.model, s, batch=2, only=sample) for s in range(NUM_STEPS)])
         remove_cache(tiny.model)
     for s in range(NUM_STEPS):
@@ -233,25 +246,23 @@ def test_optional_signals_are_computed_only_when_asked():
     tiny = TINY["wan"]()
     seen = []
 
-    class Spy(FixedSchedule):
-        signals = frozenset({"motion_energy"})
-
+    class Spy(Scripted):
         def decide(self, signals, valid):
             seen.append(signals)
             return super().decide(signals, valid)
 
-    apply_cache(tiny.model, Spy([FULL, FULL, FULL]))
+    attach_runtime(tiny.model, Spy([FULL, FULL, FULL], signals=frozenset({"motion_energy"})))
     for s in range(NUM_STEPS):
         denoise_step(tiny, tiny.model, s)
     last = seen[-2]  # cond at step 2: two FULLs behind it
     assert last.motion_energy is not None
     assert last.residual_norm_ratio is None and last.residual_rel_l1 is None and last.mid_block_change is None
-    with pytest.raises(ValueError, match="unknown optional signals"):
-        apply_cache(TINY["wan"]().model, type("Bad", (FixedSchedule,), {"signals": frozenset({"vibes"})})([FULL]))
+    with pytest.raises(ValueError, match=r"unknown signals \['vibes'\]"):
+        attach_runtime(TINY["wan"]().model, type("Bad", (FixedSchedule,), {"signals": frozenset({"vibes"})})([FULL]))
 
 
 def test_reuse_before_any_full_is_rejected_with_step_and_branch(tiny):
-    apply_cache(tiny.model, FixedSchedule([STEP, FULL, FULL]), batched_cfg=tiny.batched_cfg)
+    attach_runtime(tiny.model, FixedSchedule([STEP, FULL, FULL]), batched_cfg=tiny.batched_cfg)
     with pytest.raises(InvalidActionError, match=r"chose STEP at step 0, branch '(cond|uncond)'"):
         denoise_step(tiny, tiny.model, 0)
 
@@ -259,25 +270,25 @@ def test_reuse_before_any_full_is_rejected_with_step_and_branch(tiny):
 def test_block_k_out_of_range_is_rejected(tiny):
     n = len(adapter_for(tiny.model).blocks(tiny.model))
     with pytest.raises(ValueError, match=f"BLOCK_{n} out of range"):
-        apply_cache(tiny.model, FixedSchedule([FULL, Action.block(n)]))
+        attach_runtime(tiny.model, FixedSchedule([FULL, Action.block(n)]))
 
 
 def test_refuses_to_stack():
     tiny = TINY["wan"]()
-    apply_cache(tiny.model, NoCache())
+    attach_runtime(tiny.model, NoCache())
     with pytest.raises(CacheStackingError, match="already applied"):
-        apply_cache(tiny.model, NoCache())
+        attach_runtime(tiny.model, NoCache())
     remove_cache(tiny.model)
     from diffusers import FirstBlockCacheConfig
 
     tiny.model.enable_cache(FirstBlockCacheConfig(threshold=0.1))
     with pytest.raises(CacheStackingError, match="diffusers cache"):
-        apply_cache(tiny.model, NoCache())
+        attach_runtime(tiny.model, NoCache())
 
 
 def test_unsupported_transformer_lists_supported_ones():
     with pytest.raises(UnsupportedModelError, match="WanTransformer3DModel") as err:
-        apply_cache(torch.nn.Linear(2, 2), NoCache())
+        attach_runtime(torch.nn.Linear(2, 2), NoCache())
     assert isinstance(err.value, CachepilotError)
 
 
@@ -285,14 +296,12 @@ def test_signals_follow_their_definitions():
     tiny = TINY["wan"]()
     seen = []
 
-    class Spy(FixedSchedule):
-        signals = None  # all optional signals
-
+    class Spy(Scripted):
         def decide(self, signals, valid):
             seen.append((signals, valid))
             return super().decide(signals, valid)
 
-    apply_cache(tiny.model, Spy([FULL, STEP, FULL]))
+    attach_runtime(tiny.model, Spy([FULL, STEP, FULL], signals=None))  # None: every optional signal
     for s in range(NUM_STEPS):
         denoise_step(tiny, tiny.model, s)
     cond = [sig for sig, _ in seen if sig.branch == "cond"]
@@ -304,3 +313,67 @@ def test_signals_follow_their_definitions():
     valid_uncond_1 = [v for sig, v in seen if sig.branch == "uncond" and sig.step == 1][0]
     assert CFG in valid_uncond_1 and STEP in valid_uncond_1
     assert [v for sig, v in seen if sig.step == 0][0] == (FULL,)
+
+
+class StepScripted(StepLevelPolicy):
+    """A step-level test policy: picks[step] indexes (FULL, STEP, CFG); records the masks it was given."""
+
+    name = "step-scripted"
+
+    def __init__(self, picks):
+        super().__init__((FULL, STEP, CFG))
+        self.picks, self.seen_masks = list(picks), []
+
+    def choose(self, signals, masks):
+        self.seen_masks.append([m.tolist() for m in masks])
+        return [self.picks[s.step] for s in signals]
+
+
+def test_step_level_policy_decides_on_cond_and_the_uncond_branch_follows(tiny):
+    policy = StepScripted([0, 2, 1])
+    attach_runtime(tiny.model, policy, batched_cfg=tiny.batched_cfg)
+    for s in range(NUM_STEPS):
+        denoise_step(tiny, tiny.model, s)
+    assert cache_summary(tiny.model).actions() == {"cond": ["FULL", "FULL", "STEP"], "uncond": ["FULL", "CFG", "STEP"]}
+    # asked once per step (the cond row); nothing kept at step 0: FULL only
+    assert policy.seen_masks == [[[True, False, False]], [[True, True, True]], [[True, True, True]]]
+
+
+def _cond_only_step(tiny, step: int, branch: str = "cond"):
+    kw = dict(tiny.make_inputs(1, 1), hidden_states=tiny.make_inputs(1, 1000 + step)["hidden_states"])
+    with torch.no_grad(), tiny.model.cache_context(branch, step_index=step, num_inference_steps=NUM_STEPS):
+        return tiny.model(**kw, timestep=torch.full((1,), 900.0 - 300 * step), return_dict=False)[0]
+
+
+def test_step_level_policy_without_an_uncond_branch_is_never_offered_cfg():
+    tiny = TINY["wan"]()
+    policy = StepScripted([0, 1, 1])
+    attach_runtime(tiny.model, policy)
+    for s in range(NUM_STEPS):
+        _cond_only_step(tiny, s)
+    assert policy.seen_masks[1] == [[True, True, False]]
+    assert cache_summary(tiny.model).actions() == {"cond": ["FULL", "STEP", "STEP"]}
+
+
+def test_an_uncond_call_without_a_decision_of_its_step_computes():
+    tiny = TINY["wan"]()
+    policy = StepScripted([0, 1, 1])
+    attach_runtime(tiny.model, policy)
+    _cond_only_step(tiny, 0)
+    _cond_only_step(tiny, 0, "uncond")
+    _cond_only_step(tiny, 1, "uncond")  # step 1 has no cond decision
+    assert cache_summary(tiny.model).actions() == {"cond": ["FULL"], "uncond": ["FULL", "FULL"]}
+    assert len(policy.seen_masks) == 1
+
+
+def test_an_object_that_is_not_a_policy_is_refused_by_name():
+    from cachepilot.runtime import NotAPolicyError
+
+    class Half:
+        name = "half"
+
+        def decide(self, signals, valid):
+            return FULL
+
+    with pytest.raises(NotAPolicyError, match="Half is not a cache policy: it lacks step_level, probe_blocks"):
+        attach_runtime(TINY["wan"]().model, Half())

@@ -7,7 +7,8 @@ from tiny_models import TINY
 
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.schedule import FixedSchedule
-from cachepilot.runtime import FULL, STEP, apply_cache, cache_summary, remove_cache, reset_cache
+from cachepilot import apply_cache, cache_summary, remove_cache, reset_cache
+from cachepilot.runtime import FULL, STEP
 
 PROMPT = "a yellow circle moving right slowly on a plain background"
 

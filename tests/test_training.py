@@ -12,8 +12,9 @@ import torch
 
 from cachepilot.policies.learned import LearnedPolicy, PolicyNet, budget_mask
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
-from cachepilot.runtime import apply_cache, cache_summary, remove_cache, step_actions
-from cachepilot.train.oracle import SegmentTable, fulls_for_budget, measure_segments
+from cachepilot import apply_cache, cache_summary, remove_cache
+from cachepilot.runtime import step_actions
+from cachepilot.evaluation.oracle import SegmentTable, fulls_for_budget, measure_segments
 
 STEPS = 6
 
@@ -62,7 +63,7 @@ def test_oracle_budget_is_whole_steps():
 
 
 def test_segment_measurement_on_toy_wan(toy_pipe):
-    from cachepilot.infer.evaluate import generate_batch
+    from cachepilot.evaluation.harness import generate_batch
     from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 
     pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a gradient background", 1)]
@@ -86,18 +87,19 @@ def test_segment_measurement_on_toy_wan(toy_pipe):
     assert errors[0, 3] == pytest.approx(rms, rel=1e-4) and rms > 0
 
 
-def test_refine_keeps_a_move_only_when_a_real_rollout_improves(toy_pipe):
-    from cachepilot.infer.evaluate import generate_batch
-    from cachepilot.train.oracle import refine, rollout
+def test_rollout_scores_real_generations_of_per_sample_schedules(toy_pipe):
+    from cachepilot.evaluation.harness import generate_batch
+    from cachepilot.evaluation.oracle import rollout
     from cachepilot.policies.schedule import full_steps_schedule
 
-    pair = ("a red circle moving left quickly on a plain background", 0)
-    reference = generate_batch(toy_pipe, [pair[0]], [0], STEPS, 5.0)
-    start = [0, 3]
-    before = rollout(toy_pipe, [pair], [full_steps_schedule(STEPS, start)], reference, STEPS, 5.0)[0].psnr
-    best, psnr = refine(toy_pipe, pair, start, reference[0], STEPS, 5.0, rounds=2, max_gap=4)
-    assert psnr >= before and len(best) == len(start) and best[0] == 0
-    assert rollout(toy_pipe, [pair], [full_steps_schedule(STEPS, best)], reference, STEPS, 5.0)[0].psnr == pytest.approx(psnr)
+    pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a plain background", 1)]
+    reference = generate_batch(toy_pipe, [p for p, _ in pairs], [s for _, s in pairs], STEPS, 5.0)
+    full, sparse = full_steps_schedule(STEPS, range(STEPS)), full_steps_schedule(STEPS, [0, 3])
+    results = rollout(toy_pipe, pairs, [full, sparse], reference, STEPS, 5.0)
+    assert results[0].psnr == float("inf") and results[0].computed_fraction == 1.0
+    assert np.isfinite(results[1].psnr) and results[1].computed_fraction == pytest.approx(2 / STEPS)
+    alone = rollout(toy_pipe, pairs[1:], [sparse], reference[1:], STEPS, 5.0)[0]
+    assert alone.psnr == pytest.approx(results[1].psnr, abs=1e-3)  # per-sample schedules in one batch
 
 
 def test_budget_mask():

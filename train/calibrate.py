@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from cachepilot.policies.base import BasePolicy
-from cachepilot.runtime import FULL, apply_cache, cache_summary, remove_cache
+from cachepilot.runtime import FULL, attach_runtime, cache_summary, remove_cache
 from cachepilot.runtime.signals import rel_l1
 
 @dataclass
@@ -42,12 +43,10 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, seed: int = 0,
               model_id: str = "model", progress: bool = True) -> dict:
     """Run full-compute generations and return the calibration record (see module docstring)."""
-    from tqdm.auto import tqdm
-
     recorder = _Recorder()
     outputs: list[torch.Tensor] = []
     handle = pipe.transformer.register_forward_hook(lambda m, a, k, out: outputs.append(out[0].detach().float()), with_kwargs=True)
-    apply_cache(pipe, recorder)
+    attach_runtime(pipe, recorder)
     xs, ys = [], []
     ratios: dict[str, list[list[float]]] = {}
     mid, drift = [], []
@@ -69,10 +68,10 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
                 previous[decision.branch] = out
             per_branch: dict[str, list[float]] = {}
             for stat in summary.full_stats:
-                ratio = stat["residual_norm_ratio"]
+                ratio = stat.get("residual_norm_ratio")
                 per_branch.setdefault(stat["branch"], []).append(1.0 if ratio is None else ratio)
-                mid.append(stat["mid_block_change"])
-                drift.append(stat["residual_rel_l1"])
+                mid.append(stat.get("mid_block_change"))
+                drift.append(stat.get("residual_rel_l1"))
             for branch, values in per_branch.items():
                 ratios.setdefault(branch, []).append(values)
     finally:

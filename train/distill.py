@@ -25,10 +25,17 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from cachepilot.envs.episodes import CacheEpisodes
+from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments,
+                                          stored_gain)
+from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import atomic_write_npz
+from cachepilot.models.registry import pipeline_folder
+from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.learned import PolicyNet
 
-from .oracle import DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments, stored_gain
+from .export import make_run_dir, save_trained_policy
+from .rollouts import OracleTeacher, run_episodes
 
 
 @dataclass
@@ -111,8 +118,6 @@ class StudentValidation(L.Callback):
         self.last: dict[float, dict] | None = None
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        from .report import evaluate_student
-
         epoch = trainer.current_epoch + 1
         if (epoch % self.every and epoch != trainer.max_epochs) or not trainer.is_global_zero:
             return
@@ -147,16 +152,13 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
 
 
 def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
-    """The amplification profile: the run's own, else the one shipped beside the model (same weights, steps
+    """The amplification profile: the run's own, else the one beside the model's weights (same weights, steps
     and guidance only), else measured now on validation pairs."""
-    from cachepilot.models.registry import embedded_path
-
-    for path in (run_dir / GAIN_FILE, embedded_path(core.model) / GAIN_FILE):
+    folder = pipeline_folder(core.pipe)
+    for path in (run_dir / GAIN_FILE, *([folder / GAIN_FILE] if folder else [])):
         gain = stored_gain(path, core.store.model_hash, core.steps, core.guidance)
         if gain is not None:
             return gain
-    from cachepilot.models.toy_wan.scenes import load_split
-
     val = list(load_split("val"))[: config.gain_pairs]
     log(f"oracle: measuring the error-amplification profile on {len(val)} val pairs")
     gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
@@ -192,11 +194,6 @@ def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfi
 def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", run_dir=None, steps: int = 50,
             guidance: float = 5.0, pipe=None, references=None, log=print):
     """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report)."""
-    from cachepilot.envs.episodes import CacheEpisodes
-
-    from .rollouts import OracleTeacher, run_episodes
-    from .report import evaluate_student, make_run_dir, save_trained_policy
-
     config = config or DistillConfig()
     started = time.perf_counter()
     run_dir = make_run_dir(out, run_dir)
@@ -235,7 +232,7 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
     training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
                 "rounds": history, "selected_round": selected, "wall_minutes": round(minutes, 1),
-                "oracle": "segment-error DP, train/oracle.py"}
+                "oracle": "segment-error DP (cachepilot.evaluation.oracle)"}
     return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)
 
 

@@ -16,9 +16,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from sb3_contrib import MaskablePPO
+from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
+from cachepilot.envs import BatchedCacheEnv, CacheEpisodes
+from cachepilot.evaluation.validation import evaluate_student
+from cachepilot.models.registry import load_pipeline
 from cachepilot.policies.learned import PolicyNet
+from cachepilot.policies.policy_file import load_policy
+
+from .export import make_run_dir, save_trained_policy
 
 CHECKPOINT = "ppo_last.zip"
 
@@ -56,10 +65,6 @@ def net_to_actor(net: PolicyNet, model) -> None:
 
 
 def _callback(run_dir: Path, val, config: PPOConfig, actions, log):
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from .report import evaluate_student
-
     class Monitor(BaseCallback):
         """Episode metrics and action histogram to TensorBoard; validation and checkpoint per rollout."""
 
@@ -99,16 +104,6 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, log):
 def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_dir=None, steps: int = 50,
               guidance: float = 5.0, pipe=None, references=None, log=print):
     """Train with MaskablePPO and save the actor as a policy file at `out`. Returns (bundle, summary table)."""
-    from sb3_contrib import MaskablePPO
-    from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
-
-    from cachepilot.envs import BatchedCacheEnv
-    from cachepilot.envs.episodes import CacheEpisodes
-    from cachepilot.models.registry import load_pipeline
-    from cachepilot.policies.policy_file import load_policy
-
-    from .report import make_run_dir, save_trained_policy
-
     config = config or PPOConfig()
     started = time.perf_counter()
     run_dir = make_run_dir(out, run_dir)

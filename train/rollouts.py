@@ -13,10 +13,9 @@ import numpy as np
 import torch
 
 from cachepilot.envs.episodes import CacheEpisodes
+from cachepilot.evaluation.oracle import SegmentTable
 from cachepilot.policies.learned import PolicyNet, masked_argmax, within_budget
 from cachepilot.runtime import FULL, STEP
-
-from .oracle import SegmentTable
 
 
 class OracleTeacher:

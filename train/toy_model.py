@@ -16,8 +16,13 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, IterableDataset
 
+from cachepilot.io import atomic_directory
+from cachepilot.models.card import read_card
 from cachepilot.models.toy_wan import components, scenes
 from cachepilot.models.toy_wan.pipeline import ToyWanPipeline
 
@@ -191,9 +196,6 @@ def train_toy_wan(
     `init_from` warm-starts the weights (and their EMA) from an exported pipeline folder such as
     checkpoints/toy-wan, so training can go on across machines from the shipped weights alone.
     """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-
     config = config or ToyTrainConfig()
     run_dir = Path(run_dir)
     ckpt = last_checkpoint(run_dir) if resume else None
@@ -203,8 +205,6 @@ def train_toy_wan(
         config.prior_steps = int(resumed.get("hyper_parameters", {}).get("prior_steps", 0))
     L.seed_everything(config.seed + resumed_step, workers=True)  # a fresh data stream after each resume
     if ckpt is None and init_from is not None:
-        from cachepilot.models.card import read_card
-
         config.prior_steps = int(read_card(init_from).get("training", {}).get("training_steps", 0))
     module = ToyWanModule(**asdict(config))
     if ckpt is None and init_from is not None:
@@ -245,10 +245,6 @@ def load_module(run_dir: str | Path) -> tuple[ToyWanModule, dict]:
 
 def _smoothed_loss(run_dir: Path) -> float | None:
     """Mean of the last logged training losses, read back from TensorBoard."""
-    try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    except ImportError:  # pragma: no cover
-        return None
     acc = EventAccumulator(str(run_dir / "tb" / "version_0"))
     acc.Reload()
     if "train/loss" not in acc.Tags().get("scalars", []):
@@ -259,8 +255,6 @@ def _smoothed_loss(run_dir: Path) -> float | None:
 
 def export_toy_wan(run_dir: str | Path, out_dir: str | Path) -> dict:
     """Write the EMA weights of a run as a diffusers pipeline folder (atomically) and return training facts."""
-    from cachepilot.io import atomic_directory
-
     run_dir = Path(run_dir)
     module, facts = load_module(run_dir)
     pipe = module.ema_pipeline()

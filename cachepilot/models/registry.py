@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from cachepilot.errors import CorruptWeightsError, UnknownModelError, WeightsNotFoundError
+from cachepilot.errors import CorruptWeightsError, InvalidInputError, UnknownModelError, WeightsNotFoundError
+from cachepilot.io import atomic_write_text
 
 MODELS_DIR_ENV = "CACHEPILOT_MODELS_DIR"
 CHECKSUMS_FILE = "checksums.json"
@@ -50,7 +51,8 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def embedded_path(name: str) -> Path:
-    return Path(str(resources.files("cachepilot.checkpoints").joinpath(name)))
+    """A folder shipped with cachepilot: a model's weights and artefacts, or "calibration"."""
+    return shipped_folder() / name
 
 
 def weights_path(name: str, model_path: str | Path | None = None) -> Path | None:
@@ -79,8 +81,6 @@ def file_digest(path: Path) -> str:
 
 def write_checksums(folder: Path) -> None:
     """Record sha256 of every weight file, so a truncated or altered file is caught at load time."""
-    from cachepilot.io import atomic_write_text
-
     digests = {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*.safetensors"))}
     atomic_write_text(folder / CHECKSUMS_FILE, json.dumps(digests, indent=2) + "\n")
 
@@ -99,7 +99,10 @@ def verify_checksums(folder: Path) -> None:
 
 def load_pipeline(name: str, model_path: str | Path | None = None, device: str | None = None, torch_dtype=None):
     """Load a known model as a diffusers pipeline from local files only, with clear errors."""
+    # diffusers' pipelines take 5-9 s to import; listing models and checking their weights need none of it
     import diffusers
+    from diffusers.utils import logging as diffusers_logging
+    from cachepilot.models.toy_wan import ToyWanPipeline
 
     spec = get_spec(name)
     path = weights_path(name, model_path)
@@ -112,15 +115,10 @@ def load_pipeline(name: str, model_path: str | Path | None = None, device: str |
     if not (path / "model_index.json").is_file():
         raise WeightsNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
     verify_checksums(path)
-    if spec.family == "toy-wan":
-        from cachepilot.models.toy_wan import ToyWanPipeline as pipeline_class
-    else:
-        pipeline_class = getattr(diffusers, spec.pipeline_class)
+    pipeline_class = ToyWanPipeline if spec.family == "toy-wan" else getattr(diffusers, spec.pipeline_class)
     kwargs = {"local_files_only": True}
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
-    from diffusers.utils import logging as diffusers_logging
-
     bar_was_on = diffusers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()  # loading takes well under a second; keep stderr for errors
     try:
@@ -134,3 +132,28 @@ def load_pipeline(name: str, model_path: str | Path | None = None, device: str |
     if device is not None:
         pipe.to(device)
     return pipe
+
+
+def pipeline_folder(pipe) -> Path | None:
+    """The local folder a pipeline was loaded from (where its shipped artefacts sit beside the weights), if any."""
+    folder = getattr(getattr(pipe, "config", None), "_name_or_path", None)
+    return Path(folder) if folder and Path(folder).is_dir() else None
+
+
+def shipped_folder() -> Path:
+    """Where the artefacts that ship with cachepilot live (toy-wan's weights, its policies, published calibrations)."""
+    return Path(str(resources.files("cachepilot.checkpoints")))
+
+
+def check_output(path: str | Path, force: bool = False, weights: str | Path | None = None) -> Path:
+    """Refuse to replace a shipped artefact (anything under `shipped_folder()`, or under the model's own weights
+    folder `weights`) unless `force`; writing a new file there is fine."""
+    path = Path(path)
+    if force or not path.exists():
+        return path
+    resolved = path.resolve()
+    for folder in (shipped_folder(), *([Path(weights)] if weights else [])):
+        if resolved.is_relative_to(folder.resolve()):
+            raise InvalidInputError(f"{path} is a shipped artefact (in {folder}); write elsewhere with --out, or pass "
+                                    "--force to replace it")
+    return path

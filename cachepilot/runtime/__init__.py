@@ -1,11 +1,15 @@
-"""The cache runtime: one mechanism, hooked into a diffusers transformer, used in training and inference."""
+"""The cache runtime: one mechanism, hooked into a diffusers transformer, used in training and inference.
+
+Users apply caches with `cachepilot.apply_cache`; `attach_runtime` is the layer under it (a Policy object only).
+"""
 
 from .actions import CFG, FULL, STEP, Action, Kind, step_actions
-from .api import CacheStackingError, apply_cache, cache_summary, remove_cache, reset_cache
-from .engine import InvalidActionError
+from .api import CacheStackingError, attach_runtime, cache_summary, remove_cache, reset_cache
+from .engine import CacheRuntime, InvalidActionError
 from .ledger import CacheSummary
-from .policy import Policy
-from .signals import Signals
+from .policy import NotAPolicyError, Policy
+from .signals import OPTIONAL_SIGNALS, SIGNALS, Signal, Signals
 
-__all__ = ["Action", "Kind", "FULL", "STEP", "CFG", "step_actions", "apply_cache", "remove_cache", "reset_cache",
-           "cache_summary", "CacheSummary", "CacheStackingError", "InvalidActionError", "Policy", "Signals"]
+__all__ = ["Action", "Kind", "FULL", "STEP", "CFG", "step_actions", "attach_runtime", "remove_cache", "reset_cache",
+           "cache_summary", "CacheRuntime", "CacheSummary", "CacheStackingError", "InvalidActionError", "NotAPolicyError",
+           "Policy", "OPTIONAL_SIGNALS", "SIGNALS", "Signal", "Signals"]

@@ -3,7 +3,8 @@
 FULL     run every block and refresh the caches of this branch.
 STEP     run no block: output = input + the cached residual of the whole block stack (this branch).
 CFG      (unconditional branch only) run no block: output = this step's cond output + the cached
-         (uncond - cond) difference of the block-stack outputs.
+         (uncond - cond) difference of the block-stack outputs. As a step-level action (one decision for
+         both branches of a step) it means: the cond branch computes, the uncond branch is rebuilt.
 BLOCK_k  run blocks 0..k-1, then add the cached residual of blocks k..end (this branch).
 BLOCK_k_b  (DBCache's Fn/Bn) run blocks 0..k-1, add the cached residual of blocks k..end-b, then run the
          last b blocks on the result.
@@ -79,6 +80,11 @@ class Action:
     @property
     def reuses(self) -> bool:
         return self.kind is not Kind.FULL
+
+    def for_branch(self, branch: str) -> "Action":
+        """What a step-level action does on one branch: CFG computes the cond branch (FULL) and rebuilds the
+        uncond one; every other action is the same on both."""
+        return FULL if self.kind is Kind.CFG and branch == "cond" else self
 
     def __str__(self) -> str:
         if self.kind is Kind.BLOCK:

@@ -1,4 +1,8 @@
-"""apply_cache / remove_cache / cache_summary / reset_cache: the one entry point to the runtime."""
+"""Attach the runtime to a diffusers transformer, take it off, read what it did.
+
+`attach_runtime` takes a Policy object and nothing else: it is the layer under `cachepilot.apply_cache`, which
+also takes policy files and baselines by name and is what users call.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from cachepilot.models.adapters import adapter_for
 from .engine import CacheRuntime
 from .hooks import BLOCK_HOOK, EMBEDDER_HOOK, TRANSFORMER_HOOK, BlockHook, TimeEmbedderHook, TransformerHook
 from .ledger import CacheSummary
-from .policy import Policy
+from .policy import Policy, check_policy
 
 
 class CacheStackingError(CachepilotError):
@@ -33,8 +37,8 @@ def _runtime(transformer) -> CacheRuntime | None:
     return hook.runtime if hook is not None else None
 
 
-def apply_cache(pipe_or_transformer, policy: Policy, num_inference_steps: int | None = None,
-                batched_cfg: bool | None = None) -> CacheRuntime:
+def attach_runtime(pipe_or_transformer, policy: Policy, num_inference_steps: int | None = None,
+                   batched_cfg: bool | None = None) -> CacheRuntime:
     """Hook `policy` into a diffusers pipeline's transformer (or a transformer). Returns the runtime.
 
     Refuses to stack on another active cache (cachepilot's own, or one enabled with diffusers'
@@ -43,6 +47,7 @@ def apply_cache(pipe_or_transformer, policy: Policy, num_inference_steps: int | 
     """
     transformer, pipe = _transformer(pipe_or_transformer)
     adapter = adapter_for(transformer)
+    check_policy(policy)
     if _runtime(transformer) is not None:
         raise CacheStackingError("a cachepilot cache is already applied to this transformer; call remove_cache first")
     if getattr(transformer, "is_cache_enabled", False):

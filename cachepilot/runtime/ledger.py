@@ -7,6 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cachepilot.io import atomic_write_text
+
 
 @dataclass
 class Decision:
@@ -66,8 +68,6 @@ class CacheSummary:
         }
 
     def to_json(self, path: str | Path) -> None:
-        from cachepilot.io import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     def __str__(self) -> str:

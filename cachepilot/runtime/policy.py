@@ -1,39 +1,52 @@
-"""The Policy protocol the runtime talks to. Heuristic baselines and learned policies implement it.
+"""The Policy protocol: everything the runtime reads from a policy. Baselines and learned policies implement it
+(`cachepilot.policies.base.BasePolicy` holds the defaults).
 
-The runtime calls `decide` once per transformer call, branch and sample, with the signals of that
-moment and the actions that are valid now; it rejects anything else. `probe_blocks` > 0 makes the
-runtime run that many leading blocks before asking (First-Block / DB cache need their residual), and
-`block_ks` lists the BLOCK_k actions the policy may emit (the runtime caches those tails only).
-`signals` names the optional, costlier signals it reads (OPTIONAL_SIGNALS; None = all of them); the
-runtime computes only those, so a policy pays only for what it observes.
-
-A policy may also define `decide_batch(signals, valid) -> list[Action]`: the runtime then asks once per
-call with every row's signals (a network decides a batch in one forward; the environment hands the
-whole batch to the agent). Rows are (branch, sample) pairs in batch order.
+Once per transformer call the runtime calls `decide_batch(signals, valid)` with one `Signals` per row it asks
+about and the actions valid for that row now, and rejects any other answer. Which rows it asks about depends on
+`step_level`:
+- False: every (branch, sample) row of the call, each branch deciding for itself (TeaCache, MagCache, ...).
+- True: the cond rows only, with the step-level actions valid for both branches; the uncond branch of the same
+  step then follows the decision (`Action.for_branch`: CFG computes cond and rebuilds uncond). Learned policies
+  and the gym environment decide this way.
+`probe_blocks` > 0 makes the runtime run that many leading blocks before asking (First-Block / DB cache read
+their residual); `block_ks` lists the BLOCK_k the policy may emit and `back_blocks` the trailing blocks every
+BLOCK action also runs (the runtime keeps those tails only); `signals` names the optional signals it reads
+(`signals.OPTIONAL_SIGNALS`; None: all), so a policy pays only for what it observes.
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+from cachepilot.errors import CachepilotError
+
 from .actions import Action
 from .signals import Signals
-
-# Signals computed from the residuals at each FULL call; a policy that reads none of them skips that work.
-OPTIONAL_SIGNALS = frozenset({"residual_norm_ratio", "mag_accumulated_error", "residual_rel_l1", "motion_energy",
-                              "mid_block_change", "cfg_diff_drift"})
 
 
 @runtime_checkable
 class Policy(Protocol):
     name: str
+    step_level: bool
     probe_blocks: int
     block_ks: tuple[int, ...]
-    needs_modulated_input: bool
+    back_blocks: int
     signals: frozenset[str] | None
 
     def reset(self) -> None:
         """Forget per-generation state (a new video starts)."""
 
-    def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
-        """Choose one of `valid` for this call, branch and sample."""
+    def decide_batch(self, signals: list[Signals], valid: list[tuple[Action, ...]]) -> list[Action]:
+        """One action per row asked about, each among that row's `valid` actions."""
+
+
+class NotAPolicyError(CachepilotError):
+    pass
+
+
+def check_policy(policy) -> None:
+    """Refuse an object that lacks part of the protocol, naming what is missing."""
+    if not isinstance(policy, Policy):
+        missing = [name for name in (*Policy.__annotations__, "reset", "decide_batch") if not hasattr(policy, name)]
+        raise NotAPolicyError(f"{type(policy).__name__} is not a cache policy: it lacks {', '.join(missing)} "
+                              "(subclass cachepilot.policies.base.BasePolicy for the defaults)")

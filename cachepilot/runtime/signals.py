@@ -1,13 +1,27 @@
-"""What a policy observes before each transformer call, per branch and sample. One dataclass, documented units.
+"""What a policy observes before each transformer call, per branch and sample. Every signal is declared once, here.
 
-All "rel-L1" values are mean|x - x_prev| / mean|x_prev| (dimensionless, >= 0). A value is None when it
-is not defined yet (e.g. no previous call, or no FULL computed so far) or not requested by the policy
-(the expensive ones: `modulated_rel_l1` and `probe_rel_l1`).
+A `Signal` says what a number means and in which unit, how the runtime measures it, whether it costs enough to be
+computed only for policies that read it, and how an observation normalises it. A `Quantity` is a per-branch
+tensor the runtime keeps between calls: what the actions reuse and what the signals are measured on. Adding a
+signal on a kept quantity is one `Signal` entry; a new quantity also needs the line of the engine that captures
+it (`CacheRuntime._capture`).
+
+How a signal is measured (`Signal.source`):
+  call     by the runtime from the call itself (step, noise level, compute spent, ...)
+  change   rel-L1 change of a quantity captured this call against its kept value (from the branch's previous
+           call, or from its last FULL, as the quantity's `refreshed` says)
+  refresh  `measure(new, old, gap, frames)` each time the quantity is refreshed (old: its previous value, gap:
+           calls since the previous FULL); the value holds until the next refresh
+  magcache MagCache's accumulated error of a per-call ratio signal over the calls since the last FULL
+
+All "rel-L1" values are mean|x - x_prev| / mean|x_prev| (dimensionless, >= 0). A value is None where it is not
+defined yet (no previous call, no FULL so far) or not computed (an optional signal no policy reads).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -34,28 +48,128 @@ def motion_energy(residual: torch.Tensor, frames: int | None) -> float | None:
     return float((diff / total.clamp_min(1e-12)).mean())
 
 
-@dataclass
+@dataclass(frozen=True)
+class Quantity:
+    name: str
+    refreshed: str  # "call": every call of the branch; "full": each FULL of the branch; "cfg": each step both compute
+    doc: str
+
+
+QUANTITIES: dict[str, Quantity] = {q.name: q for q in (
+    Quantity("temb", "call", "the timestep embedding: the adapter's time embedder output, else the blocks' timestep argument"),
+    Quantity("temb_proj", "call", "the blocks' timestep argument (Wan: timestep_proj)"),
+    Quantity("modulated", "call", "block 0's modulated input norm1(x) * (1 + scale) + shift"),
+    Quantity("probe", "full", "the residual of the first `probe_blocks` blocks"),
+    Quantity("residual", "full", "the block-stack residual, output - input (STEP adds it to the input)"),
+    Quantity("tail", "full", "per k, the residual of blocks k..end, or up to the trailing blocks (BLOCK_k adds it)"),
+    Quantity("mid_residual", "full", "the middle block's residual"),
+    Quantity("out", "call", "the cond branch's block-stack output of its latest call (CFG rebuilds uncond from it)"),
+    Quantity("cfg_diff", "cfg", "(uncond - cond) block-stack outputs at the last step both branches computed (CFG adds it)"),
+)}
+INDICATOR = "indicator"  # stands for the TeaCache indicator quantity of the model family (its adapter says which)
+
+# measure(new, old, gap, frames) of a refresh signal: new and old are one sample's tensors, gap the calls between
+Measure = Callable[[torch.Tensor, "torch.Tensor | None", "int | None", "int | None"], "float | None"]
+
+
+def _ratio_per_call(new, old, gap, frames):
+    return None if old is None else norm_ratio(new, old) ** (1.0 / gap)
+
+
+def _rel_l1_per_call(new, old, gap, frames):
+    return None if old is None else rel_l1(new, old) / gap
+
+
+def _rel_l1(new, old, gap, frames):
+    return None if old is None else rel_l1(new, old)
+
+
+def _motion(new, old, gap, frames):
+    return motion_energy(new, frames)
+
+
+@dataclass(frozen=True)
+class Signal:
+    name: str
+    doc: str  # meaning and unit
+    source: str = "call"  # call | change | refresh | magcache (module docstring)
+    quantity: str | None = None  # the quantity it is measured on (magcache: the ratio signal it accumulates)
+    measure: Measure | None = None  # refresh signals only
+    optional: bool = False  # computed only for policies that read it (it costs a pass over a residual)
+    # how an observation normalises it: clip((f(x) - center) / scale), f = log10(x + 1e-4) when log; missing: None
+    center: float = 0.0
+    scale: float = 1.0
+    log: bool = False
+    missing: float = 0.0
+
+
+_REL = dict(center=-2.0, scale=2.0, log=True, missing=-1.0)  # rel-L1 spans decades: 1e-4 .. 1 maps to -1 .. 1
+
+SIGNALS: dict[str, Signal] = {s.name: s for s in (
+    Signal("step_fraction", "denoising step / (steps - 1), in [0, 1]", center=0.5, scale=0.5),
+    Signal("sigma", "noise level of this step (flow-matching sigma), when the pipeline passes it", center=0.5, scale=0.5),
+    Signal("steps_since_full", "calls of this branch since its last FULL (None: never computed)", scale=5.0, missing=-1.0),
+    Signal("compute_spent", "fraction of full compute spent so far in this generation (this sample, both branches)",
+           center=0.5, scale=0.5),
+    Signal("temb_rel_l1", "change of the timestep embedding vs this branch's previous call", "change", "temb", **_REL),
+    Signal("temb_proj_rel_l1", "change of the blocks' timestep argument vs this branch's previous call (TeaCache's "
+           "ret-steps indicator on Wan)", "change", "temb_proj", **_REL),
+    Signal("modulated_rel_l1", "change of block 0's modulated input vs this branch's previous call", "change",
+           "modulated", optional=True, **_REL),
+    Signal("indicator_rel_l1", "change of TeaCache's indicator for this family (the timestep embedding, or block 0's "
+           "modulated input)", "change", INDICATOR, **_REL),
+    Signal("probe_rel_l1", "change of the probe blocks' residual vs its value at the last FULL (First-Block / DB "
+           "cache)", "change", "probe", **_REL),
+    Signal("residual_norm_ratio", "||r|| ratio between the last two FULL residuals, per call in between (MagCache)",
+           "refresh", "residual", _ratio_per_call, optional=True, center=1.0, scale=0.1),
+    Signal("residual_rel_l1", "rel-L1 change of the block-stack residual between the last two FULLs, per call",
+           "refresh", "residual", _rel_l1_per_call, optional=True, **_REL),
+    Signal("motion_energy", "MoReg score of the last FULL residual (0 = static, larger = more motion; AdaCache)",
+           "refresh", "residual", _motion, optional=True, center=0.5, scale=0.5),
+    Signal("mid_block_change", "rel-L1 change of the middle block's residual between the last two FULLs, per call "
+           "(AdaCache's distance)", "refresh", "mid_residual", _rel_l1_per_call, optional=True, **_REL),
+    Signal("cfg_diff_drift", "rel-L1 change between the last two kept (uncond - cond) differences", "refresh",
+           "cfg_diff", _rel_l1, optional=True, **_REL),
+    Signal("mag_accumulated_error", "sum over calls since the last FULL of |1 - product of residual_norm_ratio| "
+           "(MagCache's error estimate)", "magcache", "residual_norm_ratio", optional=True, **_REL),
+)}
+OPTIONAL_SIGNALS = frozenset(name for name, s in SIGNALS.items() if s.optional)
+MEASURED = frozenset(name for name, s in SIGNALS.items() if s.source != "call")
+
+
+def resolve(wanted: frozenset[str] | None) -> tuple[Signal, ...]:
+    """The measured signals a runtime computes for a policy reading `wanted` (None: every one): all the cheap
+    ones, the optional ones it reads, and what those depend on."""
+    names = OPTIONAL_SIGNALS if wanted is None else frozenset(wanted)
+    unknown = names - set(SIGNALS)
+    if unknown:
+        raise ValueError(f"unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
+    names = {n for n in MEASURED if not SIGNALS[n].optional} | (names & MEASURED)
+    names |= {SIGNALS[n].quantity for n in names if SIGNALS[n].source == "magcache"}
+    return tuple(s for n, s in SIGNALS.items() if n in names)
+
+
 class Signals:
-    step: int  # denoising step index, 0-based
-    num_steps: int | None  # total steps of this generation, when the pipeline says
-    branch: str  # "cond" or "uncond"
-    sample: int  # index of the sample within its branch's batch
-    sigma: float | None  # noise level of this step (flow-matching sigma), when known
-    timestep: float | None  # the timestep the transformer received (first element)
-    temb_rel_l1: float | None  # change of the timestep embedding vs this branch's previous call (Wan: temb)
-    temb_proj_rel_l1: float | None  # change of the blocks' timestep argument (Wan: timestep_proj, TeaCache ret-steps)
-    modulated_rel_l1: float | None  # change of block 0's modulated input norm1(x) * (1 + scale) + shift
-    indicator_rel_l1: float | None  # TeaCache's indicator change for this family: temb, or the modulated input
-    probe_rel_l1: float | None  # change of the first `probe_blocks` blocks' residual vs its value at the last FULL
-    residual_norm_ratio: float | None  # ||r|| ratio between the last two FULL residuals, per step in between (MagCache)
-    residual_rel_l1: float | None  # rel-L1 change of the block-stack residual between the last two FULLs, per call
-    mag_accumulated_error: float | None  # sum of |1 - prod(ratio)| over calls since the last FULL, using that ratio
-    motion_energy: float | None  # MoReg score of the last FULL residual (0 = static, larger = more motion)
-    cfg_diff_drift: float | None  # rel-L1 change between the last two cached (uncond - cond) differences
-    mid_block_change: float | None  # AdaCache distance: rel-L1 change of the middle block's residual between the
-    #                                 last two FULLs, divided by the calls between them
-    steps_since_full: int | None  # calls of this branch since its last FULL (None: never computed)
-    compute_spent: float  # fraction of full compute spent so far in this generation (this sample, both branches)
+    """One row's signals: the call's context as attributes, and every measured signal by its name (None where
+    not measured). Units and meaning: `SIGNALS`."""
+
+    __slots__ = ("step", "num_steps", "branch", "sample", "sigma", "timestep", "steps_since_full", "compute_spent",
+                 "measured")
+
+    def __init__(self, step: int, num_steps: int | None, branch: str, sample: int, sigma: float | None = None,
+                 timestep: float | None = None, steps_since_full: int | None = None, compute_spent: float = 0.0,
+                 **measured: float | None):
+        unknown = set(measured) - MEASURED
+        if unknown:
+            raise TypeError(f"unknown signals {sorted(unknown)}; measured signals: {', '.join(sorted(MEASURED))}")
+        self.step, self.num_steps, self.branch, self.sample = step, num_steps, branch, sample
+        self.sigma, self.timestep, self.steps_since_full, self.compute_spent = sigma, timestep, steps_since_full, compute_spent
+        self.measured = measured
+
+    def __getattr__(self, name: str):  # reached only for names that are not context attributes
+        if name in MEASURED:
+            return self.measured.get(name)
+        raise AttributeError(f"Signals has no signal {name!r}")
 
     @property
     def step_fraction(self) -> float | None:
@@ -65,6 +179,13 @@ class Signals:
         return self.step / (self.num_steps - 1)
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["step_fraction"] = self.step_fraction
-        return d
+        context = {name: getattr(self, name) for name in self.__slots__ if name != "measured"}
+        return context | {"step_fraction": self.step_fraction} | {name: self.measured.get(name) for name in SIGNALS
+                                                                    if name in MEASURED}
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Signals) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items() if v is not None)
+        return f"Signals({shown})"

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-from .scenes import COLOURS, Scene, parse_prompt
+from .scenes import COLOURS, Scene, load_split, parse_prompt
 
 SATURATION_MIN = 0.3  # backgrounds are grey (saturation 0); objects are saturated
 MIN_AREA = 4.0  # mean pixels per frame for a colour to count as present (an object covers ~20-40)
@@ -119,11 +121,6 @@ def bar_verdict(summary: dict) -> str:
 def evaluate(pipe, split: str = "test", pairs: int = 64, steps: int = 50, guidance: float = 5.0,
              batch_size: int = 16, seed: int = 0, progress: bool = True) -> tuple[dict, list[VideoVerdict]]:
     """Generate `pairs` (prompt, seed) pairs of a split (prompt i with seed `seed + i`) and judge them."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .scenes import load_split
-
     prompts = list(load_split(split))
     prompts = [prompts[i % len(prompts)] for i in range(pairs)]
     verdicts: list[VideoVerdict] = []

@@ -1,16 +1,15 @@
 """The oracle: per (prompt, seed) and budget, a near-best FULL/STEP schedule found with the real model.
 
 Segment-error graph. Node i: "FULL at step i". Edge i -> j: reuse step i's residuals (STEP) at steps
-i+1..j-1 and compute again at j (j = N: the generation ends). Its error e(i, j) is the relative L2
-distance of the latents entering step j to the reference trajectory, measured by really running the
+i+1..j-1 and compute again at j (j = N: the generation ends). Its error e(i, j) is the RMS distance of
+the latents entering step j to the reference trajectory, measured by really running the
 segment from the reference state at step i (the scheduler and the cache runtime are forked there). Every
 segment from i is a prefix of one reuse rollout, so the whole table costs one reference generation plus
 N short rollouts whose steps run no block.
 
 `SegmentTable.plan(K)` solves the budgeted shortest path: the K FULL steps (step 0 among them) whose
 summed segment errors are least. `SegmentTable.compute_now` answers the same question from any state a
-student reaches (last FULL at s, now at t, k FULLs left): the DAgger relabelling rule. `refine` then
-moves FULL steps one at a time and keeps a move only when a real rollout says the final PSNR improved.
+student reaches (last FULL at s, now at t, k FULLs left): the DAgger relabelling rule.
 The oracle decides at FULL / STEP granularity; the summed-error objective is a surrogate for the final
 error, which is why the reported oracle numbers come from real rollouts of its schedules.
 """
@@ -28,7 +27,9 @@ import torch
 from cachepilot.errors import CachepilotError
 from cachepilot.policies.base import BasePolicy
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
-from cachepilot.runtime import FULL, STEP, apply_cache, remove_cache
+from cachepilot.runtime import FULL, STEP, attach_runtime, remove_cache
+
+from .harness import run_method
 
 DEFAULT_MAX_GAP = 12  # longest reuse run the oracle considers (steps between two FULLs)
 
@@ -102,14 +103,6 @@ class SegmentTable:
             later = min(later, e[last_full, m] + value[m, fulls_left - 1])
         return bool(now <= later)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"errors": self.errors, "max_gap": np.array(self.max_gap), "gain": self.gain}
-
-    @classmethod
-    def from_arrays(cls, arrays) -> "SegmentTable":
-        return cls(np.asarray(arrays["errors"], dtype=np.float64), int(arrays["max_gap"]),
-                   np.asarray(arrays["gain"], dtype=np.float64))
-
 
 class _Scripted(BasePolicy):
     """Whatever `action` says, for every row (FULL on the reference path, STEP in the forks)."""
@@ -144,7 +137,7 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
     prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     policy = _Scripted()
-    runtime = apply_cache(pipe, policy, num_inference_steps=steps)
+    runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
     scheduler = pipe.scheduler
     saved_scheduler = copy.deepcopy(vars(scheduler))
     errors = np.full((len(pairs), steps, steps + 1), np.inf)
@@ -198,39 +191,9 @@ def amplification(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance:
 def rollout(pipe, pairs: list[tuple[str, int]], schedules: list[list], reference: np.ndarray, steps: int,
             guidance: float, method: str = "oracle", knob: float = 0.0):
     """Real generations of per-sample schedules, scored against `reference` (frames of the same pairs)."""
-    from cachepilot.infer.evaluate import run_method
-
     results, _ = run_method(pipe, FixedSchedule.per_sample(schedules), [p for p, _ in pairs], [s for _, s in pairs],
                             reference, steps, guidance, method, knob)
     return results
-
-
-def refine(pipe, pair: tuple[str, int], full_steps: list[int], reference: np.ndarray, steps: int, guidance: float,
-           rounds: int = 1, max_gap: int = DEFAULT_MAX_GAP) -> tuple[list[int], float]:
-    """Local search with real rollouts: move one FULL step by +-1; keep the best move while it raises PSNR."""
-    best = list(full_steps)
-    best_psnr = rollout(pipe, [pair], [full_steps_schedule(steps, best)], reference[None], steps, guidance)[0].psnr
-    for _ in range(rounds):
-        candidates = []
-        for idx in range(1, len(best)):
-            for delta in (-1, 1):
-                moved = sorted({*best[:idx], best[idx] + delta, *best[idx + 1:]})
-                if len(moved) == len(best) and 0 < moved[idx] < steps and _gaps_ok(moved, steps, max_gap):
-                    candidates.append(moved)
-        if not candidates:
-            break
-        results = rollout(pipe, [pair] * len(candidates), [full_steps_schedule(steps, c) for c in candidates],
-                          np.repeat(reference[None], len(candidates), 0), steps, guidance)
-        top = int(np.argmax([r.psnr for r in results]))
-        if results[top].psnr <= best_psnr:
-            break
-        best, best_psnr = candidates[top], results[top].psnr
-    return best, best_psnr
-
-
-def _gaps_ok(full_steps: list[int], steps: int, max_gap: int) -> bool:
-    ends = [*full_steps[1:], steps]
-    return all(0 < j - i <= max_gap for i, j in zip(full_steps, ends))
 
 
 GAIN_FILE = "oracle_gain.npz"  # beside a model's weights, or in a training run directory

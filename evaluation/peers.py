@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
 from cachepilot.models.adapters import adapter_for, num_blocks
 from cachepilot.policies.dbcache import default_front_blocks
 
-from .evaluate import PairResult, generate_batch, score
+from .harness import PairResult, generate_batch, score
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Peer:
     sweep: tuple[float, ...]
     config: Callable[[float, int, dict | None, int], object]  # (knob, steps, calibration, blocks) -> cache config
     library: str = "diffusers"
-    calibrated: bool = False  # configured from the model's calibration.json
+    calibration: str | None = None  # the section of the model's calibration it is configured from
 
     def enable(self, pipe, value: float, steps: int, calibration: dict | None) -> None:
         config = self.config(value, steps, calibration, num_blocks(pipe.transformer))
@@ -44,8 +45,6 @@ class Peer:
 
 
 def _magcache(value, steps, calibration, blocks):
-    from diffusers import MagCacheConfig
-
     if calibration is None:
         raise ValueError("diffusers-magcache needs the model's calibration (MagCache ratios)")
     # diffusers keeps one ratio array for every cache context; give it the cond branch's
@@ -53,19 +52,15 @@ def _magcache(value, steps, calibration, blocks):
 
 
 def _fbcache(value, steps, calibration, blocks):
-    from diffusers import FirstBlockCacheConfig
-
     return FirstBlockCacheConfig(threshold=value)
 
 
 def _taylorseer(value, steps, calibration, blocks):
-    from diffusers import TaylorSeerCacheConfig
-
     return TaylorSeerCacheConfig(cache_interval=int(value), use_lite_mode=True, taylor_factors_dtype=torch.float32)
 
 
 def _cache_dit():
-    try:
+    try:  # an optional extra, imported only when a cache-dit peer runs (its import also takes ~6 s)
         import cache_dit
     except ImportError:
         raise PeerUnavailable("the cache-dit peer needs the optional extra: pip install 'cachepilot[peers]' "
@@ -96,7 +91,7 @@ class PeerUnavailable(RuntimeError):
 
 PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("diffusers-fbcache", "threshold", 0.05, (0.03, 0.05, 0.1, 0.2), _fbcache),
-    Peer("diffusers-magcache", "threshold", 0.06, (0.06, 0.12, 0.24), _magcache, calibrated=True),
+    Peer("diffusers-magcache", "threshold", 0.06, (0.06, 0.12, 0.24), _magcache, calibration="magcache"),
     Peer("diffusers-taylorseer", "cache_interval", 5, (2, 3, 4, 5), _taylorseer),
     Peer("cache-dit-dbcache", "threshold", 0.08, (0.04, 0.08, 0.12, 0.2), _dbcache, library="cache-dit"),
 ]}

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from cachepilot.metrics import psnr, ssim
-from cachepilot.runtime import apply_cache, cache_summary, remove_cache
+from cachepilot.policies.base import NoCache
+from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
 
 
 @dataclass
@@ -37,7 +38,7 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guida
 
 def generate_with(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
     """One batched generation under `policy`: (frames, per-sample computed fraction, transformer wall time)."""
-    apply_cache(pipe, policy, num_inference_steps=steps)
+    attach_runtime(pipe, policy, num_inference_steps=steps)
     try:
         frames = generate_batch(pipe, prompts, seeds, steps, guidance)
         summary = cache_summary(pipe)
@@ -63,9 +64,9 @@ def score(frames, reference, prompts, seeds, fractions, method: str, knob: float
 
 
 def timed_reference(pipe, prompts, seeds, steps, guidance) -> tuple[np.ndarray, float]:
-    from cachepilot.policies.base import NoCache
-
-    apply_cache(pipe, NoCache(), num_inference_steps=steps)
+    """The uncached frames, generated through the runtime (always FULL) so its transformer wall time is measured
+    the same way as every method's."""
+    attach_runtime(pipe, NoCache(), num_inference_steps=steps)
     try:
         frames = generate_batch(pipe, prompts, seeds, steps, guidance)
         wall = cache_summary(pipe).wall_time
