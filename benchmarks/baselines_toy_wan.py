@@ -2,7 +2,7 @@
 
     python benchmarks/baselines_toy_wan.py [--pairs 16] [--steps 50] [--json results/baselines.json]
 
-TeaCache and MagCache read checkpoints/toy-wan/calibration.json (`cachepilot calibrate --model toy-wan`).
+TeaCache and MagCache read the calibration.json shipped beside toy-wan's weights (`--calibration` for another).
 """
 
 from __future__ import annotations

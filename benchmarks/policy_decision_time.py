@@ -7,7 +7,7 @@ step serves both CFG branches, so the last column (all decisions over all transf
 generation) is the share of transformer time a generation spends deciding. The runtime's cost
 of gathering the signals the policy reads is measured separately by benchmarks/runtime_overhead.py.
 
-    python benchmarks/policy_decision_time.py [--policy checkpoints/toy-wan/policy-distill] [--batch 1,8]
+    python benchmarks/policy_decision_time.py [--policy DIR (default: the shipped policy-distill)] [--batch 1,8]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import statistics
 import time
 
 from cachepilot.evaluation.harness import generate_batch, generate_with
-from cachepilot.models.registry import load_pipeline
+from cachepilot.models.registry import load_pipeline, weights_path
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.policy_file import load_policy
@@ -50,7 +50,7 @@ def transformer_call_times(pipe, prompts, seeds, steps, guidance) -> list[float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--policy", default="checkpoints/toy-wan/policy-distill")
+    parser.add_argument("--policy", default=str(weights_path("toy-wan") / "policy-distill"))
     parser.add_argument("--budget", type=float, default=0.35)
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--steps", type=int, default=50)

@@ -6,11 +6,11 @@ Table 1, direction: for each true direction (a red circle moving left / right / 
 renders videos, noises them at a few noise levels and measures the flow-matching loss of the model's
 prediction when the prompt names the true direction and when it names each other one. A model that uses
 the words has a lower loss with the true one; a model that ignores them has the same loss either way. This
-is how toy-wan without position channels was found to ignore the direction words (README, toy-wan).
+is how toy-wan without position channels was found to ignore the direction words (toy-wan model card).
 
 Table 2, binding: two objects moving different ways, the true prompt vs the same prompt with the two
 directions swapped. Equal losses mean the model knows which directions occur but not which object takes
-which, which is how two-object scenes were found to fail (README, toy-wan).
+which, which is how two-object scenes were found to fail (toy-wan model card).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import random
 
 import torch
 
-from cachepilot.models.registry import load_pipeline
+from cachepilot.models.registry import load_pipeline, weights_path
 from cachepilot.models.toy_wan import scenes
 from cachepilot.provenance import machine_summary
 from cachepilot.train.toy_model import flow_matching_loss
@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--sigmas", default="0.9,0.7,0.5")
     args = parser.parse_args()
     pipe = load_pipeline("toy-wan", args.model_path)
-    print(f"toy-wan at {args.model_path or 'checkpoints/toy-wan'}, {args.videos} videos per direction; {machine_summary()}")
+    print(f"toy-wan at {args.model_path or weights_path('toy-wan')}, {args.videos} videos per direction; {machine_summary()}")
     print("| noise level | loss, true direction | loss, other directions | other - true |")
     print("|---|---|---|---|")
     for sigma in (float(s) for s in args.sigmas.split(",")):

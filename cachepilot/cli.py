@@ -90,16 +90,16 @@ def cmd_train_model(args) -> int:
 
     if get_spec(args.model).family != "toy-wan":
         raise CachepilotError(f"train-model trains the embedded testbed only (toy-wan), not {args.model!r}")
-    args.out = check_output(args.out or RUNS / args.model / "model", args.force)
+    out = check_output(args.out or RUNS / args.model / "model", args.force)
     if not args.export_only:
         config = ToyTrainConfig(max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                                 two_objects=args.two_objects)
         train_toy_wan(args.run_dir, config, accelerator=args.accelerator, devices=args.devices,
                       strategy=args.strategy, resume=not args.no_resume, init_from=args.init_from)
-    facts = export_toy_wan(args.run_dir, args.out)
-    write_checksums(Path(args.out))
-    update_card(args.out, **toy_wan_card_sections(), training=facts)
-    print(f"exported EMA weights after {facts['training_steps']} steps to {args.out}")
+    facts = export_toy_wan(args.run_dir, out)
+    write_checksums(out)
+    update_card(out, **toy_wan_card_sections(), training=facts)
+    print(f"exported EMA weights after {facts['training_steps']} steps to {out}")
     return 0
 
 
@@ -170,7 +170,7 @@ def cmd_calibrate(args) -> int:
     tea = record["teacache"]
     print(f"wrote {out}: TeaCache fit R^2 {tea['r2']:.3f} over {tea['points']} points; "
           f"MagCache ratios for {', '.join(record['magcache']['mag_ratios'])}")
-    print(f"baselines read it from {CALIBRATION_FILE} beside the model's weights, or from --calibration {out}")
+    print(f"baselines use it as {CALIBRATION_FILE} beside the model's weights, or with `generate --calibration {out}`")
     return 0
 
 

@@ -7,7 +7,7 @@ the code path of inference: the same pipeline `__call__`, the same runtime hooks
 episodes run in lockstep as one batched pipeline call, and the runtime computes only the samples whose
 action needs it.
 
-Why not a worker thread (the first design): with torch running on two OS threads, libgomp sees more
+Why a greenlet and not a worker thread: with torch running on two OS threads, libgomp sees more
 OpenMP threads than cores and (GOMP_SPINCOUNT) its idle threads spin 100 times, not 300,000, before
 they sleep, so every op waits for a futex wake-up; a toy-wan transformer call took 1.5-2.5x longer on
 the worker thread than on the main thread (benchmarks/env_throughput.py prints it).

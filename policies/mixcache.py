@@ -1,5 +1,6 @@
 """MixCache (arXiv 2508.12691), *reconstructed*: no official code exists, so this follows the paper's
-description (../shared/METHODS.md) with our own choice of estimates, stated here.
+description (three granularities, context-aware triggering, an adaptive hybrid decision, non-interference)
+with our own choice of estimates, stated here.
 
 - Context-aware triggering: no caching until the measured step-to-step change of the block-stack
   residual (`residual_rel_l1`) has fallen below `trigger`; once triggered, caching stays on.

@@ -44,7 +44,7 @@ def test_empty_video_finds_no_colour():
     assert not verdict.colour_ok and not verdict.motion_ok
 
 
-def test_bar_verdict_follows_issue_2s_bar_and_only_at_its_settings():
+def test_bar_verdict_follows_the_quality_bar_and_only_at_its_settings():
     settings = {"split": "test", "videos": 64, "steps": 50, "guidance": 5.0}
     assert checker.bar_verdict(settings | {"colour_accuracy": 0.9, "motion_accuracy": 0.8}).endswith(": met")
     assert checker.bar_verdict(settings | {"colour_accuracy": 1.0, "motion_accuracy": 0.79}).endswith("NOT met (motion)")

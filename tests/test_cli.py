@@ -18,14 +18,31 @@ def test_models_lists_toy_wan_with_weights(capsys):
     assert "toy-wan" in out and "present" in out and "wan2.1-t2v-1.3b" in out
 
 
-def test_generate_end_to_end_with_the_installed_command(tmp_path):
+def test_readme_generate_with_the_shipped_policy_runs_from_any_directory(tmp_path):
+    """The README's command, by the installed executable, in a folder that is not the repository: the shipped
+    policy is found beside the model's weights, not in the working directory."""
     exe = Path(sys.executable).with_name("cachepilot")
-    out = tmp_path / "clip.gif"
     proc = subprocess.run([str(exe), "generate", "--model", "toy-wan", "--prompt", PROMPT, "--steps", "50",
-                           "--guidance", "5", "--seed", "0", "--out", str(out)], capture_output=True, text=True)
+                           "--guidance", "5", "--seed", "0", "--cache", "learned", "--budget", "0.35", "--out", "clip.gif"],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    frames = iio.imread(out, index=None)
+    assert "cache summary (learned): computed 34.0% of full compute" in proc.stdout
+    frames = iio.imread(tmp_path / "clip.gif", index=None)
     assert frames.shape[0] == 8 and frames.shape[1:3] == (128, 128)
+
+
+def test_commands_write_under_runs_and_never_replace_a_shipped_artefact(tmp_path, monkeypatch, capsys):
+    from cachepilot.models.registry import embedded_path
+
+    shipped = embedded_path("toy-wan")
+    for argv in (["train", "--out", str(shipped / "policy-distill")], ["calibrate", "--out", str(shipped / "calibration.json")],
+                 ["train-model", "toy-wan", "--export-only", "--out", str(shipped)]):
+        err = _error(argv, capsys)
+        assert "is a shipped artefact" in err and "--force" in err, argv
+    monkeypatch.chdir(tmp_path)
+    assert main(["calibrate", "--prompts", "2", "--steps", "6"]) == 0
+    assert "wrote runs/toy-wan/calibration.json" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "toy-wan" / "calibration.json").is_file()
 
 
 def test_generate_mp4_and_scale(tmp_path):

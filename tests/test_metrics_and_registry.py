@@ -21,12 +21,22 @@ def test_ssim_is_one_for_identical_and_drops_with_noise():
     assert ssim(noisy, ref) > ssim(np.clip(ref + rng.normal(0, 0.3, ref.shape), 0, 1), ref)
 
 
-def test_every_baseline_builds_at_its_default_and_sweep():
+def test_every_baseline_builds_at_each_knob_of_its_sweep_and_obeys_the_runtime():
+    """Each registry entry builds a Policy whose knob is the value asked for (the default when none is), and at
+    the first call of a generation, where only FULL is valid, it computes."""
+    from cachepilot.runtime import FULL, Policy, Signals
+
     calibration = {"teacache": {"coefficients": [0, 0, 0, 1, 0]}, "magcache": {"mag_ratios": {"cond": [1.0] * 10}}}
+    first_call = Signals(0, 10, "cond", 0)
     for name, b in BASELINES.items():
-        assert make_baseline(name, calibration=calibration, num_blocks=6) is not None
-        for value in b.sweep:
-            make_baseline(name, value, calibration=calibration, num_blocks=6)
+        for value in (None, *b.sweep):
+            policy = make_baseline(name, value, calibration=calibration, num_blocks=6)
+            assert isinstance(policy, Policy), name
+            if name != "none":
+                holder = policy.config if hasattr(policy.config, b.knob) else policy
+                assert getattr(holder, b.knob) == (b.default if value is None else value), (name, value)
+            policy.reset()
+            assert policy.decide_batch([first_call], [(FULL,)]) == [FULL], (name, value)
 
 
 def test_unknown_method_and_missing_calibration_are_clear_errors():

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 
 from cachepilot import apply_cache, cache_summary, load_policy, remove_cache
 from cachepilot.errors import CachepilotError
+from cachepilot.models.registry import weights_path
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.observation import ObservationSpec
 from cachepilot.policies.policy_file import PolicyCard, PolicyFileError, model_config_hash, save_policy
@@ -84,7 +85,7 @@ def test_policy_for_another_model_is_refused(wan_pipe, toy_pipe, wan_policy):
     with pytest.raises(PolicyFileError, match="trained for 'tiny-wan'"):
         apply_cache(toy_pipe, load_policy(wan_policy), budget=0.4)
     with pytest.raises(PolicyFileError, match="trained for 'toy-wan'"):
-        apply_cache(wan_pipe, load_policy("checkpoints/toy-wan/policy-distill"), budget=0.4)
+        apply_cache(wan_pipe, load_policy(weights_path("toy-wan") / "policy-distill"), budget=0.4)
     with pytest.raises(CachepilotError, match="needs a budget"):
         apply_cache(wan_pipe, load_policy(wan_policy))
 
@@ -112,7 +113,7 @@ def test_shipped_policy_on_toy_wan_removed_bit_identical(toy_pipe):
         return toy_pipe(prompt=prompt, num_inference_steps=50, generator=torch.Generator().manual_seed(0)).frames
 
     before = run()
-    apply_cache(toy_pipe, load_policy("checkpoints/toy-wan/policy-distill"), budget=0.35)
+    apply_cache(toy_pipe, load_policy(weights_path("toy-wan") / "policy-distill"), budget=0.35)
     try:
         run()
         fraction = cache_summary(toy_pipe).computed_fraction

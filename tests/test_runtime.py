@@ -377,3 +377,36 @@ def test_an_object_that_is_not_a_policy_is_refused_by_name():
 
     with pytest.raises(NotAPolicyError, match="Half is not a cache policy: it lacks step_level, probe_blocks"):
         attach_runtime(TINY["wan"]().model, Half())
+
+
+def test_a_signal_declared_once_is_measured_and_read_by_name():
+    """One `register_signal` call: the runtime keeps nothing new for it and the policy reads it by name."""
+    from cachepilot.runtime import SIGNALS, Signal, register_signal
+    from cachepilot.runtime import signals as declared
+
+    peak = Signal("residual_peak", "largest |r| of the last FULL residual", "refresh", "residual",
+                  lambda new, old, gap, frames: float(new.abs().max()), optional=True)
+    register_signal(peak)
+    try:
+        tiny, seen = TINY["wan"](), []
+
+        class Reader(Scripted):
+            def decide(self, signals, valid):
+                seen.append(signals.residual_peak)
+                return super().decide(signals, valid)
+
+        bare = copy.deepcopy(tiny.model)
+        probe = Probe(tiny, bare)
+        denoise_step(tiny, bare, 0)
+        attach_runtime(tiny.model, Reader([FULL, STEP], signals=frozenset({"residual_peak"})))
+        for s in range(2):
+            denoise_step(tiny, tiny.model, s)
+        cond0 = probe.records[0]
+        assert seen[:2] == [None, None]  # step 0: nothing computed yet
+        assert seen[2] == pytest.approx(float((cond0["out"][0] - cond0[0][0]).abs().max()))  # cond, step 1
+        with pytest.raises(ValueError, match="exists already"):
+            register_signal(peak)
+    finally:
+        del SIGNALS["residual_peak"]
+        declared.OPTIONAL_SIGNALS.discard("residual_peak")
+        declared.MEASURED.discard("residual_peak")

@@ -272,3 +272,12 @@ def test_plugin_applies_a_policy_file_with_a_budget(trained, toy_pipe):
         assert plugin_summary(toy_pipe).computed_fraction <= 0.3 + 1e-9
     finally:
         plugin_remove(toy_pipe)
+
+
+def test_shipped_profiles_match_the_shipped_weights(toy_pipe):
+    """Profiles measured for the shipped toy-wan are tied to its model hash: retraining it means remeasuring them."""
+    from cachepilot.envs.references import model_hash
+    from cachepilot.evaluation.oracle import GAIN_FILE, stored_gain
+    from cachepilot.models.registry import weights_path
+
+    assert stored_gain(weights_path("toy-wan") / GAIN_FILE, model_hash(toy_pipe), 50, 5.0) is not None

@@ -194,7 +194,7 @@ def train_toy_wan(
 
     Resuming from `run_dir`'s last checkpoint restores everything (optimiser, EMA, step). Without one,
     `init_from` warm-starts the weights (and their EMA) from an exported pipeline folder such as
-    checkpoints/toy-wan, so training can go on across machines from the shipped weights alone.
+    the shipped toy-wan, so training can go on across machines from the shipped weights alone.
     """
     config = config or ToyTrainConfig()
     run_dir = Path(run_dir)

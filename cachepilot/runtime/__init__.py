@@ -8,8 +8,8 @@ from .api import CacheStackingError, attach_runtime, cache_summary, remove_cache
 from .engine import CacheRuntime, InvalidActionError
 from .ledger import CacheSummary
 from .policy import NotAPolicyError, Policy
-from .signals import OPTIONAL_SIGNALS, SIGNALS, Signal, Signals
+from .signals import OPTIONAL_SIGNALS, SIGNALS, Signal, Signals, register_signal
 
 __all__ = ["Action", "Kind", "FULL", "STEP", "CFG", "step_actions", "attach_runtime", "remove_cache", "reset_cache",
            "cache_summary", "CacheRuntime", "CacheSummary", "CacheStackingError", "InvalidActionError", "NotAPolicyError",
-           "Policy", "OPTIONAL_SIGNALS", "SIGNALS", "Signal", "Signals"]
+           "Policy", "OPTIONAL_SIGNALS", "SIGNALS", "Signal", "Signals", "register_signal"]

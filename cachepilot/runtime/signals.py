@@ -3,8 +3,8 @@
 A `Signal` says what a number means and in which unit, how the runtime measures it, whether it costs enough to be
 computed only for policies that read it, and how an observation normalises it. A `Quantity` is a per-branch
 tensor the runtime keeps between calls: what the actions reuse and what the signals are measured on. Adding a
-signal on a kept quantity is one `Signal` entry; a new quantity also needs the line of the engine that captures
-it (`CacheRuntime._capture`).
+signal on a kept quantity is one `Signal` entry at the end of this module (or one `register_signal` call from
+anywhere); a new quantity also needs the line of the engine that captures it (`CacheRuntime._capture`).
 
 How a signal is measured (`Signal.source`):
   call     by the runtime from the call itself (step, noise level, compute spent, ...)
@@ -103,38 +103,31 @@ class Signal:
     missing: float = 0.0
 
 
-_REL = dict(center=-2.0, scale=2.0, log=True, missing=-1.0)  # rel-L1 spans decades: 1e-4 .. 1 maps to -1 .. 1
+SIGNALS: dict[str, Signal] = {}
+OPTIONAL_SIGNALS: set[str] = set()  # computed only for policies that read them
+MEASURED: set[str] = set()  # every signal but the call's context
 
-SIGNALS: dict[str, Signal] = {s.name: s for s in (
-    Signal("step_fraction", "denoising step / (steps - 1), in [0, 1]", center=0.5, scale=0.5),
-    Signal("sigma", "noise level of this step (flow-matching sigma), when the pipeline passes it", center=0.5, scale=0.5),
-    Signal("steps_since_full", "calls of this branch since its last FULL (None: never computed)", scale=5.0, missing=-1.0),
-    Signal("compute_spent", "fraction of full compute spent so far in this generation (this sample, both branches)",
-           center=0.5, scale=0.5),
-    Signal("temb_rel_l1", "change of the timestep embedding vs this branch's previous call", "change", "temb", **_REL),
-    Signal("temb_proj_rel_l1", "change of the blocks' timestep argument vs this branch's previous call (TeaCache's "
-           "ret-steps indicator on Wan)", "change", "temb_proj", **_REL),
-    Signal("modulated_rel_l1", "change of block 0's modulated input vs this branch's previous call", "change",
-           "modulated", optional=True, **_REL),
-    Signal("indicator_rel_l1", "change of TeaCache's indicator for this family (the timestep embedding, or block 0's "
-           "modulated input)", "change", INDICATOR, **_REL),
-    Signal("probe_rel_l1", "change of the probe blocks' residual vs its value at the last FULL (First-Block / DB "
-           "cache)", "change", "probe", **_REL),
-    Signal("residual_norm_ratio", "||r|| ratio between the last two FULL residuals, per call in between (MagCache)",
-           "refresh", "residual", _ratio_per_call, optional=True, center=1.0, scale=0.1),
-    Signal("residual_rel_l1", "rel-L1 change of the block-stack residual between the last two FULLs, per call",
-           "refresh", "residual", _rel_l1_per_call, optional=True, **_REL),
-    Signal("motion_energy", "MoReg score of the last FULL residual (0 = static, larger = more motion; AdaCache)",
-           "refresh", "residual", _motion, optional=True, center=0.5, scale=0.5),
-    Signal("mid_block_change", "rel-L1 change of the middle block's residual between the last two FULLs, per call "
-           "(AdaCache's distance)", "refresh", "mid_residual", _rel_l1_per_call, optional=True, **_REL),
-    Signal("cfg_diff_drift", "rel-L1 change between the last two kept (uncond - cond) differences", "refresh",
-           "cfg_diff", _rel_l1, optional=True, **_REL),
-    Signal("mag_accumulated_error", "sum over calls since the last FULL of |1 - product of residual_norm_ratio| "
-           "(MagCache's error estimate)", "magcache", "residual_norm_ratio", optional=True, **_REL),
-)}
-OPTIONAL_SIGNALS = frozenset(name for name, s in SIGNALS.items() if s.optional)
-MEASURED = frozenset(name for name, s in SIGNALS.items() if s.source != "call")
+
+def register_signal(signal: Signal) -> Signal:
+    """Declare a signal: the runtime measures it, policies read it by name, observations can include it."""
+    if signal.name in SIGNALS:
+        raise ValueError(f"a signal named {signal.name!r} exists already")
+    if (signal.source == "call") != hasattr(Signals, signal.name):  # the call's context is a Signals attribute
+        raise ValueError(f"{signal.name!r}: only the call's context ({', '.join(Signals.__slots__[:-1])}, "
+                         "step_fraction) has source 'call'")
+    if signal.source not in ("call", "change", "refresh", "magcache"):
+        raise ValueError(f"unknown signal source {signal.source!r}; expected call, change, refresh or magcache")
+    sources = {"change": {*QUANTITIES, INDICATOR}, "refresh": set(QUANTITIES), "magcache": set(SIGNALS)}
+    if signal.source != "call" and signal.quantity not in sources[signal.source]:
+        raise ValueError(f"signal {signal.name!r} is measured on unknown {signal.quantity!r}")
+    if (signal.source == "refresh") != (signal.measure is not None):
+        raise ValueError(f"signal {signal.name!r}: a measure goes with source 'refresh', and only there")
+    SIGNALS[signal.name] = signal
+    if signal.optional:
+        OPTIONAL_SIGNALS.add(signal.name)
+    if signal.source != "call":
+        MEASURED.add(signal.name)
+    return signal
 
 
 def resolve(wanted: frozenset[str] | None) -> tuple[Signal, ...]:
@@ -189,3 +182,35 @@ class Signals:
     def __repr__(self) -> str:
         shown = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items() if v is not None)
         return f"Signals({shown})"
+
+
+_REL = dict(center=-2.0, scale=2.0, log=True, missing=-1.0)  # rel-L1 spans decades: 1e-4 .. 1 maps to -1 .. 1
+for _signal in (
+    Signal("step_fraction", "denoising step / (steps - 1), in [0, 1]", center=0.5, scale=0.5),
+    Signal("sigma", "noise level of this step (flow-matching sigma), when the pipeline passes it", center=0.5, scale=0.5),
+    Signal("steps_since_full", "calls of this branch since its last FULL (None: never computed)", scale=5.0, missing=-1.0),
+    Signal("compute_spent", "fraction of full compute spent so far in this generation (this sample, both branches)",
+           center=0.5, scale=0.5),
+    Signal("temb_rel_l1", "change of the timestep embedding vs this branch's previous call", "change", "temb", **_REL),
+    Signal("temb_proj_rel_l1", "change of the blocks' timestep argument vs this branch's previous call (TeaCache's "
+           "ret-steps indicator on Wan)", "change", "temb_proj", **_REL),
+    Signal("modulated_rel_l1", "change of block 0's modulated input vs this branch's previous call", "change",
+           "modulated", optional=True, **_REL),
+    Signal("indicator_rel_l1", "change of TeaCache's indicator for this family (the timestep embedding, or block 0's "
+           "modulated input)", "change", INDICATOR, **_REL),
+    Signal("probe_rel_l1", "change of the probe blocks' residual vs its value at the last FULL (First-Block / DB "
+           "cache)", "change", "probe", **_REL),
+    Signal("residual_norm_ratio", "||r|| ratio between the last two FULL residuals, per call in between (MagCache)",
+           "refresh", "residual", _ratio_per_call, optional=True, center=1.0, scale=0.1),
+    Signal("residual_rel_l1", "rel-L1 change of the block-stack residual between the last two FULLs, per call",
+           "refresh", "residual", _rel_l1_per_call, optional=True, **_REL),
+    Signal("motion_energy", "MoReg score of the last FULL residual (0 = static, larger = more motion; AdaCache)",
+           "refresh", "residual", _motion, optional=True, center=0.5, scale=0.5),
+    Signal("mid_block_change", "rel-L1 change of the middle block's residual between the last two FULLs, per call "
+           "(AdaCache's distance)", "refresh", "mid_residual", _rel_l1_per_call, optional=True, **_REL),
+    Signal("cfg_diff_drift", "rel-L1 change between the last two kept (uncond - cond) differences", "refresh",
+           "cfg_diff", _rel_l1, optional=True, **_REL),
+    Signal("mag_accumulated_error", "sum over calls since the last FULL of |1 - product of residual_norm_ratio| "
+           "(MagCache's error estimate)", "magcache", "residual_norm_ratio", optional=True, **_REL),
+):
+    register_signal(_signal)

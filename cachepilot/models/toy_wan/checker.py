@@ -18,7 +18,7 @@ from .scenes import COLOURS, Scene, load_split, parse_prompt
 SATURATION_MIN = 0.3  # backgrounds are grey (saturation 0); objects are saturated
 MIN_AREA = 4.0  # mean pixels per frame for a colour to count as present (an object covers ~20-40)
 STILL_SPEED = 0.3  # pixels per frame
-# Issue 2's quality bar, on 64 test-split pairs at 50 steps, guidance 5.
+# The quality toy-wan must reach to serve as a testbed: on 64 test-split pairs at 50 steps, guidance 5.
 QUALITY_BAR = {"colour_accuracy": 0.90, "motion_accuracy": 0.80}
 BAR_SETTINGS = {"split": "test", "videos": 64, "steps": 50, "guidance": 5.0}
 
@@ -109,7 +109,7 @@ def summarise(verdicts: list[VideoVerdict]) -> dict:
 
 
 def bar_verdict(summary: dict) -> str:
-    """Whether a summary meets issue 2's bar; a run with other settings is not a measurement of it."""
+    """Whether a summary meets the quality bar; a run with other settings is not a measurement of it."""
     bar = ", ".join(f"{k.split('_')[0]} >= {v:.0%}" for k, v in QUALITY_BAR.items())
     if any(summary.get(k) != v for k, v in BAR_SETTINGS.items()):
         settings = ", ".join(f"{k} {v}" for k, v in BAR_SETTINGS.items())
