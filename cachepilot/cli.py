@@ -20,7 +20,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from cachepilot.errors import CachepilotError
+from cachepilot import checks
+from cachepilot.errors import CachepilotError, InvalidInputError
 
 RUNS = Path("runs")  # where commands write by default, relative to the working directory
 
@@ -63,10 +64,15 @@ def cmd_generate(args) -> int:
     from cachepilot.video import check_writable, save_video
 
     check_writable(args.out)
+    if args.budget is not None and args.cache != "learned":
+        raise InvalidInputError(f"--budget applies to --cache learned; {args.cache} takes --knob")
+    if args.knob is not None and args.cache in ("none", "learned"):
+        raise InvalidInputError(f"--knob applies to the baselines; --cache {args.cache} takes none")
     pipe = load_pipeline(args.model, args.model_path)
     if args.cache == "learned":
         policy = args.policy or weights_path(args.model, args.model_path) / "policy-distill"
-        apply_cache(pipe, load_policy(policy), num_inference_steps=args.steps, budget=args.budget)
+        budget = 0.35 if args.budget is None else args.budget
+        apply_cache(pipe, load_policy(policy), num_inference_steps=args.steps, budget=budget)
     elif args.cache != "none":
         knobs = {} if args.knob is None else {get_baseline(args.cache).knob: args.knob}
         calibration = load_calibration(args.calibration) if args.calibration else find_calibration(pipe, args.model)
@@ -85,7 +91,7 @@ def cmd_generate(args) -> int:
 def cmd_train_model(args) -> int:
     # the command's own code (module docstring)
     from cachepilot.models.card import update_card
-    from cachepilot.models.registry import check_output, get_spec, write_checksums
+    from cachepilot.models.registry import check_output, get_spec
     from cachepilot.train.toy_model import ToyTrainConfig, export_toy_wan, train_toy_wan
 
     if get_spec(args.model).family != "toy-wan":
@@ -97,7 +103,6 @@ def cmd_train_model(args) -> int:
         train_toy_wan(args.run_dir, config, accelerator=args.accelerator, devices=args.devices,
                       strategy=args.strategy, resume=not args.no_resume, init_from=args.init_from)
     facts = export_toy_wan(args.run_dir, out)
-    write_checksums(out)
     update_card(out, **toy_wan_card_sections(), training=facts)
     print(f"exported EMA weights after {facts['training_steps']} steps to {out}")
     return 0
@@ -161,7 +166,8 @@ def cmd_calibrate(args) -> int:
     if args.prompts_file:
         prompts = _read_prompts(args.prompts_file)[: args.prompts]
     elif spec.family == "toy-wan":
-        prompts = random.Random(0).sample(list(load_split("train")), args.prompts)
+        split = list(load_split("train"))
+        prompts = random.Random(0).sample(split, checks.count("--prompts", args.prompts, high=len(split)))
     else:
         raise CachepilotError("pass --prompts-file (one prompt per line) to calibrate a real model")
     pipe = load_pipeline(args.model, args.model_path)
@@ -195,14 +201,42 @@ def cmd_references_build(args) -> int:
     return 0
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise CachepilotError(f"expected comma-separated numbers, got {text!r}") from None
-    if not all(0 < v <= 1 for v in values):
-        raise CachepilotError(f"budgets are fractions of full compute in (0, 1]; got {text!r}")
-    return values
+def _checked(check):
+    """An argparse type: a number (`cachepilot.checks` rules), refused in one line where it breaks them."""
+    def number(text: str):
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        try:
+            return check(value)
+        except InvalidInputError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return number
+
+
+_COUNT = _checked(lambda v: checks.count("value", v))
+_COUNT0 = _checked(lambda v: checks.count("value", v, low=0))
+_GUIDANCE = _checked(checks.guidance)
+_SEED = _checked(checks.seed)
+_BUDGET = _checked(checks.budget)
+_NUMBER = _checked(lambda v: checks.number("value", v))
+_POSITIVE = _checked(lambda v: checks.positive("value", v))
+_SHARE = _checked(lambda v: checks.number("value", v, low=0.0, high=1.0))
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    """Comma-separated fractions of full compute."""
+    return tuple(_BUDGET(v.strip()) for v in text.split(","))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as every other error of the command line
+        print(f"cachepilot: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_train(args) -> int:
@@ -216,7 +250,7 @@ def cmd_train(args) -> int:
         raise CachepilotError(f"policy training needs a prompt split and a pipeline that can be stepped; "
                               f"it is available for toy-wan, not {args.model!r}")
     out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force, weights_path(args.model))
-    budgets = _floats(args.budgets)
+    budgets = args.budgets
     trainer = {"accelerator": args.accelerator, "devices": args.devices, "strategy": args.strategy}
     if args.algo == "distill":
         config = DistillConfig(pairs=args.pairs, val_pairs=args.val_pairs, budgets=budgets, dagger_rounds=args.rounds,
@@ -246,9 +280,9 @@ def cmd_ablate(args) -> int:
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     if args.budgets:
-        settings["budgets"] = _floats(args.budgets)
+        settings["budgets"] = args.budgets
     if args.oracle_budgets:
-        settings["oracle_budgets"] = _floats(args.oracle_budgets)
+        settings["oracle_budgets"] = args.oracle_budgets
     if args.policies:
         settings["policies"] = tuple(p for p in args.policies.split(",") if p)
     config = AblationConfig.quick(**settings) if args.quick else AblationConfig(**settings)
@@ -260,7 +294,7 @@ def cmd_ablate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
+    parser = _Parser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list known models and whether their weights are present")
@@ -271,19 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path", help="local diffusers folder with the model's weights")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_COUNT, default=50)
+    p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--out", required=True, help="output path ending in .gif or .mp4")
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--scale", type=int, default=8, help="pixel upscale factor for viewing (toy-wan is 16 px)")
+    p.add_argument("--fps", type=_COUNT, default=8)
+    p.add_argument("--scale", type=_COUNT, default=8, help="pixel upscale factor for viewing (toy-wan is 16 px)")
     p.add_argument("--cache", default="none", help="cache method: none, learned, static, teacache, magcache, "
                    "first-block, dbcache, adacache, mixcache")
     p.add_argument("--policy", help="learned: the policy directory (default: policy-distill beside the model's weights)")
     p.add_argument("--calibration", help="teacache / magcache: a calibration.json (default: the one beside the model's "
                    "weights, else the model's published constants)")
-    p.add_argument("--budget", type=float, default=0.35, help="learned: fraction of full compute to spend")
-    p.add_argument("--knob", type=float, help="the method's knob (threshold / interval / scale); default: the paper's")
+    p.add_argument("--budget", type=_BUDGET, help="learned: fraction of full compute to spend (default 0.35)")
+    p.add_argument("--knob", type=_NUMBER, help="the method's knob (threshold / interval / scale); default: the paper's")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train-model", help="train (or resume training) the toy-wan testbed model and export it")
@@ -291,11 +325,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="runs/toy-wan", help="Lightning checkpoints and TensorBoard logs")
     p.add_argument("--out", help="where the exported pipeline folder goes (default: runs/<model>/model)")
     p.add_argument("--force", action="store_true", help="replace a shipped model folder (e.g. the installed toy-wan)")
-    p.add_argument("--max-steps", type=int, default=20_000, help="total optimiser steps (counting resumed ones)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--two-objects", type=float, default=0.5, help="share of two-object training scenes (0 to 1)")
+    p.add_argument("--max-steps", type=_COUNT, default=20_000, help="total optimiser steps (counting resumed ones)")
+    p.add_argument("--batch-size", type=_COUNT, default=8)
+    p.add_argument("--lr", type=_POSITIVE, default=4e-4)
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--two-objects", type=_SHARE, default=0.5, help="share of two-object training scenes (0 to 1)")
     p.add_argument("--accelerator", default="auto")
     p.add_argument("--devices", default="auto")
     p.add_argument("--strategy", default="auto")
@@ -312,21 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace a shipped policy (one beside the model's weights)")
     p.add_argument("--run-dir", help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: <out>.run); "
                    "a rerun resumes from it")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=5.0)
-    p.add_argument("--pairs", type=int, default=16, help="training (prompt, seed) pairs from the train split")
-    p.add_argument("--val-pairs", type=int, default=8)
-    p.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6",
+    p.add_argument("--steps", type=_COUNT, default=50)
+    p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
+    p.add_argument("--pairs", type=_COUNT, default=16, help="training (prompt, seed) pairs from the train split")
+    p.add_argument("--val-pairs", type=_COUNT, default=8)
+    p.add_argument("--budgets", type=_budgets, default="0.2,0.3,0.4,0.5,0.6",
                    help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
-    p.add_argument("--rounds", type=int, default=2, help="distill: DAgger rounds after the oracle's own")
-    p.add_argument("--epochs", type=int, default=30, help="distill: epochs per round")
-    p.add_argument("--val-every", type=int, default=10, help="distill: epochs between real-generation scores of "
+    p.add_argument("--rounds", type=_COUNT0, default=2, help="distill: DAgger rounds after the oracle's own")
+    p.add_argument("--epochs", type=_COUNT, default=30, help="distill: epochs per round")
+    p.add_argument("--val-every", type=_COUNT, default=10, help="distill: epochs between real-generation scores of "
                    "the student on the val pairs (1: every epoch; each costs a few seconds)")
-    p.add_argument("--timesteps", type=int, default=12_000, help="ppo: environment steps in total")
+    p.add_argument("--timesteps", type=_COUNT, default=12_000, help="ppo: environment steps in total")
     p.add_argument("--init-from", help="ppo: warm-start the actor from this policy file (e.g. the distilled one)")
-    p.add_argument("--num-envs", type=int, default=8, help="episodes run in one batch")
+    p.add_argument("--num-envs", type=_COUNT, default=8, help="episodes run in one batch")
     p.add_argument("--references", help="reference store folder (default: $CACHEPILOT_REFERENCES or ~/.cache)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--accelerator", default="cpu", help="distill: Lightning Trainer flag")
     p.add_argument("--devices", default="1", help="distill: Lightning Trainer flag (e.g. 2 with --strategy ddp)")
     p.add_argument("--strategy", default="auto", help="distill: Lightning Trainer flag (ddp, ddp_spawn, ...)")
@@ -339,11 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "learned-<policy>")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split (real models)")
-    p.add_argument("--pairs", type=int, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
-    p.add_argument("--steps", type=int, help="default 50")
-    p.add_argument("--guidance", type=float, help="default 5")
-    p.add_argument("--budgets", help="learned policies' budgets (default 0.2,0.25,0.35,0.5,0.6)")
-    p.add_argument("--oracle-budgets", help="default 0.25,0.35,0.5")
+    p.add_argument("--pairs", type=_COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
+    p.add_argument("--steps", type=_COUNT, help="default 50")
+    p.add_argument("--guidance", type=_GUIDANCE, help="default 5")
+    p.add_argument("--budgets", type=_budgets, help="learned policies' budgets (default 0.2,0.25,0.35,0.5,0.6)")
+    p.add_argument("--oracle-budgets", type=_budgets, help="default 0.25,0.35,0.5")
     p.add_argument("--policies", help="comma list of policy folders (default: every policy-* beside the weights)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pairs, default knobs, one budget")
     p.add_argument("--out", default="results/ablation", help="output folder; its runs/ are reused on a rerun")
@@ -352,10 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit TeaCache / MagCache / AdaCache / MixCache statistics for a model")
     p.add_argument("--model", default="toy-wan")
     p.add_argument("--model-path")
-    p.add_argument("--prompts", type=int, default=16, help="how many prompts (toy-wan: sampled from the train split)")
+    p.add_argument("--prompts", type=_COUNT, default=16, help="how many prompts (toy-wan: sampled from the train split)")
     p.add_argument("--prompts-file", help="one prompt per line (required for real models)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--steps", type=_COUNT, default=50)
+    p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--out", help="default: runs/<model>/calibration.json")
     p.add_argument("--force", action="store_true", help="replace a shipped calibration (one beside the model's weights)")
     p.set_defaults(func=cmd_calibrate)
@@ -364,9 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="toy-wan")
     p.add_argument("--model-path")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--pairs", type=int, default=64)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--pairs", type=_COUNT, default=64)
+    p.add_argument("--steps", type=_COUNT, default=50)
+    p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--json", help="write per-video verdicts here")
     p.add_argument("--update-card", action="store_true", help="store the scores in the model card")
     p.set_defaults(func=cmd_check_model)
@@ -378,11 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-path")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split")
-    p.add_argument("--pairs", type=int, default=64, help="(prompt i, seed i) pairs, the environments' default count")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--pairs", type=_COUNT, default=64, help="(prompt i, seed i) pairs, the environments' default count")
+    p.add_argument("--steps", type=_COUNT, default=50)
+    p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--trajectory", action="store_true", help="also store per-step latents and signals")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=_COUNT, default=16)
     p.add_argument("--root", help="store folder (default: $CACHEPILOT_REFERENCES or ~/.cache/cachepilot/references)")
     p.set_defaults(func=cmd_references_build)
     return parser

@@ -17,8 +17,8 @@ class CorruptWeightsError(CachepilotError):
     pass
 
 
-class InvalidInputError(CachepilotError):
-    pass
+class InvalidInputError(CachepilotError, ValueError):
+    """A value out of its allowed range or of the wrong kind (`cachepilot.checks`)."""
 
 
 class NonFiniteLatentsError(CachepilotError):

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a crash or a full disk never leaves a half-written artefact."""
+"""Atomic file and directory writes: a crash or a full disk never leaves a half-written artefact. What they write
+gets the permissions a plain `open` would give (the umask applies), so a shared store stays readable."""
 
 from __future__ import annotations
 
@@ -12,12 +13,19 @@ from pathlib import Path
 import numpy as np
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -40,6 +48,17 @@ def atomic_write_npz(path: str | Path, **arrays) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def set_aside(path: str | Path) -> Path:
+    """Move a damaged file out of the way, keeping it for inspection: `<name>.damaged` (or `.damaged2`, ...)."""
+    path = Path(path)
+    for n in range(1, 1000):
+        target = path.with_name(f"{path.name}.damaged{n if n > 1 else ''}")
+        if not target.exists():
+            os.replace(path, target)
+            return target
+    raise FileExistsError(f"too many damaged copies of {path}")
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path):
     """Yield a temporary directory beside `path`; on success it replaces `path` in (nearly) one rename.
@@ -51,6 +70,7 @@ def atomic_directory(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes the folder private (0700)
         yield tmp
         old = path.with_name(f".{path.name}.old")
         if old.exists():

@@ -9,6 +9,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from cachepilot import checks
 from cachepilot.errors import InvalidInputError
 
 FORMATS = (".gif", ".mp4")
@@ -22,8 +23,17 @@ def check_writable(path: str | Path) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise InvalidInputError(f"output folder does not exist: {parent}")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InvalidInputError(f"cannot write to {path}: permission denied")
+    if path.is_dir():
+        raise InvalidInputError(f"cannot write to {path}: it is a folder")
+    try:  # try it: permission bits say nothing for root, and /proc or a read-only mount refuse anyway
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.stem}.", suffix=path.suffix):
+                pass
+    except OSError as err:
+        raise InvalidInputError(f"cannot write to {path}: {(err.strerror or str(err)).lower()}") from None
     return path
 
 
@@ -36,6 +46,7 @@ def to_uint8(frames: np.ndarray, scale: int = 1) -> np.ndarray:
 
 
 def save_video(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int = 8) -> Path:
+    fps, scale = checks.count("fps", fps), checks.count("scale", scale)
     path = check_writable(path)
     data = to_uint8(frames, scale)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)

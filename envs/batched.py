@@ -7,11 +7,13 @@ with s + i draws exactly what `CacheEnv.reset(seed=s + i)` draws, so trajectorie
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env import VecEnv
 
-from .episodes import CacheEpisodes
+from .episodes import CacheEpisodes, Episode
 
 
 class BatchedCacheEnv(VecEnv):
@@ -21,17 +23,31 @@ class BatchedCacheEnv(VecEnv):
         self.actions = self.episodes.actions
         self.observation_spec = self.episodes.spec
         super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
-        self._rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]
+        self.rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]  # env i draws its episodes with rngs[i]
         self._pending = None
 
     def reset(self):
         for i, seed in enumerate(self._seeds):
             if seed is not None:
-                self._rngs[i] = seeding.np_random(seed)[0]
-        drawn = [self.episodes.draw(rng, options) for rng, options in zip(self._rngs, self._options)]
+                self.rngs[i] = seeding.np_random(seed)[0]
+        drawn = [self.episodes.draw(rng, options) for rng, options in zip(self.rngs, self._options)]
         obs, self.reset_infos = self.episodes.begin(drawn)
         self._reset_seeds()
         self._reset_options()
+        return obs
+
+    def snapshot(self) -> dict:
+        """Where the environments stand between two steps: their generators and the episodes they have begun."""
+        return {"rngs": [rng.bit_generator.state for rng in self.rngs],
+                "episodes": [asdict(e) for e in self.episodes.episodes]}
+
+    def restore(self, snapshot: dict) -> np.ndarray:
+        """Stand where `snapshot` was taken (pending seeds are dropped): begin its episodes again; their observation."""
+        self._reset_seeds()
+        self._reset_options()
+        for rng, state in zip(self.rngs, snapshot["rngs"]):
+            rng.bit_generator.state = state
+        obs, self.reset_infos = self.episodes.begin([Episode(**e) for e in snapshot["episodes"]])
         return obs
 
     def step_async(self, actions) -> None:

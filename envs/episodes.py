@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 from gymnasium import spaces
 
+from cachepilot import checks
+from cachepilot.errors import InvalidInputError
 from cachepilot.metrics import QUALITY_METRICS, lpips_model, quality
 from cachepilot.models.adapters import num_blocks as count_blocks
 from cachepilot.models.registry import load_pipeline
@@ -39,20 +42,19 @@ def make_pairs(model: str, prompts, pairs: int | None) -> list[tuple[str, int]]:
         if model != "toy-wan":
             raise ValueError(f"prompt split {prompts!r} exists for toy-wan only; pass a list of prompts for {model!r}")
         prompts = load_split(prompts)
-    prompts = list(prompts)
+    prompts = [checks.prompt(p) for p in prompts]
     if not prompts:
-        raise ValueError("no prompts given")
-    count = len(prompts) if pairs is None else int(pairs)
-    if count < 1:
-        raise ValueError(f"pairs must be >= 1, got {pairs}")
-    return [(prompts[i % len(prompts)], i) for i in range(count)]
+        raise InvalidInputError("no prompts given")
+    count = len(prompts) if pairs is None else checks.count("pairs", pairs, high=len(prompts))
+    return [(prompts[i], i) for i in range(count)]
 
 
 def _budget_range(budget) -> tuple[float, float]:
-    lo, hi = (budget, budget) if isinstance(budget, (int, float)) else tuple(budget)
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"budget must be a fraction in (0, 1] or a range lo <= hi in it, got {budget}")
-    return float(lo), float(hi)
+    lo, hi = (budget, budget) if isinstance(budget, numbers.Real) else tuple(budget)
+    lo, hi = checks.budget(lo, "budget range start"), checks.budget(hi, "budget range end")
+    if lo > hi:
+        raise InvalidInputError(f"budget range [{lo}, {hi}] is empty")
+    return lo, hi
 
 
 class CacheEpisodes:
@@ -61,14 +63,15 @@ class CacheEpisodes:
                  reward: RewardConfig | None = None, model_path=None, pipe=None, references=None,
                  budget_guard: bool = False):
         if quality not in QUALITY_METRICS:
-            raise ValueError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
+            raise InvalidInputError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
+        self.pairs = make_pairs(model, prompts, pairs)
+        self.budget_range = _budget_range(budget)
         if quality == "lpips":
             lpips_model()  # fail now, with the message saying where the weights go, not at the first episode end
         if pipe is None:
             pipe = load_pipeline(model, model_path)
-        self.pipe, self.model, self.steps, self.guidance, self.quality = pipe, model, int(steps), float(guidance), quality
-        self.pairs = make_pairs(model, prompts, pairs)
-        self.budget_range = _budget_range(budget)
+        self.pipe, self.model, self.quality = pipe, model, quality
+        self.steps, self.guidance = checks.count("steps", steps), checks.guidance(guidance)
         self.reward = reward or RewardConfig()
         self.num_blocks = num_blocks = count_blocks(pipe.transformer)
         self.budget_guard = budget_guard
@@ -87,11 +90,12 @@ class CacheEpisodes:
     def draw(self, rng: np.random.Generator, options: dict | None = None) -> Episode:
         """A (prompt, seed) pair and a budget, from `rng` unless `options` fixes them ("pair", "budget")."""
         options = options or {}
-        pair = int(options["pair"]) if "pair" in options else int(rng.integers(len(self.pairs)))
-        if not 0 <= pair < len(self.pairs):
-            raise ValueError(f"pair {pair} out of range: this environment has {len(self.pairs)} pairs")
+        if "pair" in options:
+            pair = checks.count("pair", options["pair"], low=0, high=len(self.pairs) - 1)
+        else:
+            pair = int(rng.integers(len(self.pairs)))
         lo, hi = self.budget_range
-        budget = float(options["budget"]) if "budget" in options else float(rng.uniform(lo, hi))
+        budget = checks.budget(options["budget"]) if "budget" in options else float(rng.uniform(lo, hi))
         prompt, seed = self.pairs[pair]
         return Episode(pair, prompt, seed, budget)
 
@@ -113,13 +117,11 @@ class CacheEpisodes:
         return obs, [{"prompt": e.prompt, "seed": e.seed, "budget": e.budget, "pair": e.pair} for e in episodes]
 
     def advance(self, picks) -> tuple[np.ndarray, np.ndarray, bool, list[dict]]:
-        picks = [int(p) for p in np.asarray(picks).reshape(-1)]
+        picks = [checks.count("action", p, low=0, high=len(self.actions) - 1) for p in np.asarray(picks).reshape(-1)]
         if len(picks) != len(self.episodes):
-            raise ValueError(f"expected {len(self.episodes)} actions, got {len(picks)}")
+            raise InvalidInputError(f"expected {len(self.episodes)} actions, got {len(picks)}")
         infos = []
         for i, pick in enumerate(picks):
-            if not 0 <= pick < len(self.actions):
-                raise ValueError(f"action {pick} out of range 0..{len(self.actions) - 1}")
             invalid = not self.masks[i][pick]
             if invalid:  # e.g. reuse before anything was computed: compute instead, and say so
                 picks[i] = 0

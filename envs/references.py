@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
@@ -139,14 +140,49 @@ class ReferenceStore:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _index(self) -> dict:
+    def _read_index(self) -> dict | None:
+        """The index as stored; None when it is damaged (not JSON, or entries without their fields)."""
         try:
-            return json.loads(self.index_path.read_text())
+            index = json.loads(self.index_path.read_text())
         except FileNotFoundError:
             return {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            warnings.warn(f"reference index {self.index_path} is corrupted; entries will be rebuilt", stacklevel=3)
-            return {}
+        except (ValueError, UnicodeDecodeError):
+            return None
+        fields = {"file": str, "sha256": str, "key": dict, "trajectory": bool}
+        ok = isinstance(index, dict) and all(
+            isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in fields.items()) for e in index.values())
+        return index if ok else None
+
+    def _index(self, locked: bool = False) -> dict:
+        """The index; a damaged one is rebuilt from the entry files, each verified, with a one-line warning."""
+        index = self._read_index()
+        if index is not None:
+            return index
+        if not locked:
+            with self._locked():
+                return self._index(locked=True)
+        index = {}
+        for path in sorted(self.root.glob("*.safetensors")):
+            entry = self._entry_of(path)
+            if entry is not None:
+                index[path.stem] = entry
+        atomic_write_text(self.index_path, json.dumps(index, indent=1, sort_keys=True))
+        warnings.warn(f"reference index {self.index_path} was damaged; rebuilt it from the {len(index)} intact entries "
+                      "beside it", stacklevel=3)
+        return index
+
+    def _entry_of(self, path: Path) -> dict | None:
+        """An index entry for a stored reference file, if it is whole and named by the digest of the key it holds."""
+        try:
+            data = path.read_bytes()
+            key = ReferenceKey(**json.loads(safetensors_metadata(data)["key"]))
+            tensors = load_safetensors(data)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError):
+            return None
+        if key.digest != path.stem or "output" not in tensors:
+            return None
+        return {"file": path.name, "sha256": hashlib.sha256(data).hexdigest(), "key": asdict(key),
+                "trajectory": "trajectory" in tensors}
 
     # ---- read ----------------------------------------------------------------------------
     def load(self, prompt: str, seed: int, trajectory: bool = False) -> Reference | None:
@@ -232,6 +268,6 @@ class ReferenceStore:
                  "trajectory": ref.trajectory is not None}
         atomic_write_bytes(self.root / entry["file"], data)
         with self._locked():
-            index = self._index()
+            index = self._index(locked=True)
             index[digest] = entry
             atomic_write_text(self.index_path, json.dumps(index, indent=1, sort_keys=True))

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cachepilot import checks
 from cachepilot.metrics import Quality
 
 
@@ -29,8 +30,7 @@ class RewardConfig:
 
     def __post_init__(self):
         for name, value in vars(self).items():
-            if value < 0:
-                raise ValueError(f"reward weight {name} must be >= 0, got {value}")
+            checks.number(f"reward weight {name}", value, low=0.0)
 
     def step(self, step_cost: float, steps: int, distance: float | None = None) -> dict[str, float]:
         terms = {"reward_cost": -self.cost_weight * step_cost / steps, "reward_shaping": 0.0}

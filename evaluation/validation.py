@@ -28,7 +28,8 @@ def evaluate_student(episodes: CacheEpisodes, net: PolicyNet, budgets) -> dict[f
     """The network as a LearnedPolicy at each budget, on the pairs of `episodes` (one batched generation per budget)."""
     reference = _references(episodes)
     return {float(b): _score(episodes, reference, LearnedPolicy(net, episodes.spec, episodes.actions,
-                                                                episodes.num_blocks, b), "learned", b)
+                                                                episodes.num_blocks, b, steps=episodes.steps),
+                             "learned", b)
             for b in budgets}
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from cachepilot.evaluation.harness import generate_with, timed_reference
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, fulls_for_budget, measure_segments,
                                           stored_gain)
 from cachepilot.evaluation.peers import PEERS, available_peers, generate_with_peer
-from cachepilot.io import atomic_write_npz, atomic_write_text
+from cachepilot.io import atomic_write_npz, atomic_write_text, set_aside
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
 from cachepilot.models.adapters import num_blocks
 from cachepilot.models.registry import get_spec, load_pipeline, weights_path
@@ -125,8 +126,8 @@ class Setting:
         """The uncached frames and transformer wall time of all pairs (stored, or generated now)."""
         config, log = self.config, self.log
         path = self.dir / "reference.npz"
-        if path.exists():
-            stored = np.load(path)
+        stored = self.read(path, lambda p: dict(np.load(p)))  # every array read: a damaged one raises here
+        if stored is not None:
             self.reference, self.reference_wall = stored["frames"], float(stored["wall"])
         else:
             log(f"reference: {config.pairs} pairs without cache")
@@ -138,14 +139,35 @@ class Setting:
     def _paths(self, entry: Entry) -> tuple[Path, Path]:
         return self.dir / f"{entry.key}.json", self.dir / f"{entry.key}.frames.npz"
 
-    def stored(self, entry: Entry) -> Run | None:
-        path, _ = self._paths(entry)
+    def read(self, path: Path, reader, also: tuple[Path, ...] = ()):
+        """`reader(path)`, or None when the file is missing; a damaged one (and the files `also` stored with it) is
+        set aside, reported in one line, and computed again."""
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        if data.get("inputs", "") != self.inputs(entry):
-            return None  # made with another policy, calibration or profile: stale
-        return Run(entry, data["computed_fraction"], data["psnr"], data["ssim"], data["lpips"], data["wall"])
+        try:
+            return reader(path)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
+            moved = [set_aside(p).name for p in (path, *also) if p.exists()]
+            self.log(f"{path.name} is damaged ({type(err).__name__}: {err}); set aside as {', '.join(moved)}, "
+                     "computing it again")
+            return None
+
+    def stored(self, entry: Entry) -> Run | None:
+        path, frames_path = self._paths(entry)
+
+        def run_of(p: Path) -> tuple[Run, str]:
+            data = json.loads(p.read_text())
+            if len(data["psnr"]) != self.config.pairs:
+                raise ValueError(f"it scores {len(data['psnr'])} pairs, not {self.config.pairs}")
+            if np.load(frames_path)["frames"].shape[0] != min(self.config.gif_pairs, self.config.pairs):
+                raise ValueError(f"{frames_path.name} holds frames of other pairs")
+            return Run(entry, list(data["computed_fraction"]), list(data["psnr"]), list(data["ssim"]), data["lpips"],
+                       float(data["wall"])), data.get("inputs", "")
+
+        stored = self.read(path, run_of, also=(frames_path,))
+        if stored is None or stored[1] != self.inputs(entry):
+            return None  # missing, damaged, or made with another policy, calibration or profile (stale)
+        return stored[0]
 
     def frames(self, entry: Entry) -> np.ndarray:
         """Frames of the first `gif_pairs` pairs of a stored run (the reference for method "none")."""
@@ -287,9 +309,8 @@ class Runner:
             s, c = self.setting, self.setting.config
             gain = self.oracle_gain()
             path = s.dir / "oracle_tables.npz"
-            if path.exists():
-                errors = np.load(path)["errors"]
-            else:
+            errors = s.read(path, lambda p: np.load(p)["errors"])
+            if errors is None:
                 s.log("oracle: measuring segment tables")
                 tables, _ = measure_segments(s.pipe, list(zip(s.prompts, s.seeds)), c.steps, c.guidance, gain=gain)
                 errors = np.stack([t.errors for t in tables])

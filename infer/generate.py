@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cachepilot.errors import InvalidInputError, NonFiniteLatentsError
+from cachepilot import checks
+from cachepilot.errors import NonFiniteLatentsError
 
 
 def _stop_on_non_finite(pipe, step: int, timestep, tensors: dict) -> dict:
@@ -25,10 +26,10 @@ def generate(
     progress: bool = True,
     **pipe_kwargs,
 ) -> np.ndarray:
-    """Run the pipeline; returns frames (batch, frames, H, W, 3) in [0, 1]. Deterministic for a seed."""
-    if steps < 1:
-        raise InvalidInputError(f"steps must be at least 1, got {steps}")
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    """Run the pipeline; returns frames (batch, frames, H, W, 3) in [0, 1]. Deterministic for a seed (sample i of
+    a batch uses seed + i)."""
+    prompts = [checks.prompt(p) for p in ([prompt] if isinstance(prompt, str) else list(prompt))]
+    steps, guidance, seed = checks.count("steps", steps), checks.guidance(guidance), checks.seed(seed, len(prompts))
     if hasattr(pipe.text_encoder, "tokenize"):
         pipe.text_encoder.tokenize(prompts)  # fail on unknown words before any compute
     pipe.set_progress_bar_config(disable=not progress)

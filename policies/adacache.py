@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cachepilot import checks
+from cachepilot.errors import InvalidInputError
 from cachepilot.runtime import FULL, STEP, Action, Signals
 
 from .base import BasePolicy
@@ -49,6 +51,11 @@ class AdaCacheConfig:
     motion_power: float = 8.0
     motion_gradient_weight: float = 10.0
     sweep: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # ablation knobs around the default
+
+    def __post_init__(self):
+        self.threshold_scale = checks.positive("AdaCache threshold_scale", self.threshold_scale)
+        if self.speed not in ("fast", "slow"):
+            raise InvalidInputError(f"AdaCache speed must be fast or slow, got {self.speed!r}")
 
 
 class AdaCache(BasePolicy):

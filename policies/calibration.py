@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from cachepilot.errors import CachepilotError
+from cachepilot.integrity import IntegrityError, seal, unseal
 from cachepilot.io import atomic_write_text
 from cachepilot.models.registry import embedded_path, get_spec, pipeline_folder
 
@@ -23,8 +24,9 @@ PUBLISHED_MAGCACHE = {"wan2.1-t2v-1.3b": "magcache_wan2.1-t2v-1.3b.json"}
 
 
 def write_calibration(record: dict, path: str | Path) -> Path:
+    """Write a calibration with its checksum (`cachepilot.integrity`), atomically."""
     path = Path(path)
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(seal(record), indent=2) + "\n")
     return path
 
 
@@ -33,10 +35,11 @@ def load_calibration(path: str | Path) -> dict:
     if not path.is_file():
         raise CachepilotError(f"no calibration at {path}; run `cachepilot calibrate --model <name>` first")
     try:
-        record = json.loads(path.read_text())
+        record = unseal(json.loads(path.read_text()), f"calibration file {path}")
         record["teacache"]["coefficients"], record["magcache"]["mag_ratios"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise CachepilotError(f"calibration file {path} is corrupted or incomplete ({err}); recalibrate") from err
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, IntegrityError) as err:
+        reason = err if isinstance(err, IntegrityError) else f"calibration file {path} is corrupted or incomplete ({err})"
+        raise CachepilotError(f"{reason}; recalibrate with `cachepilot calibrate`") from None
     return record
 
 

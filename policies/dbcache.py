@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cachepilot import checks
 from cachepilot.runtime import FULL, Action, Signals
 
 from .base import BasePolicy
@@ -26,6 +27,12 @@ class DBCacheConfig:
     warmup_steps: int = 8
     sweep: tuple[float, ...] = (0.08, 0.12, 0.2, 0.3, 0.5)  # ablation knobs: the default and larger (more reuse)
 
+    def __post_init__(self):
+        self.front_blocks = checks.count("DBCache front blocks (Fn)", self.front_blocks)
+        self.back_blocks = checks.count("DBCache back blocks (Bn)", self.back_blocks, low=0)
+        self.threshold = checks.threshold("DBCache threshold", self.threshold)
+        self.warmup_steps = checks.count("DBCache warm-up steps", self.warmup_steps, low=0)
+
 
 class DBCache(BasePolicy):
     name = "dbcache"
@@ -33,8 +40,6 @@ class DBCache(BasePolicy):
 
     def __init__(self, config: DBCacheConfig | None = None, **overrides):
         self.config = config or DBCacheConfig(**overrides)
-        if self.config.back_blocks < 0:
-            raise ValueError(f"DBCache needs Bn >= 0, got {self.config.back_blocks}")
         self.back_blocks = self.config.back_blocks
         self.probe_blocks = self.config.front_blocks
         self.block_ks = (self.config.front_blocks,)

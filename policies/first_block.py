@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cachepilot import checks
 from cachepilot.runtime import FULL, Action, Signals
 
 from .base import BasePolicy
@@ -17,6 +18,9 @@ from .base import BasePolicy
 class FirstBlockConfig:
     threshold: float = 0.05  # diffusers' default
     sweep: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)  # ablation knobs: the default and larger (more reuse)
+
+    def __post_init__(self):
+        self.threshold = checks.threshold("First-Block threshold", self.threshold)
 
 
 class FirstBlockCache(BasePolicy):

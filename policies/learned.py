@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cachepilot import checks
+from cachepilot.errors import InvalidInputError
 from cachepilot.runtime import Action, Signals
 
 from .observation import ObservationSpec
@@ -79,17 +81,17 @@ def masked_argmax(logits: torch.Tensor, masks: np.ndarray) -> list[int]:
 
 
 class LearnedPolicy(StepLevelPolicy):
-    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it."""
+    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it. `steps`: the
+    step count it was trained at; a generation with another one is refused at its first decision."""
 
     name = "learned"
 
     def __init__(self, net: PolicyNet, spec: ObservationSpec, actions: Sequence[Action], num_blocks: int,
-                 budget: float, budget_guard: bool = True):
+                 budget: float, budget_guard: bool = True, steps: int | None = None):
         super().__init__(actions)
-        if not 0 < budget <= 1:
-            raise ValueError(f"budget must be a fraction of full compute in (0, 1], got {budget}")
         self.net, self.spec, self.num_blocks = net.eval(), spec, int(num_blocks)
-        self.budget, self.budget_guard = float(budget), budget_guard
+        self.budget, self.budget_guard = checks.budget(budget), budget_guard
+        self.steps = steps
         self.signals = spec.signals_read
 
     def observe(self, signals: list[Signals]) -> np.ndarray:
@@ -100,9 +102,19 @@ class LearnedPolicy(StepLevelPolicy):
         if not self.budget_guard:
             return np.stack(valid)
         return np.stack([within_budget(m, self.actions, self.num_blocks, s.step, s.compute_spent * s.step, self.budget,
-                                       s.num_steps or 1) for m, s in zip(valid, signals)])
+                                       s.num_steps) for m, s in zip(valid, signals)])
+
+    def check_steps(self, steps: int | None) -> None:
+        """Refuse a generation whose step count is unknown (the budget is spread over it) or not the trained one."""
+        if steps is None:
+            raise InvalidInputError("a learned policy needs the generation's step count, and this pipeline does not "
+                                    "say it: pass num_inference_steps to apply_cache")
+        if self.steps is not None and steps != self.steps:
+            raise InvalidInputError(f"this policy was trained for {self.steps}-step generations and this one has "
+                                    f"{steps} steps; run it at {self.steps} steps or train one for {steps}")
 
     @torch.no_grad()
     def choose(self, signals, masks):
+        self.check_steps(signals[0].num_steps)
         logits = self.net(torch.from_numpy(self.observe(signals)))
         return masked_argmax(logits, self.allowed(signals, masks))

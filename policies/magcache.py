@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from cachepilot import checks
 from cachepilot.runtime import FULL, STEP, Action, Signals
 
 from .base import BasePolicy
@@ -31,6 +32,11 @@ class MagCacheConfig:
     max_skip_steps: int = 2  # K
     retention_ratio: float = 0.2
     sweep: tuple[float, ...] = (0.12, 0.24, 0.36, 0.6)  # ablation knobs: the default and larger (more reuse)
+
+    def __post_init__(self):
+        self.threshold = checks.threshold("MagCache threshold", self.threshold)
+        self.max_skip_steps = checks.count("MagCache max_skip_steps", self.max_skip_steps, low=0)
+        self.retention_ratio = float(checks.number("MagCache retention_ratio", self.retention_ratio, low=0.0, high=1.0))
 
     @classmethod
     def from_calibration(cls, record: dict, **kwargs) -> "MagCacheConfig":

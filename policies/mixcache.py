@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cachepilot import checks
 from cachepilot.runtime import CFG, FULL, STEP, Action, Signals
 
 from .base import BasePolicy
@@ -41,7 +42,7 @@ class MixCache(BasePolicy):
 
     def __init__(self, config: MixCacheConfig | None = None, scale: float = 1.0, **overrides):
         self.config = config or MixCacheConfig(**overrides)
-        self.scale = scale
+        self.scale = checks.positive("MixCache scale", scale)
         self.block_ks = tuple(sorted(self.config.block_ks))
         if self.block_ks and not self.config.num_blocks:
             raise ValueError("MixCache with block granularity needs num_blocks")

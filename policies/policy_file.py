@@ -3,7 +3,8 @@
 The card says what the network is for and how to feed it: schema version, model id and a hash of the
 model config it was trained for, the observation spec, the action set, the budget range, the steps and
 guidance it was trained with, the network shape, and the training provenance and results. `load_policy`
-checks all of it, and the weights against the card's sha256, before anything runs. Writing is atomic
+checks all of it, the card against its own checksum and the weights against the card's sha256, before
+anything runs. Writing is atomic
 (the directory appears complete or not at all).
 """
 
@@ -15,10 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from cachepilot import checks
 from cachepilot.errors import CachepilotError
+from cachepilot.integrity import IntegrityError, seal, unseal
 from cachepilot.io import atomic_directory
 from cachepilot.models.adapters import num_blocks
 from cachepilot.provenance import identifying_config
@@ -29,7 +33,6 @@ from .observation import ObservationSpec
 
 SCHEMA = 1
 WEIGHTS, CARD, README = "policy.safetensors", "policy.json", "README.md"
-STEP_NORMALISED = frozenset({"step_fraction", "sigma", "compute_spent", "budget", "budget_left"})
 
 
 class PolicyFileError(CachepilotError):
@@ -74,11 +77,15 @@ class PolicyCard:
         network = data["network"]
         if network.get("type") != "mlp" or network.get("activation") != "tanh":
             raise ValueError(f"unsupported network {network}")
-        return cls(model=data["model"], model_config_hash=data["model_config_hash"],
-                   actions=tuple(Action.parse(a) for a in data["actions"]), num_blocks=int(data["num_blocks"]),
-                   observation=ObservationSpec.from_dict(data["observation"]),
-                   budget_range=tuple(float(b) for b in data["budget_range"]), steps=int(data["steps"]),
-                   guidance=float(data["guidance"]), hidden=tuple(int(h) for h in network["hidden"]),
+        lo, hi = (checks.budget(b, "budget range bound") for b in data["budget_range"])
+        if lo > hi:
+            raise ValueError(f"budget range [{lo}, {hi}] is empty")
+        return cls(model=str(data["model"]), model_config_hash=str(data["model_config_hash"]),
+                   actions=tuple(Action.parse(a) for a in data["actions"]),
+                   num_blocks=checks.count("num_blocks", data["num_blocks"]),
+                   observation=ObservationSpec.from_dict(data["observation"]), budget_range=(lo, hi),
+                   steps=checks.count("steps", data["steps"]), guidance=checks.guidance(data["guidance"]),
+                   hidden=tuple(checks.count("hidden width", h) for h in network["hidden"]),
                    training=data.get("training", {}), results=data.get("results", {}))
 
 
@@ -96,10 +103,10 @@ class PolicyBundle:
         if not lo - 1e-9 <= budget <= hi + 1e-9:
             raise PolicyFileError(f"budget {budget} is outside this policy's trained range [{lo}, {hi}]")
         return LearnedPolicy(self.net, self.card.observation, self.card.actions, self.card.num_blocks, budget,
-                             budget_guard)
+                             budget_guard, steps=self.card.steps)
 
     def check_pipeline(self, pipe, steps: int | None = None) -> None:
-        """Refuse a pipeline (or transformer) of another model, or a step count the observation cannot take."""
+        """Refuse a pipeline (or transformer) of another model, or another step count than the trained one."""
         actual = model_config_hash(pipe)
         if actual != self.card.model_config_hash:
             raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
@@ -110,17 +117,15 @@ class PolicyBundle:
             raise PolicyFileError(f"this policy's action set ({', '.join(map(str, self.card.actions))}, for "
                                   f"{self.card.num_blocks} blocks) does not fit a transformer of {blocks} blocks")
         if steps is not None and steps != self.card.steps:
-            fixed = [n for n in self.card.observation.names if n not in STEP_NORMALISED]
-            if "steps_since_full" in fixed:
-                raise PolicyFileError(f"this policy was trained at {self.card.steps} steps; {steps} steps would change "
-                                      "what its step-count features (steps_since_full) mean")
+            raise PolicyFileError(f"this policy was trained for {self.card.steps}-step generations, not {steps}; run it "
+                                  f"at {self.card.steps} steps or train one for {steps}")
 
 
 def save_policy(path, net: PolicyNet, card: PolicyCard) -> Path:
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     blob = save_safetensors(tensors)
-    card_text = json.dumps(card.to_dict(hashlib.sha256(blob).hexdigest()), indent=2, sort_keys=True) + "\n"
+    card_text = json.dumps(seal(card.to_dict(hashlib.sha256(blob).hexdigest())), indent=2, sort_keys=True) + "\n"
     with atomic_directory(path) as tmp:
         (tmp / WEIGHTS).write_bytes(blob)
         (tmp / CARD).write_text(card_text)
@@ -156,11 +161,13 @@ def load_policy(path) -> PolicyBundle:
     if not path.is_dir():
         raise PolicyFileError(f"no policy at {path} (a policy is a directory with {CARD} and {WEIGHTS})")
     try:
-        data = json.loads((path / CARD).read_text())
+        data = unseal(json.loads((path / CARD).read_text()), str(path / CARD))
         card = PolicyCard.from_dict(data)
     except FileNotFoundError:
         raise PolicyFileError(f"{path} has no {CARD}") from None
-    except (ValueError, KeyError, TypeError) as err:
+    except IntegrityError as err:
+        raise PolicyFileError(f"{err}; train or reinstall the policy") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise PolicyFileError(f"{path / CARD} is not a valid policy card: {err}") from None
     try:
         blob = (path / WEIGHTS).read_bytes()
@@ -171,7 +178,7 @@ def load_policy(path) -> PolicyBundle:
     net = PolicyNet(card.observation.size, len(card.actions), card.hidden)
     try:
         net.load_state_dict(load_safetensors(blob))
-    except (RuntimeError, KeyError) as err:
+    except (RuntimeError, KeyError, SafetensorError) as err:
         raise PolicyFileError(f"{path / WEIGHTS} does not fit the network its card describes: {err}") from None
     if any(not torch.isfinite(p).all() for p in net.parameters()):
         raise PolicyFileError(f"{path / WEIGHTS} holds NaN or Inf weights")

@@ -37,7 +37,7 @@ def _need(calibration: dict | None, name: str) -> dict:
 
 BASELINES: dict[str, Baseline] = {b.name: b for b in [
     Baseline("none", "-", 0.0, (0.0,), lambda v, cal, n: NoCache()),
-    Baseline("static", "interval", StaticConfig.interval, StaticConfig.sweep, lambda v, cal, n: StaticCache(interval=int(v))),
+    Baseline("static", "interval", StaticConfig.interval, StaticConfig.sweep, lambda v, cal, n: StaticCache(interval=v)),
     Baseline("teacache", "threshold", TeaCacheConfig.threshold, TeaCacheConfig.sweep,
              lambda v, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), threshold=v), calibration="teacache"),
     Baseline("magcache", "threshold", MagCacheConfig.threshold, MagCacheConfig.sweep,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cachepilot import checks
 from cachepilot.runtime import FULL, STEP, Action, Signals
 
 from .base import BasePolicy
@@ -14,6 +15,9 @@ class StaticConfig:
     interval: int = 2  # FULL on steps 0, N, 2N, ...; STEP otherwise
     sweep: tuple[int, ...] = (2, 3, 4, 5)  # ablation knobs: the default, then computed fractions down to ~0.2
 
+    def __post_init__(self):
+        self.interval = checks.count("static interval", self.interval)
+
 
 class StaticCache(BasePolicy):
     name = "static"
@@ -21,8 +25,6 @@ class StaticCache(BasePolicy):
 
     def __init__(self, config: StaticConfig | None = None, **overrides):
         self.config = config or StaticConfig(**overrides)
-        if self.config.interval < 1:
-            raise ValueError(f"interval must be >= 1, got {self.config.interval}")
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         return FULL if signals.step % self.config.interval == 0 else STEP

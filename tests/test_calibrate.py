@@ -25,8 +25,13 @@ def test_calibrate_toy_wan_end_to_end(tmp_path, capsys):
 
 
 def test_corrupted_calibration_is_a_clear_error(tmp_path):
+    from cachepilot.integrity import seal
+
     bad = tmp_path / "calibration.json"
     bad.write_text(json.dumps({"teacache": {}}))
+    with pytest.raises(CachepilotError, match="carries no checksum"):
+        load_calibration(bad)
+    bad.write_text(json.dumps(seal({"teacache": {}})))  # whole, but without what the baselines read
     with pytest.raises(CachepilotError, match="corrupted or incomplete"):
         load_calibration(bad)
     with pytest.raises(CachepilotError, match="run `cachepilot calibrate"):

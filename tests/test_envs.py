@@ -98,7 +98,7 @@ def test_reset_options_and_seed_determinism(make_env):
     assert a == b and 0.2 <= a["budget"] <= 0.6
     _, c = env.reset(options={"pair": 1, "budget": 0.35})
     assert c["pair"] == 1 and c["budget"] == 0.35 and c["seed"] == 1
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="pair must be >= 0 and <= 2, got 99"):
         env.reset(options={"pair": 99})
 
 

@@ -95,13 +95,14 @@ def test_policy_with_an_action_set_for_other_blocks_is_refused(wan_pipe, wan_pol
     import json
     import shutil
 
+    from cachepilot.integrity import seal
     from cachepilot.runtime import Action
 
     copy = tmp_path / "policy-edited"
     shutil.copytree(wan_policy, copy)
     card = json.loads((copy / "policy.json").read_text())
     card["actions"][-1] = str(Action.block(7))
-    (copy / "policy.json").write_text(json.dumps(card))
+    (copy / "policy.json").write_text(json.dumps(seal(card)))  # consistent with itself, wrong for the model
     with pytest.raises(PolicyFileError, match="does not fit a transformer of 4 blocks"):
         apply_cache(wan_pipe, load_policy(copy), budget=0.4)
 

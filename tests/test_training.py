@@ -177,7 +177,7 @@ def test_distillation_logs_the_students_val_quality_per_epoch(trained):
 def test_ppo_end_to_end_warm_started(trained):
     root, distilled, ppo, _ = trained
     assert ppo.card.training["algorithm"] == "ppo" and ppo.card.training["timesteps"] >= 2 * STEPS
-    assert (root / "ppo.run" / "ppo_last.zip").exists()
+    assert (root / "ppo.run" / "ppo_resume.pt").exists()
     assert ppo.card.actions == distilled.card.actions and ppo.net.hidden == distilled.net.hidden
 
 

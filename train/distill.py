@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from cachepilot import checks
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments,
                                           stored_gain)
@@ -56,6 +57,17 @@ class DistillConfig:
     eval_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
     student_val_every: int = 10  # epochs between real-generation scores of the student on the val pairs
     trainer: dict = field(default_factory=dict)  # Lightning Trainer flags: accelerator, devices, strategy, ...
+
+    def __post_init__(self):
+        for name in ("pairs", "val_pairs", "epochs", "batch_size", "gain_pairs", "gain_every", "max_gap", "num_envs",
+                     "student_val_every"):
+            setattr(self, name, checks.count(name, getattr(self, name)))
+        self.dagger_rounds = checks.count("dagger_rounds", self.dagger_rounds, low=0)
+        self.lr = checks.positive("lr", self.lr)
+        self.seed = checks.seed(self.seed)
+        self.budgets = tuple(checks.budget(b) for b in self.budgets)
+        self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
+        self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
 
 
 class ActionDataModule(L.LightningDataModule):

@@ -4,32 +4,42 @@ The actor is SB3's MLP with tanh, the same layout as `PolicyNet`, so a distilled
 and the trained actor exports to an ordinary policy file. The environment masks invalid actions and,
 with `budget_guard`, those that would overrun the episode's budget (as the policy does at inference).
 Episode PSNR, computed fraction, reward and the action histogram go to TensorBoard; the validation score
-(through the real inference path, on a second pipeline) is logged every `eval_every` rollouts; the model
-is checkpointed every rollout and a rerun resumes from the last checkpoint.
+(through the real inference path, on a second pipeline) is logged every `eval_every` rollouts.
+
+After every update the run keeps a checkpoint (written atomically): the agent, every random state, and the
+episodes the environment has begun. A rerun resumes from it exactly where the update left off, so an
+interrupted run ends with the weights an uninterrupted one would have. A damaged checkpoint is set aside,
+reported in one line, and training starts over.
 """
 
 from __future__ import annotations
 
+import io
+import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sb3_contrib import MaskablePPO
 from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
+from cachepilot import checks
 from cachepilot.envs import BatchedCacheEnv, CacheEpisodes
+from cachepilot.errors import InvalidInputError
 from cachepilot.evaluation.validation import evaluate_student
+from cachepilot.io import atomic_write_bytes, set_aside
 from cachepilot.models.registry import load_pipeline
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import load_policy
 
 from .export import make_run_dir, save_trained_policy
 
-CHECKPOINT = "ppo_last.zip"
+CHECKPOINT = "ppo_resume.pt"
 
 
 @dataclass
@@ -50,6 +60,17 @@ class PPOConfig:
     init_from: str | None = None  # a policy file (e.g. the distilled one) to start the actor from
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("total_timesteps", "num_envs", "pairs", "val_pairs", "n_epochs", "batch_size"):
+            setattr(self, name, checks.count(name, getattr(self, name)))
+        self.eval_every = checks.count("eval_every", self.eval_every, low=0)
+        self.lr, self.seed = checks.positive("lr", self.lr), checks.seed(self.seed)
+        self.ent_coef = float(checks.number("ent_coef", self.ent_coef, low=0.0))
+        self.gamma = float(checks.number("gamma", self.gamma, low=0.0, high=1.0))
+        self.budgets = tuple(checks.budget(b) for b in self.budgets)
+        self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
+        self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
+
 
 def actor_to_net(model, hidden) -> PolicyNet:
     policy = model.policy
@@ -64,13 +85,61 @@ def net_to_actor(net: PolicyNet, model) -> None:
     model.policy.action_net.load_state_dict(net.head.state_dict())
 
 
-def _callback(run_dir: Path, val, config: PPOConfig, actions, log):
+def save_checkpoint(path: Path, agent, env: BatchedCacheEnv) -> None:
+    """Everything a resume needs to go on exactly: taken between an update and the next rollout."""
+    agent_zip = io.BytesIO()
+    agent.save(agent_zip)
+    state = {"agent": agent_zip.getvalue(), "timesteps": agent.num_timesteps, "num_envs": env.num_envs,
+             "random": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+             "env": env.snapshot()}
+    blob = io.BytesIO()
+    torch.save(state, blob)
+    atomic_write_bytes(path, blob.getvalue())
+
+
+def resume(path: Path, env: BatchedCacheEnv, tensorboard_log: str, log):
+    """The agent of a checkpoint, with the random states and the environment's episodes restored; None without
+    one, or when it is damaged (then it is set aside)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["num_envs"] != env.num_envs:
+            raise InvalidInputError(f"{path} was made with {state['num_envs']} environments, not {env.num_envs}; "
+                                    "keep --num-envs, or start over with another --run-dir")
+        agent = MaskablePPO.load(io.BytesIO(state["agent"]), env=env, tensorboard_log=tensorboard_log)
+        agent._last_obs = env.restore(state["env"])  # loading reseeded the environments: they go back to where they were
+    except InvalidInputError:
+        raise
+    except Exception as err:  # whatever a damaged file raises: set it aside and train from the start
+        moved = set_aside(path)
+        log(f"{path.name} is damaged ({type(err).__name__}: {err}); set aside as {moved.name}, training from the start")
+        return None
+    agent._last_episode_starts = np.ones(env.num_envs, dtype=bool)
+    random.setstate(state["random"]["python"])
+    np.random.set_state(state["random"]["numpy"])
+    torch.set_rng_state(state["random"]["torch"])
+    log(f"resuming PPO from {path} at {agent.num_timesteps} steps")
+    return agent
+
+
+def _callback(run_dir: Path, val, config: PPOConfig, actions, env, log):
     class Monitor(BaseCallback):
-        """Episode metrics and action histogram to TensorBoard; validation and checkpoint per rollout."""
+        """Episode metrics and action histogram to TensorBoard; validation per rollout; the checkpoint after each
+        update (at the start of the next rollout)."""
 
         def __init__(self):
             super().__init__()
-            self.rollouts, self.picks, self.finals = 0, Counter(), []
+            self.picks, self.finals, self.saved_at = Counter(), [], None
+
+        @property
+        def rollouts(self) -> int:
+            return self.num_timesteps // (self.model.n_steps * self.model.n_envs)
+
+        def _on_rollout_start(self) -> None:
+            if self.num_timesteps and self.saved_at is not None and self.num_timesteps != self.saved_at:
+                save_checkpoint(run_dir / CHECKPOINT, self.model, env)
+            self.saved_at = self.num_timesteps
 
         def _on_step(self) -> bool:
             self.picks.update(int(a) for a in np.asarray(self.locals["actions"]).reshape(-1))
@@ -80,7 +149,6 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, log):
             return True
 
         def _on_rollout_end(self) -> None:
-            self.rollouts += 1
             if self.finals:
                 for key in ("psnr", "computed_fraction", "reward_quality", "reward_budget"):
                     self.logger.record(f"episode/{key}", float(np.mean([f[key] for f in self.finals])))
@@ -96,7 +164,6 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, log):
                 for budget, score in scores.items():
                     self.logger.record(f"val/psnr@{budget}", score["psnr"])
                     self.logger.record(f"val/computed_fraction@{budget}", score["computed_fraction"])
-            self.model.save(run_dir / CHECKPOINT)
 
     return Monitor()
 
@@ -107,32 +174,36 @@ def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_
     config = config or PPOConfig()
     started = time.perf_counter()
     run_dir = make_run_dir(out, run_dir)
+    warm_start = load_policy(config.init_from) if config.init_from else None
     env = BatchedCacheEnv(config.num_envs, model=model, prompts="train", pairs=config.pairs, steps=steps,
                           guidance=guidance, budget=config.budgets, pipe=pipe, references=references, budget_guard=True)
+    if warm_start is not None:
+        warm_start.check_pipeline(env.episodes.pipe, steps)
+        if warm_start.card.actions != env.actions or warm_start.net.hidden != tuple(config.hidden):
+            raise InvalidInputError(f"{config.init_from} has another action set or network shape "
+                                    f"({', '.join(map(str, warm_start.card.actions))}; {list(warm_start.net.hidden)}); "
+                                    "cannot warm-start from it")
     env.seed(config.seed)
-    # validation runs on its own pipeline: the training env keeps its pipeline hooked between rollouts
+    # validation runs on its own pipeline, references included (the same store folder, another store object): the
+    # training env keeps its pipeline hooked between rollouts
     val = CacheEpisodes(model=model, prompts="val", pairs=config.val_pairs, steps=steps, guidance=guidance,
-                        budget=config.budgets, pipe=load_pipeline(model), references=env.episodes.store)
+                        budget=config.budgets, pipe=load_pipeline(model), references=env.episodes.store.root)
     checkpoint = run_dir / CHECKPOINT
-    if checkpoint.exists():
-        agent = MaskablePPO.load(checkpoint, env=env, tensorboard_log=str(run_dir / "tensorboard"))
-        log(f"resuming PPO from {checkpoint} at {agent.num_timesteps} steps")
-    else:
+    agent = resume(checkpoint, env, str(run_dir / "tensorboard"), log)
+    if agent is None:
         agent = MaskablePPO(
             MaskableActorCriticPolicy, env, learning_rate=config.lr, n_steps=steps, batch_size=config.batch_size,
             n_epochs=config.n_epochs, gamma=config.gamma, ent_coef=config.ent_coef, seed=config.seed, verbose=0,
             policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)}, "activation_fn": nn.Tanh},
             tensorboard_log=str(run_dir / "tensorboard"))
-        if config.init_from:
-            bundle = load_policy(config.init_from)
-            if bundle.card.actions != env.actions or bundle.net.hidden != tuple(config.hidden):
-                raise ValueError(f"{config.init_from} has another action set or network shape; cannot warm-start from it")
-            net_to_actor(bundle.net, agent)
+        if warm_start is not None:
+            net_to_actor(warm_start.net, agent)
             log(f"actor warm-started from {config.init_from}")
     remaining = config.total_timesteps - agent.num_timesteps
     if remaining > 0:
-        agent.learn(remaining, callback=_callback(run_dir, val, config, env.actions, log), reset_num_timesteps=False,
-                    tb_log_name="ppo")
+        agent.learn(remaining, callback=_callback(run_dir, val, config, env.actions, env, log),
+                    reset_num_timesteps=False, tb_log_name="ppo")
+        save_checkpoint(checkpoint, agent, env)  # the last update too: a rerun exports it without training
     else:
         log(f"{checkpoint} is already at {agent.num_timesteps} steps (asked: {config.total_timesteps}); exporting it "
             "without training (another --run-dir starts over)")

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from cachepilot.io import atomic_directory
 from cachepilot.models.card import read_card
+from cachepilot.models.registry import write_checksums
 from cachepilot.models.toy_wan import components, scenes
 from cachepilot.models.toy_wan.pipeline import ToyWanPipeline
 
@@ -254,12 +255,14 @@ def _smoothed_loss(run_dir: Path) -> float | None:
 
 
 def export_toy_wan(run_dir: str | Path, out_dir: str | Path) -> dict:
-    """Write the EMA weights of a run as a diffusers pipeline folder (atomically) and return training facts."""
+    """Write the EMA weights of a run as a diffusers pipeline folder with its manifest (atomically); return training
+    facts."""
     run_dir = Path(run_dir)
     module, facts = load_module(run_dir)
     pipe = module.ema_pipeline()
     with atomic_directory(out_dir) as tmp:
         pipe.save_pretrained(tmp)
+        write_checksums(tmp)  # an export is verified as a whole wherever it is loaded
     loss = _smoothed_loss(run_dir)
     return {"training_steps": module.cfg.prior_steps + facts["global_step"], "final_train_loss": None if loss is None or math.isnan(loss) else round(loss, 4),
             "batch_size": module.cfg.batch_size, "lr": module.cfg.lr}

@@ -6,7 +6,6 @@ folder, given by `model_path` or found as `$CACHEPILOT_MODELS_DIR/<name>`; nothi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,10 +13,9 @@ from importlib import resources
 from pathlib import Path
 
 from cachepilot.errors import CorruptWeightsError, InvalidInputError, UnknownModelError, WeightsNotFoundError
-from cachepilot.io import atomic_write_text
+from cachepilot.integrity import verify_manifest, write_manifest
 
 MODELS_DIR_ENV = "CACHEPILOT_MODELS_DIR"
-CHECKSUMS_FILE = "checksums.json"
 
 
 @dataclass(frozen=True)
@@ -71,30 +69,30 @@ def weights_present(name: str, model_path: str | Path | None = None) -> bool:
     return path is not None and (path / "model_index.json").is_file()
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+ARTEFACTS = ("oracle_gain.npz",)  # measured for these weights and kept beside them: covered by the manifest
+
+
+def model_files(folder: Path) -> list[Path]:
+    """Every file of a pipeline folder that changes what the model computes: model_index.json, the files of the
+    components it names, and the measured artefacts beside them."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+    except (ValueError, UnicodeDecodeError, AttributeError) as err:
+        raise CorruptWeightsError(f"{folder / 'model_index.json'} is malformed ({err}); reinstall or re-export it") from None
+    files = [folder / "model_index.json"]
+    for name in components:
+        files += [p for p in sorted((folder / name).rglob("*")) if p.is_file()]
+    return files + [folder / a for a in ARTEFACTS if (folder / a).is_file()]
 
 
 def write_checksums(folder: Path) -> None:
-    """Record sha256 of every weight file, so a truncated or altered file is caught at load time."""
-    digests = {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*.safetensors"))}
-    atomic_write_text(folder / CHECKSUMS_FILE, json.dumps(digests, indent=2) + "\n")
+    """The folder's manifest, so an altered, truncated or missing file is caught at load time."""
+    write_manifest(folder, model_files(folder))
 
 
-def verify_checksums(folder: Path) -> None:
-    listing = folder / CHECKSUMS_FILE
-    if not listing.is_file():
-        return
-    for rel, digest in json.loads(listing.read_text()).items():
-        path = folder / rel
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weight file missing: {path}; reinstall cachepilot or retrain the model")
-        if file_digest(path) != digest:
-            raise CorruptWeightsError(f"weight file is corrupted (checksum mismatch): {path}; reinstall or re-export it")
+def verify_checksums(folder: Path, required: bool) -> None:
+    verify_manifest(folder, model_files(folder), required, f"the model folder {folder}")
 
 
 def load_pipeline(name: str, model_path: str | Path | None = None, device: str | None = None, torch_dtype=None):
@@ -114,7 +112,7 @@ def load_pipeline(name: str, model_path: str | Path | None = None, device: str |
         raise WeightsNotFoundError(f"weights folder for {name!r} not found: {path}")
     if not (path / "model_index.json").is_file():
         raise WeightsNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-    verify_checksums(path)
+    verify_checksums(path, required=spec.family == "toy-wan")  # cachepilot's own exports carry a manifest
     pipeline_class = ToyWanPipeline if spec.family == "toy-wan" else getattr(diffusers, spec.pipeline_class)
     kwargs = {"local_files_only": True}
     if torch_dtype is not None:

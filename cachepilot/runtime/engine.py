@@ -148,13 +148,18 @@ class CacheRuntime:
             self._branch(b, sum(1 for r in rows if r[0] == b)).steps_seen.add(step)
         self.call = Call(
             step=step,
-            num_steps=getattr(context, "num_inference_steps", None) or self.num_inference_steps,
+            num_steps=getattr(context, "num_inference_steps", None) or self._pipeline_steps() or self.num_inference_steps,
             sigma=getattr(context, "sigma", None),
             timestep=float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else timestep,
             rows=rows,
             frames=self.adapter.latent_frames(self.transformer, args, kwargs) if self.adapter.latent_frames else None,
             started=time.perf_counter(),
         )
+
+    def _pipeline_steps(self) -> int | None:
+        """The step count the pipeline set for this generation (diffusers pipelines keep `_num_timesteps`)."""
+        steps = getattr(self.pipe, "_num_timesteps", None)
+        return steps if isinstance(steps, int) and steps > 0 else None
 
     def end_call(self) -> None:
         call, self.call = self.call, None

@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from cachepilot.errors import CachepilotError
+from cachepilot.errors import CachepilotError, InvalidInputError
 
 
 class UnknownWordsError(CachepilotError, ValueError):
@@ -60,7 +60,8 @@ class ToyPromptEncoder(ModelMixin, ConfigMixin):
             if unknown:
                 raise UnknownWordsError(unknown, list(self.config.vocabulary))
             if len(words) > self.config.max_length:
-                raise ValueError(f"prompt has {len(words)} words; toy-wan takes at most {self.config.max_length}")
+                raise InvalidInputError(f"the prompt has {len(words)} words; toy-wan reads at most "
+                                        f"{self.config.max_length}")
             ids = [self._ids[w] for w in words]
             rows.append(ids + [0] * (self.config.max_length - len(ids)))
         return torch.tensor(rows, dtype=torch.long, device=self.device)
