@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cachepilot.errors import CachepilotError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -57,6 +59,24 @@ def set_aside(path: str | Path) -> Path:
             os.replace(path, target)
             return target
     raise FileExistsError(f"too many damaged copies of {path}")
+
+
+def read_or_set_aside(path: str | Path, reader, log=print, also=()):
+    """`reader(path)`, or None when the file is missing. A file the reader cannot read (whatever it raises: a
+    truncated zip, broken JSON, a pickle cut short) is damaged: it and the files `also` written with it are set
+    aside, one line says so, and the caller computes it again."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return reader(path)
+    except CachepilotError:  # the file is whole but does not fit what is asked of it: the user's to decide
+        raise
+    except Exception as err:  # noqa: BLE001 - any other failure to read a stored file means it is damaged
+        moved = [set_aside(p).name for p in (path, *map(Path, also)) if p.exists()]
+        log(f"{path.name} is damaged ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); set "
+            f"aside as {', '.join(moved)}, computing it again")
+        return None
 
 
 @contextlib.contextmanager

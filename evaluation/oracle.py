@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from cachepilot.errors import CachepilotError
+from cachepilot.io import read_or_set_aside
 from cachepilot.policies.base import BasePolicy
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 from cachepilot.runtime import FULL, STEP, attach_runtime, remove_cache
@@ -199,10 +200,11 @@ def rollout(pipe, pairs: list[tuple[str, int]], schedules: list[list], reference
 GAIN_FILE = "oracle_gain.npz"  # beside a model's weights, or in a training run directory
 
 
-def stored_gain(path, model_hash: str, steps: int, guidance: float) -> np.ndarray | None:
-    """An amplification profile saved at `path`, if it was measured for these weights, steps and guidance."""
-    if not Path(path).is_file():
+def stored_gain(path, model_hash: str, steps: int, guidance: float, log=print) -> np.ndarray | None:
+    """An amplification profile saved at `path`, if it was measured for these weights, steps and guidance (a
+    damaged file is set aside)."""
+    stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
+    if stored is None:
         return None
-    stored = np.load(path)
     same = {"model_hash": model_hash, "steps": steps, "guidance": guidance}
-    return stored["gain"] if all(k in stored.files and stored[k].item() == v for k, v in same.items()) else None
+    return stored["gain"] if all(k in stored and stored[k].item() == v for k, v in same.items()) else None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import zipfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from cachepilot.evaluation.harness import generate_with, timed_reference
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, fulls_for_budget, measure_segments,
                                           stored_gain)
 from cachepilot.evaluation.peers import PEERS, available_peers, generate_with_peer
-from cachepilot.io import atomic_write_npz, atomic_write_text, set_aside
+from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
 from cachepilot.models.adapters import num_blocks
 from cachepilot.models.registry import get_spec, load_pipeline, weights_path
@@ -140,17 +139,8 @@ class Setting:
         return self.dir / f"{entry.key}.json", self.dir / f"{entry.key}.frames.npz"
 
     def read(self, path: Path, reader, also: tuple[Path, ...] = ()):
-        """`reader(path)`, or None when the file is missing; a damaged one (and the files `also` stored with it) is
-        set aside, reported in one line, and computed again."""
-        if not path.exists():
-            return None
-        try:
-            return reader(path)
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as err:
-            moved = [set_aside(p).name for p in (path, *also) if p.exists()]
-            self.log(f"{path.name} is damaged ({type(err).__name__}: {err}); set aside as {', '.join(moved)}, "
-                     "computing it again")
-            return None
+        """A stored file of this setting, or None (missing, or damaged and set aside: see `read_or_set_aside`)."""
+        return read_or_set_aside(path, reader, self.log, also)
 
     def stored(self, entry: Entry) -> Run | None:
         path, frames_path = self._paths(entry)

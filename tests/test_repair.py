@@ -153,3 +153,30 @@ def test_atomic_writes_respect_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "shared.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755
+
+
+def test_a_file_a_run_resumes_from_is_read_or_set_aside(tmp_path):
+    """The one rule behind every resume: a readable file is used, a damaged one is set aside with one line."""
+    import numpy as np
+
+    from cachepilot.errors import CachepilotError
+    from cachepilot.evaluation.oracle import stored_gain
+    from cachepilot.io import atomic_write_npz, read_or_set_aside
+
+    said = []
+    assert read_or_set_aside(tmp_path / "missing.npz", np.load, said.append) is None and said == []
+    path = tmp_path / "oracle_gain.npz"
+    atomic_write_npz(path, gain=np.ones(3), model_hash=np.array("abc"), steps=np.array(2), guidance=np.array(5.0))
+    assert stored_gain(path, "abc", 2, 5.0, said.append).tolist() == [1, 1, 1]
+    path.write_bytes(path.read_bytes()[:50])
+    assert stored_gain(path, "abc", 2, 5.0, said.append) is None
+    assert len(said) == 1 and said[0].startswith("oracle_gain.npz is damaged (") and "\n" not in said[0]
+    assert (tmp_path / "oracle_gain.npz.damaged").is_file() and not path.exists()
+
+    def refuse(p):
+        raise CachepilotError("whole, but made for something else")
+
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(CachepilotError, match="made for something else"):
+        read_or_set_aside(tmp_path / "other.json", refuse, said.append)
+    assert (tmp_path / "other.json").is_file()  # not damaged: left where it is

@@ -30,7 +30,7 @@ from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments,
                                           stored_gain)
 from cachepilot.evaluation.validation import evaluate_student
-from cachepilot.io import atomic_write_npz
+from cachepilot.io import atomic_write_npz, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.learned import PolicyNet
@@ -145,7 +145,7 @@ class StudentValidation(L.Callback):
 
 
 def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: DistillConfig, round_: int,
-        init: PolicyNet | None = None, logger=None, callbacks=()) -> PolicyNet:
+        init: PolicyNet | None = None, logger=None, callbacks=(), log=print) -> PolicyNet:
     """One round of supervised training (resumes this round's checkpoint if the run was interrupted)."""
     L.seed_everything(config.seed + round_, workers=True, verbose=False)
     module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
@@ -158,8 +158,9 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
     trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback, *callbacks], logger=logger if logger is not None else False,
                         **flags)
     last = ckpt_dir / "last.ckpt"
+    resumable = read_or_set_aside(last, lambda p: torch.load(p, map_location="cpu", weights_only=False), log) is not None
     trainer.fit(module, datamodule=ActionDataModule(arrays, config.batch_size, config.seed),
-                ckpt_path=str(last) if last.exists() else None)
+                ckpt_path=str(last) if resumable else None)
     return module.net.cpu().eval()
 
 
@@ -168,7 +169,7 @@ def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
     and guidance only), else measured now on validation pairs."""
     folder = pipeline_folder(core.pipe)
     for path in (run_dir / GAIN_FILE, *([folder / GAIN_FILE] if folder else [])):
-        gain = stored_gain(path, core.store.model_hash, core.steps, core.guidance)
+        gain = stored_gain(path, core.store.model_hash, core.steps, core.guidance, log)
         if gain is not None:
             return gain
     val = list(load_split("val"))[: config.gain_pairs]
@@ -184,12 +185,10 @@ def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfi
     """Segment tables for the environment's pairs `pair_ids` (cached in the run directory); also stores each
     pair's full-compute output as its reference, since the oracle's reference pass computed it."""
     gain = _gain(core, run_dir, config, log)
-    tables: dict[int, SegmentTable] = {}
     path = run_dir / "oracle_tables.npz"
-    if path.exists():
-        stored = np.load(path)
-        tables = {int(k.split("_")[1]): SegmentTable(stored[k], config.max_gap, gain)
-                  for k in stored.files if k.startswith("errors_")}
+    stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
+    tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain) for k, v in stored.items()
+              if k.startswith("errors_")}
     missing = [i for i in pair_ids if i not in tables]
     for start in range(0, len(missing), config.num_envs):
         chunk = missing[start : start + config.num_envs]
@@ -221,9 +220,8 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     gathered, net, history, best = [], None, [], None
     for round_ in range(config.dagger_rounds + 1):
         path = run_dir / f"round{round_}.npz"
-        if path.exists():
-            arrays = dict(np.load(path))
-        else:
+        arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
+        if arrays is None:
             who = "oracle" if net is None else "student"
             log(f"round {round_}: {len(jobs)} episodes rolled out by the {who}, labelled by the oracle")
             arrays = run_episodes(core, jobs, teacher, net=net, batch=config.num_envs).arrays()
@@ -231,7 +229,8 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
         student_val = StudentValidation(val, config.eval_budgets, config.student_val_every, round_ * config.epochs)
-        net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger, callbacks=[student_val])
+        net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger, callbacks=[student_val],
+                  log=log)
         scores = student_val.last or evaluate_student(val, net, config.eval_budgets)  # None: round resumed finished
         history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores})
         log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(

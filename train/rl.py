@@ -32,7 +32,7 @@ from cachepilot import checks
 from cachepilot.envs import BatchedCacheEnv, CacheEpisodes
 from cachepilot.errors import InvalidInputError
 from cachepilot.evaluation.validation import evaluate_student
-from cachepilot.io import atomic_write_bytes, set_aside
+from cachepilot.io import atomic_write_bytes, read_or_set_aside
 from cachepilot.models.registry import load_pipeline
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import load_policy
@@ -98,23 +98,22 @@ def save_checkpoint(path: Path, agent, env: BatchedCacheEnv) -> None:
 
 
 def resume(path: Path, env: BatchedCacheEnv, tensorboard_log: str, log):
-    """The agent of a checkpoint, with the random states and the environment's episodes restored; None without
-    one, or when it is damaged (then it is set aside)."""
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    """The agent of a checkpoint, with the random states and the environments' episodes restored; None without
+    one, or when it is damaged (then it is set aside and training starts over)."""
+
+    def load(p: Path):
+        state = torch.load(p, map_location="cpu", weights_only=False)
         if state["num_envs"] != env.num_envs:
-            raise InvalidInputError(f"{path} was made with {state['num_envs']} environments, not {env.num_envs}; "
-                                    "keep --num-envs, or start over with another --run-dir")
+            raise InvalidInputError(f"{p} was made with {state['num_envs']} environments, not {env.num_envs}; keep "
+                                    "--num-envs, or start over with another --run-dir")
         agent = MaskablePPO.load(io.BytesIO(state["agent"]), env=env, tensorboard_log=tensorboard_log)
         agent._last_obs = env.restore(state["env"])  # loading reseeded the environments: they go back to where they were
-    except InvalidInputError:
-        raise
-    except Exception as err:  # whatever a damaged file raises: set it aside and train from the start
-        moved = set_aside(path)
-        log(f"{path.name} is damaged ({type(err).__name__}: {err}); set aside as {moved.name}, training from the start")
+        return state, agent
+
+    found = read_or_set_aside(path, load, log)
+    if found is None:
         return None
+    state, agent = found
     agent._last_episode_starts = np.ones(env.num_envs, dtype=bool)
     random.setstate(state["random"]["python"])
     np.random.set_state(state["random"]["numpy"])

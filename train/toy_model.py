@@ -21,7 +21,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, IterableDataset
 
-from cachepilot.io import atomic_directory
+from cachepilot.errors import CachepilotError
+from cachepilot.io import atomic_directory, read_or_set_aside
 from cachepilot.models.card import read_card
 from cachepilot.models.registry import write_checksums
 from cachepilot.models.toy_wan import components, scenes
@@ -176,9 +177,12 @@ def _widen_patch_embedding(state: dict, in_channels: int) -> dict:
     return state
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
+def last_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
+    """The run's last Lightning checkpoint and its content; None without one, or when it is damaged (then it is set
+    aside and training starts from the weights it would start from without it)."""
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return path if path.exists() else None
+    state = read_or_set_aside(path, lambda p: torch.load(p, map_location="cpu", weights_only=False))
+    return None if state is None else (path, state)
 
 
 def train_toy_wan(
@@ -199,8 +203,7 @@ def train_toy_wan(
     """
     config = config or ToyTrainConfig()
     run_dir = Path(run_dir)
-    ckpt = last_checkpoint(run_dir) if resume else None
-    resumed = torch.load(ckpt, map_location="cpu", weights_only=False) if ckpt else {}
+    ckpt, resumed = (last_checkpoint(run_dir) if resume else None) or (None, {})
     resumed_step = resumed.get("global_step", 0)
     if resumed:  # a resumed warm start keeps counting the steps behind the weights it started from
         config.prior_steps = int(resumed.get("hyper_parameters", {}).get("prior_steps", 0))
@@ -235,10 +238,10 @@ def train_toy_wan(
 
 def load_module(run_dir: str | Path) -> tuple[ToyWanModule, dict]:
     """Load the last training checkpoint of a run (for export)."""
-    ckpt = last_checkpoint(Path(run_dir))
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint at {Path(run_dir) / 'checkpoints' / 'last.ckpt'}; train first")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    found = last_checkpoint(Path(run_dir))
+    if found is None:
+        raise CachepilotError(f"no checkpoint at {Path(run_dir) / 'checkpoints' / 'last.ckpt'}; train first")
+    state = found[1]
     module = ToyWanModule(**state["hyper_parameters"])
     module.load_state_dict(state["state_dict"])
     return module, {"global_step": state["global_step"], "callbacks": state.get("callbacks", {})}
