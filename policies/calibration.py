@@ -51,11 +51,12 @@ def published_calibration(model: str) -> dict | None:
     if model in COEFFICIENTS:
         record["teacache"] = {"coefficients": list(COEFFICIENTS[model]), "source": "TeaCache (ali-vilab/TeaCache)"}
     if model in PUBLISHED_MAGCACHE:
-        data = json.loads(embedded_path("calibration").joinpath(PUBLISHED_MAGCACHE[model]).read_text())
+        path = embedded_path("calibration") / PUBLISHED_MAGCACHE[model]
+        data = unseal(json.loads(path.read_text()), str(path))
         ratios = data["mag_ratios"]  # one value per call: cond, uncond, cond, uncond, ...
         record["magcache"] = {"mag_ratios": {"cond": ratios[0::2], "uncond": ratios[1::2]}, "steps": data["steps"],
                               "source": data["source"]}
-    return record if len(record) > 2 else None
+    return record if {"teacache", "magcache"} & record.keys() else None
 
 
 def find_calibration(pipe, model: str | None = None) -> dict | None:
