@@ -27,20 +27,22 @@ class FixedSchedule(BasePolicy):
     step_level = True
     signals = frozenset()
 
-    def __init__(self, actions: Sequence[Action | str]):
+    def __init__(self, actions: Sequence[Action | str], forecast_basis: str = "step"):
         self.table = (_actions(actions),)
-        self.block_ks, self.back_blocks = block_layout(self.table[0])
+        self.block_ks, self.back_blocks, self.forecast_order = block_layout(self.table[0])
+        self.forecast_basis = forecast_basis
 
     @property
     def actions(self) -> tuple[Action, ...]:
         return self.table[0]
 
     @classmethod
-    def per_sample(cls, schedules: Sequence[Sequence[Action | str]]) -> "FixedSchedule":
+    def per_sample(cls, schedules: Sequence[Sequence[Action | str]], forecast_basis: str = "step") -> "FixedSchedule":
         """Sample i of the batch follows schedules[i]."""
         policy = cls.__new__(cls)
         policy.table = tuple(_actions(s) for s in schedules)
-        policy.block_ks, policy.back_blocks = block_layout(a for s in policy.table for a in s)
+        policy.block_ks, policy.back_blocks, policy.forecast_order = block_layout(a for s in policy.table for a in s)
+        policy.forecast_basis = forecast_basis
         return policy
 
     @classmethod

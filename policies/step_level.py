@@ -24,7 +24,7 @@ class StepLevelPolicy(BasePolicy):
         self.actions = tuple(actions)
         if not self.actions or self.actions[0] != FULL:
             raise ValueError("a step-level action set starts with FULL")
-        self.block_ks, self.back_blocks = block_layout(self.actions)
+        self.block_ks, self.back_blocks, self.forecast_order = block_layout(self.actions)
 
     def choose(self, signals: list[Signals], masks: list[np.ndarray]) -> list[int]:
         """Indices into `actions`, one per sample (masks say which are valid now)."""

@@ -32,12 +32,12 @@ def _step_inputs(tiny, step: int, batch: int = 1, only: int | None = None) -> di
     return {"x": x, "cond": cond, "uncond": uncond}
 
 
-def denoise_step(tiny, model, step: int, batch: int = 1, only: int | None = None) -> torch.Tensor:
+def denoise_step(tiny, model, step: int, batch: int = 1, only: int | None = None, sigma: float | None = None) -> torch.Tensor:
     """One denoising step as the family's pipeline calls it; returns [uncond; cond] outputs."""
     inp = _step_inputs(tiny, step, batch, only)
     batch = inp["x"].shape[0]
     t = torch.full((batch,), 900.0 - 300 * step)
-    ctx = {"step_index": step, "num_inference_steps": NUM_STEPS}
+    ctx = {"step_index": step, "num_inference_steps": NUM_STEPS, "sigma": sigma}
     with torch.no_grad():
         if tiny.batched_cfg:
             kw = {k: (torch.cat([inp["uncond"][k], inp["cond"][k]]) if isinstance(v, torch.Tensor) else v)

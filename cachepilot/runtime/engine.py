@@ -22,6 +22,7 @@ from cachepilot.errors import CachepilotError
 from cachepilot.models.adapters import ModelAdapter
 
 from .actions import CFG, FULL, STEP, Action, Kind
+from .forecast import BASES, extrapolate
 from .ledger import CacheSummary, Decision
 from .policy import Policy, check_policy
 from .signals import INDICATOR, QUANTITIES, Signal, Signals, rel_l1, resolve
@@ -74,6 +75,11 @@ class CacheRuntime:
             if not action.fits(self.num_blocks):
                 raise ValueError(f"{action} out of range for {type(transformer).__name__} with {self.num_blocks} blocks")
         self.back_start = self.num_blocks - self.back  # first trailing block (== num_blocks when back == 0)
+        self.forecast_order = int(policy.forecast_order)  # the residuals, tails and CFG difference keep this many more
+        self.forecast_basis = policy.forecast_basis
+        if self.forecast_order < 0 or self.forecast_basis not in BASES:
+            raise ValueError(f"policy {policy.name!r}: forecast order {self.forecast_order} (>= 0) and basis "
+                             f"{self.forecast_basis!r} (one of {', '.join(BASES)})")
         self.capture_at = frozenset(self.block_ks) | ({self.back_start} if self.back else frozenset())
         self.num_inference_steps = num_inference_steps
         self.batched_cfg = batched_cfg
@@ -173,6 +179,8 @@ class CacheRuntime:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.summary.wall_times.append(time.perf_counter() - call.started)
+        for b in {b for b, _ in call.rows}:
+            self.summary.kept_bytes[b] = self.branches[b].kept_bytes()
         for (branch, sample), action in zip(call.rows, call.plan):
             ran = max(action.blocks_run(self.num_blocks), self.policy.probe_blocks)
             flops, full = ran * call.block_flops, self.num_blocks * call.block_flops
@@ -181,32 +189,62 @@ class CacheRuntime:
             self.summary.decisions.append(Decision(call.step, branch, sample, str(action), ran, flops, full))
 
     # ---- what is valid --------------------------------------------------------------------
-    def _reuses(self, computed: bool) -> list[Action]:
-        """STEP and the BLOCK actions, once there is a FULL to reuse from (a probing policy reuses blocks only)."""
-        if not computed:
-            return []
+    @staticmethod
+    def _kept_for(action: Action) -> str:
+        """The quantity a reuse adds back: the residual (STEP), a tail (BLOCK_k) or the CFG difference (CFG)."""
+        return {Kind.STEP: "residual", Kind.CFG: "cfg_diff"}.get(action.kind) or f"tail{action.k}"
+
+    def _depth(self, name: str) -> int:
+        """How many values of a quantity a sample keeps: one more per forecast order for what the reuses add back."""
+        return 1 + self.forecast_order if name in ("residual", "cfg_diff") or name.startswith("tail") else 1
+
+    def _time(self, when: tuple[int, float | None]) -> float | None:
+        step, sigma = when
+        return float(step) if self.forecast_basis == "step" else sigma
+
+    def _can_reuse(self, states: list[BranchState], action: Action, sample: int) -> bool:
+        """Every branch in `states` keeps what `action` adds back, with the history its forecast needs."""
+        name, count = self._kept_for(action), action.forecast + 1
+        if not all(s.holds(name, sample, count) for s in states):
+            return False
+        if not action.forecast:
+            return True
+        times = [self._time((self.call.step, self.call.sigma))] + [
+            self._time(w) for s in states for w in s.times[name][sample][:count]]
+        return None not in times and all(len({self._time(w) for w in s.times[name][sample][:count]}) == count
+                                         for s in states)
+
+    def _reuses(self, states: list[BranchState], sample: int) -> list[Action]:
+        """STEP and the BLOCK actions (a probing policy reuses blocks only), and their forecasts, that `states` can
+        take: a FULL to reuse from, and for a forecast of order n, n + 1 of them."""
         probe = self.policy.probe_blocks
-        return [*([] if probe else [STEP]), *(Action.block(k, self.back) for k in self.block_ks if k >= max(probe, 1))]
+        plain = [*([] if probe else [STEP]), *(Action.block(k, self.back) for k in self.block_ks if k >= max(probe, 1))]
+        candidates = [a.forecasting(o) for o in range(self.forecast_order + 1) for a in plain]
+        return [a for a in candidates if self._can_reuse(states, a, sample)]
+
+    def _cfg(self, uncond: BranchState, sample: int) -> list[Action]:
+        """CFG and its forecasts that the uncond branch can take (a probing policy takes none)."""
+        if self.policy.probe_blocks:
+            return []
+        return [a for a in (CFG.forecasting(o) for o in range(self.forecast_order + 1))
+                if self._can_reuse([uncond], a, sample)]
 
     def valid_actions(self, branch: str, sample: int) -> tuple[Action, ...]:
         state = self.branches[branch]
-        valid = [FULL, *self._reuses(state.holds("residual", sample))]
+        valid = [FULL, *self._reuses([state], sample)]
         cond = self.branches.get("cond")
-        if (branch == "uncond" and not self.policy.probe_blocks and state.holds("cfg_diff", sample) and cond is not None
-                and sample < cond.size and (cond.out_step[sample] == self.call.step or ("cond", sample) in self.call.rows)):
-            valid.append(CFG)
+        if (branch == "uncond" and cond is not None and sample < cond.size
+                and (cond.out_step[sample] == self.call.step or ("cond", sample) in self.call.rows)):
+            valid += self._cfg(state, sample)
         return tuple(valid)
 
     def valid_step_actions(self, sample: int) -> tuple[Action, ...]:
-        """The step-level actions this sample may take at this step: a reuse needs a FULL on both branches, CFG a
-        kept (uncond - cond) difference."""
+        """The step-level actions this sample may take at this step: a reuse needs what it adds back on both
+        branches, CFG a kept (uncond - cond) difference."""
         uncond = self.branches.get("uncond")
         uncond = uncond if uncond is not None and sample < uncond.size else None
-        computed = self.branches["cond"].holds("residual", sample) and (uncond is None or uncond.holds("residual", sample))
-        valid = [FULL, *self._reuses(computed)]
-        if uncond is not None and uncond.holds("cfg_diff", sample):
-            valid.append(CFG)
-        return tuple(valid)
+        states = [self.branches["cond"], *([uncond] if uncond is not None else [])]
+        return (FULL, *self._reuses(states, sample), *(self._cfg(uncond, sample) if uncond is not None else ()))
 
     # ---- decisions ------------------------------------------------------------------------
     def _signals(self, row: int) -> Signals:
@@ -217,7 +255,7 @@ class CacheRuntime:
             name = self._quantity(signal.quantity)
             now = call.captured.get(name)
             if now is not None and now.shape[0] > row and state.holds(name, sample):
-                measured[signal.name] = rel_l1(now[row], state.cache[name][0][sample])
+                measured[signal.name] = rel_l1(now[row], state.get(name, sample)[0])
         for signals in self.refresh_signals.values():
             for signal in signals:
                 measured[signal.name] = state.value(signal.name, sample)
@@ -269,9 +307,19 @@ class CacheRuntime:
     def _refresh(self, state: BranchState, name: str, sample: int, value: Streams, gap: int | None) -> None:
         """Keep a new value of a quantity, measuring the signals declared on its refresh first."""
         for signal in self.refresh_signals.get(name, ()):
-            old = state.cache[name][0][sample] if state.holds(name, sample) else None
+            old = state.get(name, sample)[0] if state.holds(name, sample) else None
             state.set_value(signal.name, sample, signal.measure(value[0][0], old, gap, self.call.frames))
-        state.put(name, sample, value)
+        state.put(name, sample, value, (self.call.step, self.call.sigma), self._depth(name))
+
+    def _added_back(self, state: BranchState, sample: int, action: Action) -> Streams:
+        """What a reuse adds back: the kept value of its quantity, or its forecast at this step."""
+        name = self._kept_for(action)
+        if not action.forecast:
+            return state.get(name, sample)
+        history = [state.get(name, sample, ago) for ago in range(action.forecast + 1)]
+        times = [self._time(w) for w in state.times[name][sample][: action.forecast + 1]]
+        at = self._time((self.call.step, self.call.sigma))
+        return tuple(extrapolate([h[i] for h in history], times, at) for i in range(len(history[0])))
 
     # ---- execution ------------------------------------------------------------------------
     def _capture(self, block: torch.nn.Module, args: tuple, kwargs: dict, hidden: torch.Tensor) -> None:
@@ -323,8 +371,8 @@ class CacheRuntime:
         current = tuple(c.clone() for c in current)
         for row in rows:
             branch, sample = call.rows[row]
-            for c, t in zip(current, self.branches[branch].cache[f"tail{call.plan[row].k}"]):
-                c[row] = c[row] + t[sample]
+            for c, t in zip(current, self._added_back(self.branches[branch], sample, call.plan[row])):
+                c[row] = c[row] + t
         args, kwargs = self.adapter.with_streams(args, kwargs, current)
         return args, kwargs, current
 
@@ -362,12 +410,12 @@ class CacheRuntime:
             if action.kind is Kind.FULL:
                 self._store_full(state, row, sample, out)
             elif action.kind is Kind.CFG:
-                for o, c, d in zip(out, self.branches["cond"].cache["out"], state.cache["cfg_diff"]):
-                    o[row] = c[sample] + d[sample]
+                cond_out = self.branches["cond"].get("out", sample)
+                for o, c, d in zip(out, cond_out, self._added_back(state, sample, action)):
+                    o[row] = c + d
             elif not action.back:  # STEP, BLOCK_k (BLOCK_k_b added its middle before the trailing blocks)
-                kept = state.cache["residual" if action.kind is Kind.STEP else f"tail{action.k}"]
-                for o, t in zip(out, kept):
-                    o[row] = o[row] + t[sample]
+                for o, t in zip(out, self._added_back(state, sample, action)):
+                    o[row] = o[row] + t
             if action.kind is not Kind.FULL and state.since_full[sample] is not None:
                 state.since_full[sample] += 1
                 self._accumulate(state, sample)
@@ -399,7 +447,8 @@ class CacheRuntime:
         self._refresh(state, "residual", sample, residual, gap)
         end = call.h_at[self.back_start] if self.back else out  # the reused segment ends where trailing blocks begin
         for k in self.block_ks:
-            state.put(f"tail{k}", sample, subtract(index(end, slice(row, row + 1)), index(call.h_at[k], slice(row, row + 1))))
+            tail = subtract(index(end, slice(row, row + 1)), index(call.h_at[k], slice(row, row + 1)))
+            state.put(f"tail{k}", sample, tail, (call.step, call.sigma), self._depth(f"tail{k}"))
         state.since_full[sample] = 0
         for signal in self.magcache_signals:
             state.accumulated.setdefault(signal.name, {})[sample] = (1.0, 0.0)
@@ -412,7 +461,7 @@ class CacheRuntime:
         if (cond is None or sample >= cond.size or cond.out_step[sample] != self.call.step
                 or cond.since_full[sample] != 0):
             return
-        diff = subtract(index(out, slice(row, row + 1)), index(cond.cache["out"], slice(sample, sample + 1)))
+        diff = tuple(o[row : row + 1] - c.unsqueeze(0) for o, c in zip(out, cond.get("out", sample)))
         self._refresh(state, "cfg_diff", sample, diff, None)
 
     def capture_temb(self, output) -> None:

@@ -28,6 +28,7 @@ class CacheSummary:
     decisions: list[Decision] = field(default_factory=list)
     wall_times: list[float] = field(default_factory=list)  # seconds per transformer call
     full_stats: list[dict] = field(default_factory=list)  # per FULL row: residual statistics (calibration)
+    kept_bytes: dict[str, int] = field(default_factory=dict)  # per branch: what it keeps between calls, per sample
 
     @property
     def computed_fraction(self) -> float:
@@ -63,6 +64,7 @@ class CacheSummary:
             "flops_speedup": self.flops_speedup,
             "wall_time_s": self.wall_time,
             "action_counts": self.action_counts(),
+            "kept_bytes_per_sample": self.kept_bytes,
             "actions": self.actions(),
             "decisions": [asdict(d) for d in self.decisions],
         }
@@ -73,10 +75,16 @@ class CacheSummary:
     def __str__(self) -> str:
         lines = [f"cache summary ({self.policy}): computed {self.computed_fraction:.1%} of full compute, "
                  f"FLOPs speedup {self.flops_speedup:.2f}x, transformer wall time {self.wall_time:.2f} s over {len(self.wall_times)} calls"]
+        if self.kept_bytes:
+            lines.append("  kept between calls, per sample: " + ", ".join(
+                f"{branch} {size / 2**20:.2f} MiB" for branch, size in sorted(self.kept_bytes.items())))
         for branch, acts in self.actions().items():
             lines.append(f"  {branch:>6}: " + " ".join(_short(a) for a in acts))
         return "\n".join(lines)
 
 
 def _short(action: str) -> str:
-    return {"FULL": "F", "STEP": "s", "CFG": "c"}.get(action, "b" + action.split("_")[-1])
+    """F, s, c, b<k>; a forecast of order n adds ^n (s^1)."""
+    name, _, order = action.partition("_F")
+    short = {"FULL": "F", "STEP": "s", "CFG": "c"}.get(name) or "b" + name.split("_")[1]
+    return f"{short}^{order}" if order else short

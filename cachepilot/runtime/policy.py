@@ -10,8 +10,10 @@ about and the actions valid for that row now, and rejects any other answer. Whic
   and the gym environment decide this way.
 `probe_blocks` > 0 makes the runtime run that many leading blocks before asking (First-Block / DB cache read
 their residual); `block_ks` lists the BLOCK_k the policy may emit and `back_blocks` the trailing blocks every
-BLOCK action also runs (the runtime keeps those tails only); `signals` names the optional signals it reads
-(`signals.OPTIONAL_SIGNALS`; None: all), so a policy pays only for what it observes.
+BLOCK action also runs (the runtime keeps those tails only); `forecast_order` is the highest forecast order it
+may emit (the runtime keeps that many more FULL values of what the reuses add back, and no more) and
+`forecast_basis` the time its forecasts run in ("step" or "sigma"); `signals` names the optional signals it
+reads (`signals.OPTIONAL_SIGNALS`; None: all), so a policy pays only for what it observes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Policy(Protocol):
     probe_blocks: int
     block_ks: tuple[int, ...]
     back_blocks: int
+    forecast_order: int
+    forecast_basis: str
     signals: frozenset[str] | None
 
     def reset(self) -> None:

@@ -19,12 +19,17 @@ def subtract(a: Streams, b: Streams) -> Streams:
 
 @dataclass
 class BranchState:
-    """The branch's kept quantities (`signals.QUANTITIES`; batched tensors, one row per sample), which samples hold
-    a value of each, the values of the signals measured when a quantity was refreshed, and the FULL bookkeeping."""
+    """The branch's kept quantities (`signals.QUANTITIES`), the values of the signals measured when a quantity was
+    refreshed, and the FULL bookkeeping.
+
+    A quantity keeps its last `depth` values per sample (a forecast of order n needs n + 1; most keep one) in a
+    ring: `cache[name]` holds tensors shaped (depth, samples, ...), `heads[name][s]` the slot of sample s's latest
+    value, and `times[name][s]` the (step, sigma) of each value it holds, most recent first."""
 
     size: int
     cache: dict[str, Streams] = field(default_factory=dict)
-    held: dict[str, list[bool]] = field(default_factory=dict)
+    heads: dict[str, list[int]] = field(default_factory=dict)
+    times: dict[str, list[list[tuple[int, float | None]]]] = field(default_factory=dict)
     values: dict[str, list[float | None]] = field(default_factory=dict)
     accumulated: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)  # magcache: (ratio, error)
     since_full: list[int | None] = field(default_factory=list)  # calls since the last FULL (None: never computed)
@@ -35,22 +40,34 @@ class BranchState:
     def __post_init__(self):
         self.since_full, self.out_step = [None] * self.size, [-1] * self.size
 
-    def holds(self, name: str, sample: int) -> bool:
-        held = self.held.get(name)
-        return held is not None and held[sample]
+    def holds(self, name: str, sample: int, count: int = 1) -> bool:
+        """Whether the sample has at least `count` values of the quantity."""
+        times = self.times.get(name)
+        return times is not None and len(times[sample]) >= count
 
-    def put(self, name: str, sample: int, values: Streams) -> None:
-        """Keep one sample's value (`values` have one row), allocating the batched tensors on first use.
-
-        A plain row copy: much cheaper than index assignment on this hot path."""
+    def put(self, name: str, sample: int, values: Streams, when: tuple[int, float | None] = (0, None),
+            depth: int = 1) -> None:
+        """Keep one sample's new value (`values` have one row) of a quantity that keeps `depth` values, at `when`
+        (step, sigma); the tensors are allocated on first use. A plain row copy: cheap on this hot path."""
         target = self.cache.get(name)
         if target is None:
-            target = self.cache[name] = tuple(torch.zeros((self.size, *v.shape[1:]), dtype=v.dtype, device=v.device)
-                                              for v in values)
-            self.held[name] = [False] * self.size
+            target = self.cache[name] = tuple(
+                torch.zeros((depth, self.size, *v.shape[1:]), dtype=v.dtype, device=v.device) for v in values)
+            self.heads[name], self.times[name] = [depth - 1] * self.size, [[] for _ in range(self.size)]
+        depth = target[0].shape[0]
+        slot = self.heads[name][sample] = (self.heads[name][sample] + 1) % depth
         for t, v in zip(target, values):
-            t[sample].copy_(v[0])
-        self.held[name][sample] = True
+            t[slot, sample].copy_(v[0])
+        self.times[name][sample] = [when, *self.times[name][sample][: depth - 1]]
+
+    def get(self, name: str, sample: int, ago: int = 0) -> Streams:
+        """The sample's value kept `ago` values before its latest (0: the latest), one tensor per stream."""
+        slot = (self.heads[name][sample] - ago) % self.cache[name][0].shape[0]
+        return tuple(t[slot, sample] for t in self.cache[name])
+
+    def kept_bytes(self) -> int:
+        """Bytes this branch keeps per sample."""
+        return sum(t[:, 0].nelement() * t.element_size() for streams in self.cache.values() for t in streams)
 
     def value(self, signal: str, sample: int) -> float | None:
         values = self.values.get(signal)
