@@ -41,7 +41,7 @@ def main() -> None:
     for name in args.methods.split(","):
         if name in PEERS:
             method = PEERS[name]
-            results, wall = run_peer(pipe, method, method.default, prompts, seeds, reference, args.steps, args.guidance,
+            results, wall = run_peer(pipe, method, {}, prompts, seeds, reference, args.steps, args.guidance,
                                      calibration)
         else:
             method = BASELINES[name]
@@ -49,7 +49,7 @@ def main() -> None:
                                        prompts, seeds, reference, args.steps, args.guidance, name, method.default)
         rows += [r.as_dict() for r in results]
         frac = statistics.mean(r.computed_fraction for r in results)
-        table.append((name, f"{method.knob}={method.default:g}", frac, 1 / frac, ref_wall / wall,
+        table.append((name, ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()), frac, 1 / frac, ref_wall / wall,
                       statistics.mean(r.psnr for r in results), statistics.mean(r.ssim for r in results)))
     print(f"toy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {machine_summary()}")
     print("| method | knob (default) | computed fraction | FLOPs speedup | transformer wall speedup | PSNR dB | SSIM |")

@@ -45,7 +45,7 @@ def main() -> None:
     result = ablate(config, args.out)
     runs = {}
     for run in result.runs:
-        runs.setdefault(run.entry.method, {})[run.entry.knob] = run
+        runs.setdefault(run.entry.method, {})[run.entry.knob if not run.entry.extra else run.entry.key] = run
     learned = {m: r for m, r in runs.items() if m.startswith("learned-")}
     print(f"\ntoy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; "
           f"{machine_summary()}")
@@ -62,7 +62,7 @@ def main() -> None:
         for name in [*_baselines(), *available_peers()]:
             below = [r for r in runs.get(name, {}).values() if np.mean(r.computed_fraction) <= b + 1e-9]
             pick = max(below, key=lambda r: np.mean(r.computed_fraction)) if below else None
-            rows.append((name, f"{pick.entry.knob:g}" if pick else "no knob reaches it", pick))
+            rows.append((name, pick.entry.label if pick else "no knob reaches it", pick))
         for name, knob, run in rows:
             if run is None:
                 print(f"| {name} | {knob} | - | - | - |")

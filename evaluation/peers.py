@@ -1,14 +1,16 @@
-"""Other projects' caches as peer methods (diffusers' own; cache-dit's DBCache when installed), run by the
-same evaluation code as ours.
+"""Other projects' caches as peer methods (diffusers' own; cache-dit's DBCache when installed), run by the same
+evaluation code as ours, each over its own knobs.
 
-Compute is measured, not assumed: a forward hook on a submodule of every block counts the blocks that
-really ran (a cache that skips a block never calls its submodules), and the transformer's calls are timed.
+Compute is measured, not assumed: each part of each block (self-attention, cross-attention, FFN; the adapter
+says where each starts) counts its analytic FLOPs when its first Linear really runs (a cache that skips or
+forecasts a part never calls it), over what every part of every block of every call would cost; the
+transformer's calls are timed.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -16,24 +18,25 @@ from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConf
 
 from cachepilot.models.adapters import adapter_for, num_blocks
 from cachepilot.policies.dbcache import default_front_blocks
+from cachepilot.policies.registry import Method
 
 from .harness import PairResult, generate_batch, score
 
 
-@dataclass(frozen=True)
-class Peer:
-    name: str
-    knob: str
-    default: float
-    sweep: tuple[float, ...]
-    config: Callable[[float, int, dict | None, int], object]  # (knob, steps, calibration, blocks) -> cache config
-    library: str = "diffusers"
-    calibration: str | None = None  # the section of the model's calibration it is configured from
+class PeerUnavailable(RuntimeError):
+    pass
 
-    def enable(self, pipe, value: float, steps: int, calibration: dict | None) -> None:
-        config = self.config(value, steps, calibration, num_blocks(pipe.transformer))
+
+@dataclass(frozen=True)
+class Peer(Method):
+    # (settings, steps, calibration, num_blocks) -> the library's cache config (diffusers) or enable_cache kwargs
+    config: Callable[[dict, int, dict | None, int], object] = field(default=None, compare=False)
+    library: str = "diffusers"
+
+    def enable(self, pipe, settings: dict, steps: int, calibration: dict | None) -> None:
+        config = self.config(settings, steps, calibration, num_blocks(pipe.transformer))
         if self.library == "cache-dit":
-            _cache_dit().enable_cache(_cache_dit_adapter(pipe), cache_config=config)
+            _cache_dit().enable_cache(_cache_dit_adapter(pipe), **config)
         else:
             pipe.transformer.enable_cache(config)
 
@@ -44,19 +47,32 @@ class Peer:
             pipe.transformer.disable_cache()
 
 
-def _magcache(value, steps, calibration, blocks):
+def _magcache(s, steps, calibration, blocks):
     if calibration is None:
         raise ValueError("diffusers-magcache needs the model's calibration (MagCache ratios)")
     # diffusers keeps one ratio array for every cache context; give it the cond branch's
-    return MagCacheConfig(threshold=value, num_inference_steps=steps, mag_ratios=calibration["magcache"]["mag_ratios"]["cond"])
+    return MagCacheConfig(threshold=s["threshold"], max_skip_steps=int(s["max_skip_steps"]), num_inference_steps=steps,
+                          mag_ratios=calibration["magcache"]["mag_ratios"]["cond"])
 
 
-def _fbcache(value, steps, calibration, blocks):
-    return FirstBlockCacheConfig(threshold=value)
+def _fbcache(s, steps, calibration, blocks):
+    return FirstBlockCacheConfig(threshold=s["threshold"])
 
 
-def _taylorseer(value, steps, calibration, blocks):
-    return TaylorSeerCacheConfig(cache_interval=int(value), use_lite_mode=True, taylor_factors_dtype=torch.float32)
+def _taylorseer(s, steps, calibration, blocks):
+    """Lite mode: the blocks are skipped and `proj_out`'s output is forecast (its default identifiers hook nothing
+    on Wan)."""
+    return TaylorSeerCacheConfig(cache_interval=int(s["cache_interval"]), max_order=int(s["max_order"]),
+                                 use_lite_mode=True, taylor_factors_dtype=torch.float32)
+
+
+WAN_PARTS = r"blocks\.\d+\.(attn1|attn2|ffn)"  # what the official TaylorSeer forecasts on Wan: each block's parts
+
+
+def _taylorseer_parts(s, steps, calibration, blocks):
+    """Custom identifiers: each block's self-attention, cross-attention and FFN outputs are forecast."""
+    return TaylorSeerCacheConfig(cache_interval=int(s["cache_interval"]), max_order=int(s["max_order"]),
+                                 cache_identifiers=[WAN_PARTS], taylor_factors_dtype=torch.float32)
 
 
 def _cache_dit():
@@ -79,21 +95,37 @@ def _cache_dit_adapter(pipe):
                                   forward_pattern=cache_dit.ForwardPattern.Pattern_2, has_separate_cfg=True)
 
 
-def _dbcache(value, steps, calibration, blocks):
+def _dbcache(s, steps, calibration, blocks):
     # the same Fn / Bn as our dbcache baseline (cache-dit's F8B0, Fn capped at half the blocks)
-    return _cache_dit().DBCacheConfig(Fn_compute_blocks=default_front_blocks(blocks), Bn_compute_blocks=0,
-                                      residual_diff_threshold=value, max_warmup_steps=8, num_inference_steps=steps)
+    cache_dit = _cache_dit()
+    config = cache_dit.DBCacheConfig(Fn_compute_blocks=default_front_blocks(blocks), Bn_compute_blocks=0,
+                                     residual_diff_threshold=s["threshold"], max_warmup_steps=8,
+                                     num_inference_steps=steps)
+    order = int(s.get("taylorseer_order", 0))
+    calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=order) if order else None
+    return {"cache_config": config, "calibrator_config": calibrator}
 
 
-class PeerUnavailable(RuntimeError):
-    pass
+def _grid(intervals, orders, interval="cache_interval", order="max_order"):
+    return tuple({interval: i, order: o} for o in orders for i in intervals)
 
 
 PEERS: dict[str, Peer] = {p.name: p for p in [
-    Peer("diffusers-fbcache", "threshold", 0.05, (0.03, 0.05, 0.1, 0.2), _fbcache),
-    Peer("diffusers-magcache", "threshold", 0.06, (0.06, 0.12, 0.24), _magcache, calibration="magcache"),
-    Peer("diffusers-taylorseer", "cache_interval", 5, (2, 3, 4, 5), _taylorseer),
-    Peer("cache-dit-dbcache", "threshold", 0.08, (0.04, 0.08, 0.12, 0.2), _dbcache, library="cache-dit"),
+    Peer("diffusers-fbcache", "threshold", {"threshold": 0.05}, tuple({"threshold": t} for t in (0.05, 0.03, 0.1, 0.2)),
+         config=_fbcache),
+    Peer("diffusers-magcache", "threshold", {"threshold": 0.06, "max_skip_steps": 3},  # diffusers' defaults
+         tuple({"threshold": t} for t in (0.06, 0.12, 0.24)) + tuple(
+             {"threshold": t, "max_skip_steps": k} for k in (2, 6) for t in (0.12, 0.24)), calibration="magcache",
+         config=_magcache),
+    Peer("diffusers-taylorseer", "cache_interval", {"cache_interval": 5, "max_order": 1},
+         _grid((5, 2, 3, 4, 6, 8, 12), (1, 2)), config=_taylorseer),
+    Peer("diffusers-taylorseer-parts", "cache_interval", {"cache_interval": 5, "max_order": 1},
+         _grid((5, 2, 3, 4, 6, 8), (1, 2)), config=_taylorseer_parts),
+    Peer("cache-dit-dbcache", "threshold", {"threshold": 0.08, "taylorseer_order": 0},
+         tuple({"threshold": t} for t in (0.08, 0.04, 0.12, 0.2)), config=_dbcache, library="cache-dit"),
+    Peer("cache-dit-dbcache-taylorseer", "threshold", {"threshold": 0.08, "taylorseer_order": 1},
+         tuple({"threshold": t} for t in (0.08, 0.12, 0.2, 0.3, 0.5)) + ({"threshold": 0.2, "taylorseer_order": 2},),
+         config=_dbcache, library="cache-dit"),
 ]}
 
 
@@ -106,38 +138,78 @@ def available_peers() -> list[str]:
     return [name for name, p in PEERS.items() if p.library != "cache-dit" or has_cache_dit]
 
 
-def generate_with_peer(pipe, peer: Peer, value: float, prompts, seeds, steps: int, guidance: float,
+class ComputeMeter:
+    """The FLOPs a cache really ran in a transformer's blocks, over what computing every block of every call costs,
+    from the adapter's model of a block's parts (module docstring)."""
+
+    def __init__(self, transformer):
+        adapter = adapter_for(transformer)
+        if not adapter.part_modules:
+            raise PeerUnavailable(f"peers are measured part by part; {adapter.family} blocks have no parts described")
+        self.adapter, self.blocks = adapter, adapter.blocks(transformer)
+        self.ffn = adapter.ffn_dim(self.blocks[0])
+        self.ran: list[tuple[str, int, int]] = []  # (part, batch, tokens) per part call
+        self.calls: list[tuple[int, int]] = []  # (batch, text tokens) per transformer call
+        self.dim = 0
+        self.handles = [transformer.register_forward_pre_hook(self._call, with_kwargs=True)]
+        for block in self.blocks:
+            for part, name in adapter.part_modules:
+                self.handles.append(block.get_submodule(name).register_forward_pre_hook(self._part(part)))
+
+    def _call(self, module, args, kwargs):
+        hidden, text = self.adapter.hidden(args, kwargs), self.adapter.encoder(args, kwargs)
+        self.calls.append((hidden.shape[0], text.shape[1] if text is not None else 0))
+
+    def _part(self, part: str):
+        def seen(module, args):
+            x = args[0]
+            self.ran.append((part, x.shape[0], x.shape[1]))
+            self.dim = x.shape[-1]
+        return seen
+
+    def fraction(self) -> float:
+        if not self.ran:
+            return 0.0
+        tokens = self.ran[0][2]  # the video tokens a block sees, the same for every call of a generation
+        text = self.calls[0][1]
+        parts = self.adapter.parts_flops(tokens, text, self.dim, self.ffn)
+        ran = sum(parts[part] * batch for part, batch, _ in self.ran)
+        full = sum(batch for batch, _ in self.calls) * len(self.blocks) * sum(parts.values())
+        return ran / full
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def generate_with_peer(pipe, peer: Peer, settings: dict, prompts, seeds, steps: int, guidance: float,
                        calibration: dict | None = None):
     """One batched generation under a peer cache: (frames, per-sample computed fraction, transformer wall time).
     The fraction is the batch's (a peer's decisions are not reported per sample)."""
     transformer = pipe.transformer
-    blocks = adapter_for(transformer).blocks(transformer)
-    counts = {"blocks": 0, "calls": 0, "wall": 0.0, "start": 0.0}
-
-    def ran(*_):
-        counts["blocks"] += 1
+    meter = ComputeMeter(transformer)
+    clock = {"wall": 0.0, "start": 0.0}
 
     def before(*_):
-        counts["calls"] += 1
-        counts["start"] = time.perf_counter()
+        clock["start"] = time.perf_counter()
 
     def after(*_):
-        counts["wall"] += time.perf_counter() - counts["start"]
+        clock["wall"] += time.perf_counter() - clock["start"]
 
-    handles = [next(b.children()).register_forward_hook(ran) for b in blocks]
-    handles += [transformer.register_forward_pre_hook(before), transformer.register_forward_hook(after)]
-    peer.enable(pipe, value, steps, calibration)
+    handles = [transformer.register_forward_pre_hook(before), transformer.register_forward_hook(after)]
+    peer.enable(pipe, peer.settings(**settings), steps, calibration)
     try:
         frames = generate_batch(pipe, prompts, seeds, steps, guidance)
     finally:
         peer.disable(pipe)
+        meter.remove()
         for h in handles:
             h.remove()
-    fraction = counts["blocks"] / (counts["calls"] * len(blocks))
-    return frames, [fraction] * len(prompts), counts["wall"]
+    return frames, [meter.fraction()] * len(prompts), clock["wall"]
 
 
-def run_peer(pipe, peer: Peer, value: float, prompts, seeds, reference, steps: int, guidance: float,
+def run_peer(pipe, peer: Peer, settings: dict, prompts, seeds, reference, steps: int, guidance: float,
              calibration: dict | None = None) -> tuple[list[PairResult], float]:
-    frames, fractions, wall = generate_with_peer(pipe, peer, value, prompts, seeds, steps, guidance, calibration)
-    return score(frames, reference, prompts, seeds, fractions, peer.name, value), wall
+    frames, fractions, wall = generate_with_peer(pipe, peer, settings, prompts, seeds, steps, guidance, calibration)
+    knob = peer.settings(**settings)[peer.knob]
+    return score(frames, reference, prompts, seeds, fractions, peer.name, knob), wall

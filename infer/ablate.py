@@ -42,16 +42,42 @@ from .ablation_report import write_report
 
 @dataclass(frozen=True)
 class Entry:
-    """One point of the ablation: a method at one knob value (a budget for learned policies and the oracle)."""
+    """One point of the ablation: a method at one setting of its knobs (a budget for learned policies, the oracle
+    and the uniform schedules): its main knob, and the other knobs the setting changes from their defaults."""
 
     method: str
     knob: float
     kind: str  # "reference" | "learned" | "oracle" | "schedule" (uniform) | "baseline" | "peer"
     knob_name: str
+    extra: tuple[tuple[str, float], ...] = ()
 
     @property
     def key(self) -> str:
-        return f"{self.method}@{self.knob:g}"
+        return f"{self.method}@{self.knob:g}" + "".join(f",{name}={value:g}" for name, value in self.extra)
+
+    @property
+    def settings(self) -> dict[str, float]:
+        return {self.knob_name: self.knob, **dict(self.extra)}
+
+    @property
+    def label(self) -> str:
+        return ", ".join(f"{name}={value:g}" for name, value in self.settings.items())
+
+
+def sweep_entries(method, kind: str, sweeps: bool) -> list[Entry]:
+    """A baseline's or peer's settings as entries: its whole sweep, or its defaults only (the sweep's first). An
+    entry names the other knobs where they differ from their defaults."""
+    entries = []
+    for s in method.sweep if sweeps else method.sweep[:1]:
+        s = method.settings(**s)
+        extra = tuple(sorted((n, float(v)) for n, v in s.items() if n != method.knob and v != method.defaults[n]))
+        entries.append(Entry(method.name, float(s[method.knob]), kind, method.knob, extra))
+    return entries
+
+
+# The uniform FULL/STEP schedule, and the same FULL steps with every reuse forecast: what forecasting alone does
+UNIFORM = {"uniform": (0, "step"), "uniform-f1": (1, "step"), "uniform-f2": (2, "step"),
+           "uniform-f1-sigma": (1, "sigma"), "uniform-f2-sigma": (2, "sigma")}
 
 
 @dataclass
@@ -65,7 +91,7 @@ class AblationConfig:
     guidance: float = 5.0
     methods: str = "all"  # or a comma list of baseline / peer names, "oracle", "learned", "learned-<name>"
     budgets: tuple[float, ...] = (0.2, 0.25, 0.35, 0.5, 0.6)  # learned policies (within each one's range)
-    oracle_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    oracle_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)  # the oracle's and the uniform schedules' 
     policies: tuple[str, ...] | None = None  # policy folders; default: every policy-* folder beside the weights
     sweeps: bool = True  # False: each baseline and peer at its default knob only
     gif_pairs: int = 2
@@ -233,7 +259,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     config = setting.config
     baselines = [n for n in BASELINES if n != "none"]
     peers = available_peers()
-    known = baselines + list(PEERS) + ["oracle", "uniform", "learned", *bundles]
+    known = baselines + list(PEERS) + ["oracle", *UNIFORM, "learned", *bundles]
     wanted = known if config.methods == "all" else [m.strip() for m in config.methods.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in known]
     if unknown:
@@ -245,7 +271,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
             if not calibration_covers(setting.calibration, b):
                 setting.log(f"skipping {name}: no calibration.json beside the weights (`cachepilot calibrate`)")
                 continue
-            entries += [Entry(name, float(k), "baseline", b.knob) for k in (b.sweep if config.sweeps else (b.default,))]
+            entries += sweep_entries(b, "baseline", config.sweeps)
     for name in PEERS:
         if name in wanted and config.methods != "all" and name not in peers:
             raise CachepilotError(f"{name} needs cache-dit: pip install 'cachepilot[peers]'")
@@ -254,11 +280,12 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
             if not calibration_covers(setting.calibration, p):
                 setting.log(f"skipping {name}: no calibration.json beside the weights")
                 continue
-            entries += [Entry(name, float(k), "peer", p.knob) for k in (p.sweep if config.sweeps else (p.default,))]
+            entries += sweep_entries(p, "peer", config.sweeps)
     if "oracle" in wanted:
         entries += [Entry("oracle", float(b), "oracle", "budget") for b in config.oracle_budgets]
-    if "uniform" in wanted:  # the oracle's FULL count, evenly spaced: what the oracle's placement is worth
-        entries += [Entry("uniform", float(b), "schedule", "budget") for b in config.oracle_budgets]
+    for name in UNIFORM:  # the oracle's FULL count, evenly spaced: what the oracle's placement is worth
+        if name in wanted:
+            entries += [Entry(name, float(b), "schedule", "budget") for b in config.oracle_budgets]
     for name, bundle in bundles.items():
         if name in wanted or "learned" in wanted:
             lo, hi = bundle.card.budget_range
@@ -276,7 +303,7 @@ class Runner:
     def run(self, entry: Entry) -> Run:
         s, c = self.setting, self.setting.config
         if entry.kind == "peer":
-            frames, fractions, wall = generate_with_peer(s.pipe, PEERS[entry.method], entry.knob, s.prompts, s.seeds,
+            frames, fractions, wall = generate_with_peer(s.pipe, PEERS[entry.method], entry.settings, s.prompts, s.seeds,
                                                          c.steps, c.guidance, s.calibration)
         else:
             frames, fractions, wall = generate_with(s.pipe, self.policy(entry), s.prompts, s.seeds, c.steps, c.guidance)
@@ -288,10 +315,12 @@ class Runner:
             return self.bundles[entry.method].policy(entry.knob)
         fulls = fulls_for_budget(entry.knob, s.config.steps)
         if entry.kind == "schedule":
-            return FixedSchedule.uniform(s.config.steps, fulls / s.config.steps)
+            order, basis = UNIFORM[entry.method]
+            return FixedSchedule.uniform(s.config.steps, fulls / s.config.steps, forecast=order, forecast_basis=basis)
         if entry.kind == "oracle":
             return FixedSchedule.per_sample([full_steps_schedule(s.config.steps, t.plan(fulls)) for t in self.oracle_tables()])
-        return make_baseline(entry.method, entry.knob, calibration=s.calibration, num_blocks=num_blocks(s.pipe.transformer))
+        return make_baseline(entry.method, calibration=s.calibration, num_blocks=num_blocks(s.pipe.transformer),
+                             **entry.settings)
 
     def oracle_tables(self):
         """The oracle's segment tables for these pairs (measured once, stored with the runs)."""

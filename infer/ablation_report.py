@@ -40,12 +40,14 @@ class Point:
     psnr: float
     ssim: float
     lpips: float | None
+    key: str = ""  # the run's (Entry.key)
+    label: str = ""  # its knobs, "name=value, ..."
     own_front: bool = False  # not dominated by another knob of the same method
     global_front: bool = False  # not dominated by any deployable method (the oracle is a limit, not a method)
 
     @property
     def knob_label(self) -> str:
-        return "-" if self.kind == "reference" else f"{self.knob_name}={self.knob:g}"
+        return "-" if self.kind == "reference" else self.label
 
 
 def _mean_psnr(values) -> float:
@@ -59,7 +61,8 @@ def points(runs, reference_wall: float) -> list[Point]:
         fraction = float(np.mean(run.computed_fraction))
         found.append(Point(run.entry.method, run.entry.kind, run.entry.knob_name, run.entry.knob, fraction, 1 / fraction,
                            reference_wall / run.wall if run.wall > 0 else math.nan, _mean_psnr(run.psnr),
-                           float(np.mean(run.ssim)), float(np.mean(run.lpips)) if run.lpips else None))
+                           float(np.mean(run.ssim)), float(np.mean(run.lpips)) if run.lpips else None, run.entry.key,
+                           run.entry.label))
     _mark_fronts(found)
     return sorted(found, key=lambda p: (KIND_ORDER[p.kind], p.method, p.flops_speedup))
 
@@ -166,7 +169,7 @@ def write_report(out: Path, setting, runs) -> list[Point]:
         fraction = float(np.mean(run.computed_fraction))
         for i, (prompt, seed) in enumerate(zip(setting.prompts, setting.seeds)):
             rows.append({"method": run.entry.method, "kind": run.entry.kind, "knob_name": run.entry.knob_name,
-                         "knob": run.entry.knob, "prompt": prompt, "seed": seed,
+                         "knob": run.entry.knob, "knobs": run.entry.label, "prompt": prompt, "seed": seed,
                          "computed_fraction": run.computed_fraction[i], "flops_speedup": 1 / run.computed_fraction[i],
                          "wall_speedup": setting.reference_wall / run.wall if run.wall > 0 else None,
                          "batch_flops_speedup": 1 / fraction,
@@ -187,8 +190,8 @@ def write_report(out: Path, setting, runs) -> list[Point]:
     atomic_write_text(out / "table.md", f"{title}\n\n{table}\n\n{setting.lpips_note or ''}\n")
     atomic_write_bytes(out / "pareto.png", plot_pareto(found, title))
     columns = gif_columns(found, config.gif_budget)
-    entries = {(run.entry.method, run.entry.knob): run.entry for run in runs}
-    videos = [setting.frames(entries[p.method, p.knob]) for p in columns]
+    entries = {run.entry.key: run.entry for run in runs}
+    videos = [setting.frames(entries[p.key]) for p in columns]
     labels = [(p.method, "reference" if p.kind == "reference" else f"{p.flops_speedup:.1f}x {_fmt_psnr(p.psnr)} dB")
               for p in columns]
     save_video(side_by_side(videos, labels), out / "side_by_side.gif", fps=4, scale=1)

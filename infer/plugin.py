@@ -20,9 +20,10 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
     - a policy file, loaded (`load_policy(path)`) or as a path: a learned policy run at `budget`, the fraction of
       full compute to spend (within its trained range); it is checked against the transformer first (same model
       config; a step count its observation can take, when `num_inference_steps` is given);
-    - a baseline's name ("static", "teacache", "magcache", "first-block", "dbcache", "adacache", "mixcache") at its
-      paper's default knob, or at the knob given by keyword (`threshold=0.12`); TeaCache and MagCache read
-      `calibration` (default: `find_calibration(pipe)`, the calibration.json beside the weights);
+    - a baseline's name ("static", "teacache", "magcache", "taylorseer", "first-block", "dbcache", "adacache",
+      "mixcache") at its paper's defaults, or with knobs given by keyword (`threshold=0.12, max_skip_steps=4`);
+      TeaCache and MagCache read `calibration` (default: `find_calibration(pipe)`, the calibration.json beside
+      the weights);
     - any object implementing the Policy protocol (`cachepilot.runtime.Policy`).
 
     Returns the runtime. `remove_cache(pipe)` takes it off and leaves the transformer as it was;
@@ -41,14 +42,9 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
     elif budget is not None:
         raise CachepilotError("budget applies to learned policies; a baseline takes its own knob (e.g. threshold=0.1)")
     elif isinstance(method, str):
-        baseline = get_baseline(method)
-        unknown = set(knobs) - {baseline.knob}
-        if unknown:
-            raise CachepilotError(f"{method} takes the knob {baseline.knob!r}, not {', '.join(sorted(unknown))}")
-        if calibration is None and baseline.calibration:
+        if calibration is None and get_baseline(method).calibration:
             calibration = find_calibration(pipe)
-        policy = make_baseline(method, knobs.get(baseline.knob), calibration=calibration,
-                               num_blocks=num_blocks(transformer))
+        policy = make_baseline(method, calibration=calibration, num_blocks=num_blocks(transformer), **knobs)
     elif knobs:
         raise CachepilotError(f"knobs ({', '.join(sorted(knobs))}) apply to baselines by name; set them on the policy")
     else:

@@ -50,7 +50,6 @@ class AdaCacheConfig:
     motion_norm: float = 0.385
     motion_power: float = 8.0
     motion_gradient_weight: float = 10.0
-    sweep: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)  # ablation knobs around the default
 
     def __post_init__(self):
         self.threshold_scale = checks.positive("AdaCache threshold_scale", self.threshold_scale)

@@ -25,7 +25,6 @@ class DBCacheConfig:
     back_blocks: int = 0  # Bn
     threshold: float = 0.08
     warmup_steps: int = 8
-    sweep: tuple[float, ...] = (0.08, 0.12, 0.2, 0.3, 0.5)  # ablation knobs: the default and larger (more reuse)
 
     def __post_init__(self):
         self.front_blocks = checks.count("DBCache front blocks (Fn)", self.front_blocks)

@@ -17,7 +17,6 @@ from .base import BasePolicy
 @dataclass
 class FirstBlockConfig:
     threshold: float = 0.05  # diffusers' default
-    sweep: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5)  # ablation knobs: the default and larger (more reuse)
 
     def __post_init__(self):
         self.threshold = checks.threshold("First-Block threshold", self.threshold)

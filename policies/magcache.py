@@ -31,7 +31,6 @@ class MagCacheConfig:
     threshold: float = 0.12
     max_skip_steps: int = 2  # K
     retention_ratio: float = 0.2
-    sweep: tuple[float, ...] = (0.12, 0.24, 0.36, 0.6)  # ablation knobs: the default and larger (more reuse)
 
     def __post_init__(self):
         self.threshold = checks.threshold("MagCache threshold", self.threshold)

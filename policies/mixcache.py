@@ -33,7 +33,6 @@ class MixCacheConfig:
     block_ks: tuple[int, ...] = ()  # BLOCK_k granularities offered (empty: step and CFG only)
     num_blocks: int | None = None  # needed when block_ks is set (for the (n - k) / n estimate)
     max_reuse: int = 3
-    sweep: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)  # ablation knobs: multiplier applied to the three thresholds
 
 
 class MixCache(BasePolicy):

@@ -1,8 +1,10 @@
-"""Baselines by name, with their knob, built from a model's calibration where they need one."""
+"""Cache methods by name: their knobs with the paper's defaults, the settings their ablation sweep traces, and how
+to build each baseline (from the model's calibration where it needs one). Peers (`evaluation.peers`) share the
+description."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from cachepilot.errors import CachepilotError
@@ -12,19 +14,41 @@ from .base import NoCache
 from .dbcache import DBCache, DBCacheConfig, default_front_blocks
 from .first_block import FirstBlockCache, FirstBlockConfig
 from .magcache import MagCache, MagCacheConfig
-from .mixcache import MixCache, MixCacheConfig
+from .mixcache import MixCache
 from .static import StaticCache, StaticConfig
+from .taylorseer import TaylorSeerCache, TaylorSeerConfig
 from .teacache import TeaCache, TeaCacheConfig
 
 
 @dataclass(frozen=True)
-class Baseline:
+class Method:
+    """A method run by name. `knob` is its main knob (the one `generate --knob` sets); `defaults` every knob it
+    takes, at its default; `sweep` the settings an ablation runs, each naming only the knobs it changes, the
+    defaults first, then towards less compute."""
+
     name: str
     knob: str
-    default: float
-    sweep: tuple[float, ...]
-    build: Callable[[float, dict | None, int], object]  # (knob value, calibration, num_blocks) -> policy
-    calibration: str | None = None  # the section of the model's calibration it is built from
+    defaults: dict[str, float]
+    sweep: tuple[dict[str, float], ...]
+    calibration: str | None = None  # the section of the model's calibration it is configured from
+
+    @property
+    def default(self) -> float | None:
+        return self.defaults.get(self.knob)
+
+    def settings(self, **knobs) -> dict[str, float]:
+        """Every knob's value: the defaults with `knobs` over them (an unknown name is an error)."""
+        unknown = sorted(set(knobs) - set(self.defaults))
+        if unknown:
+            takes = ", ".join(self.defaults) or "none"
+            raise CachepilotError(f"{self.name} takes the knobs {takes}, not {', '.join(unknown)}")
+        return self.defaults | knobs
+
+
+@dataclass(frozen=True)
+class Baseline(Method):
+    build: Callable[[dict, dict | None, int], object] = field(default=None, compare=False)  # (settings, calibration,
+    #                                                                                    num_blocks) -> policy
 
 
 def _need(calibration: dict | None, name: str) -> dict:
@@ -35,21 +59,36 @@ def _need(calibration: dict | None, name: str) -> dict:
     return calibration
 
 
+def _each(knob: str, values) -> tuple[dict[str, float], ...]:
+    return tuple({knob: v} for v in values)
+
+
 BASELINES: dict[str, Baseline] = {b.name: b for b in [
-    Baseline("none", "-", 0.0, (0.0,), lambda v, cal, n: NoCache()),
-    Baseline("static", "interval", StaticConfig.interval, StaticConfig.sweep, lambda v, cal, n: StaticCache(interval=v)),
-    Baseline("teacache", "threshold", TeaCacheConfig.threshold, TeaCacheConfig.sweep,
-             lambda v, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), threshold=v), calibration="teacache"),
-    Baseline("magcache", "threshold", MagCacheConfig.threshold, MagCacheConfig.sweep,
-             lambda v, cal, n: MagCache(MagCacheConfig.from_calibration(_need(cal, "MagCache"), threshold=v)),
-             calibration="magcache"),
-    Baseline("first-block", "threshold", FirstBlockConfig.threshold, FirstBlockConfig.sweep,
-             lambda v, cal, n: FirstBlockCache(threshold=v)),
-    Baseline("dbcache", "threshold", DBCacheConfig.threshold, DBCacheConfig.sweep,
-             lambda v, cal, n: DBCache(threshold=v, front_blocks=default_front_blocks(n))),
-    Baseline("adacache", "threshold_scale", AdaCacheConfig.threshold_scale, AdaCacheConfig.sweep,
-             lambda v, cal, n: AdaCache(threshold_scale=v)),
-    Baseline("mixcache", "scale", 1.0, MixCacheConfig.sweep, lambda v, cal, n: MixCache(scale=v)),
+    Baseline("none", "-", {}, ({},), build=lambda s, cal, n: NoCache()),
+    Baseline("static", "interval", {"interval": StaticConfig.interval}, _each("interval", (2, 3, 4, 5, 7)),
+             build=lambda s, cal, n: StaticCache(**s)),
+    Baseline("teacache", "threshold", {"threshold": TeaCacheConfig.threshold},
+             _each("threshold", (0.08, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3)), calibration="teacache",
+             build=lambda s, cal, n: TeaCache.from_calibration(_need(cal, "TeaCache"), **s)),
+    Baseline("magcache", "threshold", {"threshold": MagCacheConfig.threshold, "max_skip_steps": MagCacheConfig.max_skip_steps},
+             (*_each("threshold", (0.12, 0.24, 0.36, 0.6)),  # K = 2 (the paper's slow setting) caps skips at 2 in a row
+              *({"threshold": t, "max_skip_steps": k} for k in (4, 6, 10) for t in (0.12, 0.24, 0.6))),
+             calibration="magcache",
+             build=lambda s, cal, n: MagCache(MagCacheConfig.from_calibration(_need(cal, "MagCache"), **s))),
+    Baseline("taylorseer", "interval", {"interval": TaylorSeerConfig.interval, "order": TaylorSeerConfig.order,
+                                        "warmup": TaylorSeerConfig.warmup},
+             (*({"interval": i, "order": o} for o in (1, 2) for i in (5, 2, 3, 4, 6, 8, 12)),
+              {"interval": 4, "warmup": 1}, {"interval": 4, "warmup": 6}),
+             build=lambda s, cal, n: TaylorSeerCache(**s)),
+    Baseline("first-block", "threshold", {"threshold": FirstBlockConfig.threshold},
+             _each("threshold", (0.05, 0.1, 0.2, 0.3, 0.5)), build=lambda s, cal, n: FirstBlockCache(**s)),
+    Baseline("dbcache", "threshold", {"threshold": DBCacheConfig.threshold},
+             _each("threshold", (0.08, 0.12, 0.2, 0.3, 0.5)),
+             build=lambda s, cal, n: DBCache(front_blocks=default_front_blocks(n), **s)),
+    Baseline("adacache", "threshold_scale", {"threshold_scale": AdaCacheConfig.threshold_scale},
+             _each("threshold_scale", (1.0, 0.25, 0.5, 2.0)), build=lambda s, cal, n: AdaCache(**s)),
+    Baseline("mixcache", "scale", {"scale": 1.0}, _each("scale", (1.0, 2.0, 3.0, 5.0)),
+             build=lambda s, cal, n: MixCache(**s)),
 ]}
 
 
@@ -64,7 +103,10 @@ def get_baseline(name: str) -> Baseline:
     return BASELINES[name]
 
 
-def make_baseline(name: str, value: float | None = None, calibration: dict | None = None, num_blocks: int = 30):
-    """A baseline policy at its default knob, or at `value`."""
+def make_baseline(name: str, value: float | None = None, calibration: dict | None = None, num_blocks: int = 30,
+                  **knobs):
+    """A baseline policy at its defaults, with its main knob at `value` and other knobs by name where given."""
     b = get_baseline(name)
-    return b.build(b.default if value is None else value, calibration, num_blocks)
+    if value is not None:
+        knobs[b.knob] = value
+    return b.build(b.settings(**knobs), calibration, num_blocks)

@@ -21,16 +21,20 @@ def full_steps_schedule(num_steps: int, full_steps, reuse: Action = STEP) -> lis
 
 
 class FixedSchedule(BasePolicy):
-    """actions[step] is the step-level action of every step (CFG: cond computes, uncond is rebuilt)."""
+    """actions[step] is the step-level action of every step (CFG: cond computes, uncond is rebuilt).
+
+    With `forecast` > 0 each reuse of the table forecasts, with the highest order up to `forecast` that the kept
+    history allows (lower right after the first FULL steps, as TaylorSeer does)."""
 
     name = "schedule"
     step_level = True
     signals = frozenset()
 
-    def __init__(self, actions: Sequence[Action | str], forecast_basis: str = "step"):
+    def __init__(self, actions: Sequence[Action | str], forecast_basis: str = "step", forecast: int = 0):
         self.table = (_actions(actions),)
         self.block_ks, self.back_blocks, self.forecast_order = block_layout(self.table[0])
-        self.forecast_basis = forecast_basis
+        self.forecast_basis, self.forecast_up_to = forecast_basis, int(forecast)
+        self.forecast_order = max(self.forecast_order, self.forecast_up_to)
 
     @property
     def actions(self) -> tuple[Action, ...]:
@@ -42,17 +46,23 @@ class FixedSchedule(BasePolicy):
         policy = cls.__new__(cls)
         policy.table = tuple(_actions(s) for s in schedules)
         policy.block_ks, policy.back_blocks, policy.forecast_order = block_layout(a for s in policy.table for a in s)
-        policy.forecast_basis = forecast_basis
+        policy.forecast_basis, policy.forecast_up_to = forecast_basis, 0
         return policy
 
     @classmethod
-    def uniform(cls, num_steps: int, computed_fraction: float, reuse: Action = STEP) -> "FixedSchedule":
+    def uniform(cls, num_steps: int, computed_fraction: float, reuse: Action = STEP, forecast: int = 0,
+                forecast_basis: str = "step") -> "FixedSchedule":
         """FULL on evenly spaced steps (first and last included) covering `computed_fraction` of the steps."""
         n_full = max(2, round(computed_fraction * num_steps))
-        return cls(full_steps_schedule(num_steps, {round(i * (num_steps - 1) / (n_full - 1)) for i in range(n_full)}, reuse))
+        return cls(full_steps_schedule(num_steps, {round(i * (num_steps - 1) / (n_full - 1)) for i in range(n_full)}, reuse),
+                   forecast_basis, forecast)
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         table = self.table[signals.sample] if len(self.table) > 1 else self.table[0]
         if signals.step >= len(table):
             raise IndexError(f"schedule has {len(table)} steps; step {signals.step} requested")
-        return table[signals.step]
+        action = table[signals.step]
+        for order in range(self.forecast_up_to, 0, -1) if action.reuses else ():
+            if action.forecasting(order) in valid:
+                return action.forecasting(order)
+        return action

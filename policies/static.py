@@ -13,7 +13,6 @@ from .base import BasePolicy
 @dataclass
 class StaticConfig:
     interval: int = 2  # FULL on steps 0, N, 2N, ...; STEP otherwise
-    sweep: tuple[int, ...] = (2, 3, 4, 5)  # ablation knobs: the default, then computed fractions down to ~0.2
 
     def __post_init__(self):
         self.interval = checks.count("static interval", self.interval)

@@ -34,7 +34,6 @@ class TeaCacheConfig:
     threshold: float = 0.08  # Wan2.1 1.3B: 0.08 gives ~2x in the paper
     coefficients: tuple[float, ...] = COEFFICIENTS["wan2.1-t2v-1.3b"]
     ret_steps: bool = False  # Wan "use_ret_steps": first 5 steps computed, no forced last, indicator timestep_proj
-    sweep: tuple[float, ...] = (0.05, 0.08, 0.15, 0.3)  # ablation knobs: around the default, down to ~0.2 compute
 
     def __post_init__(self):
         self.threshold = checks.threshold("TeaCache threshold", self.threshold)

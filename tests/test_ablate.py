@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from cachepilot.cli import main
+from cachepilot.infer.ablate import UNIFORM
 from cachepilot.infer.ablation_report import Point, gif_columns, pareto_table, points, side_by_side
 from cachepilot.evaluation.peers import available_peers
 from cachepilot.policies.registry import BASELINES
@@ -25,12 +26,12 @@ def quick(tmp_path_factory, module_toy_copy):
 def test_quick_ablation_writes_every_output(quick):
     data = json.loads((quick / "results.json").read_text())
     methods = {row["method"] for row in data["summary"]}
-    expected = {"none", "oracle", "uniform", "learned-distill", "learned-ppo", *available_peers(), *BASELINES}
+    expected = {"none", "oracle", *UNIFORM, "learned-distill", "learned-ppo", *available_peers(), *BASELINES}
     assert methods == expected
     assert len(data["pairs"]) == 2 * len(data["summary"])  # 2 pairs per run
     by_method = {row["method"]: row for row in data["summary"]}
     assert by_method["none"]["computed_fraction"] == 1 and by_method["none"]["psnr"] is None  # the reference
-    for name in ("learned-distill", "learned-ppo", "oracle", "uniform"):
+    for name in ("learned-distill", "learned-ppo", "oracle", *UNIFORM):
         assert by_method[name]["knob"] == 0.35 and by_method[name]["computed_fraction"] <= 0.35 + 1e-9
         assert 15 < by_method[name]["psnr"] < 60
     header = (quick / "results.csv").read_text().splitlines()[0].split(",")
@@ -75,7 +76,8 @@ def test_unknown_method_is_a_clear_error_before_any_compute(tmp_path, capsys):
 
 
 def _point(method, speedup, quality, kind="baseline"):
-    return Point(method, kind, "k", speedup, 1 / speedup, speedup, speedup, quality, 0.9, None)
+    return Point(method, kind, "k", speedup, 1 / speedup, speedup, speedup, quality, 0.9, None,
+                 key=f"{method}@{speedup:g}", label=f"k={speedup:g}")
 
 
 def test_pareto_fronts_per_method_and_across_methods():

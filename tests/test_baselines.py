@@ -184,3 +184,19 @@ def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
         remove_cache(toy_pipe)
     assert frames.shape == (1, 8, 16, 16, 3) and torch.isfinite(torch.as_tensor(frames)).all()
     assert summary.computed_fraction < 1.0
+
+
+def test_taylorseer_refreshes_on_diffusers_rule_and_forecasts_up_to_its_order():
+    """FULL below the warm-up and where (step - warmup - 1) % interval == 0; in between the highest forecast order
+    the kept history allows (here: one FULL kept after step 0 allows order 0, two allow order 1, ...)."""
+    from cachepilot.policies.taylorseer import TaylorSeerCache
+
+    policy = TaylorSeerCache(interval=3, warmup=2, order=2)
+    history, decisions = 0, []
+    for step in range(9):
+        valid = (FULL, *(STEP.forecasting(o) for o in range(min(history, policy.config.order + 1))))
+        action = policy.decide(sig(step, 9, steps_since_full=0), valid)
+        history += action == FULL
+        decisions.append(str(action))
+    assert decisions == ["FULL", "FULL", "STEP_F1", "FULL", "STEP_F2", "STEP_F2", "FULL", "STEP_F2", "STEP_F2"]
+    assert policy.forecast_order == 2 and policy.forecast_basis == "step"

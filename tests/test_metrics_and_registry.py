@@ -21,22 +21,23 @@ def test_ssim_is_one_for_identical_and_drops_with_noise():
     assert ssim(noisy, ref) > ssim(np.clip(ref + rng.normal(0, 0.3, ref.shape), 0, 1), ref)
 
 
-def test_every_baseline_builds_at_each_knob_of_its_sweep_and_obeys_the_runtime():
-    """Each registry entry builds a Policy whose knob is the value asked for (the default when none is), and at
-    the first call of a generation, where only FULL is valid, it computes."""
+def test_every_baseline_builds_at_each_setting_of_its_sweep_and_obeys_the_runtime():
+    """Each registry entry builds a Policy whose knobs are the values asked for (the defaults where none is), its
+    sweep starts at its defaults, and at the first call of a generation, where only FULL is valid, it computes."""
     from cachepilot.runtime import FULL, Policy, Signals
 
     calibration = {"teacache": {"coefficients": [0, 0, 0, 1, 0]}, "magcache": {"mag_ratios": {"cond": [1.0] * 10}}}
     first_call = Signals(0, 10, "cond", 0)
     for name, b in BASELINES.items():
-        for value in (None, *b.sweep):
-            policy = make_baseline(name, value, calibration=calibration, num_blocks=6)
+        assert b.settings(**b.sweep[0]) == b.defaults, name
+        for setting in b.sweep:
+            policy = make_baseline(name, calibration=calibration, num_blocks=6, **setting)
             assert isinstance(policy, Policy), name
-            if name != "none":
-                holder = policy.config if hasattr(policy.config, b.knob) else policy
-                assert getattr(holder, b.knob) == (b.default if value is None else value), (name, value)
+            for knob, value in b.settings(**setting).items():
+                holder = policy.config if hasattr(policy.config, knob) else policy
+                assert getattr(holder, knob) == value, (name, setting, knob)
             policy.reset()
-            assert policy.decide_batch([first_call], [(FULL,)]) == [FULL], (name, value)
+            assert policy.decide_batch([first_call], [(FULL,)]) == [FULL], (name, setting)
 
 
 def test_unknown_method_and_missing_calibration_are_clear_errors():

@@ -72,12 +72,31 @@ def test_peers_run_in_the_evaluation_harness_with_measured_compute(toy_pipe):
 
     prompts, seeds = [PROMPT, "a blue circle standing still on a plain background"], [0, 1]
     reference, _ = timed_reference(toy_pipe, prompts, seeds, 6, 5.0)
-    results, wall = run_peer(toy_pipe, PEERS["diffusers-fbcache"], 0.5, prompts, seeds, reference, 6, 5.0)
+    results, wall = run_peer(toy_pipe, PEERS["diffusers-fbcache"], {"threshold": 0.5}, prompts, seeds, reference, 6, 5.0)
     assert wall > 0 and len(results) == 2
     # block 0 always runs: between 1/6 and 1 of the blocks; at threshold 0.5 some calls reuse
     assert 1 / 6 <= results[0].computed_fraction < 1
-    results, _ = run_peer(toy_pipe, PEERS["diffusers-taylorseer"], 2, prompts, seeds, reference, 6, 5.0)
-    assert results[0].computed_fraction < 1 and results[0].psnr > 0
+    # TaylorSeer, interval 2 after 3 warm-up steps: steps 0, 1, 2, 4 compute, 3 and 5 forecast
+    for peer in ("diffusers-taylorseer", "diffusers-taylorseer-parts"):
+        results, _ = run_peer(toy_pipe, PEERS[peer], {"cache_interval": 2}, prompts, seeds, reference, 6, 5.0)
+        assert results[0].computed_fraction == pytest.approx(4 / 6) and results[0].psnr > 0, peer
+
+
+def test_the_compute_meter_agrees_with_the_runtimes_accounting(toy_pipe):
+    """Measured part by part from what really ran, a schedule of our runtime costs what the runtime counts."""
+    from cachepilot.evaluation.peers import ComputeMeter
+    from cachepilot.policies.schedule import FixedSchedule
+    from cachepilot.runtime import FULL, STEP, Action
+
+    meter = ComputeMeter(toy_pipe.transformer)
+    apply_cache(toy_pipe, FixedSchedule([FULL, STEP, Action.block(2), "CFG", FULL, Action.block(4)]))
+    try:
+        toy_pipe([PROMPT, PROMPT], num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="latent")
+        counted = cache_summary(toy_pipe).computed_fraction
+    finally:
+        remove_cache(toy_pipe)
+        meter.remove()
+    assert meter.fraction() == pytest.approx(counted, rel=1e-9) and counted < 1
 
 
 def _pattern_and_output(pipe, enable, disable, watch_block: int):
@@ -123,5 +142,22 @@ def test_cache_dit_peer_runs_in_the_evaluation_harness(toy_pipe):
     assert "cache-dit-dbcache" in available_peers()
     prompts, seeds = [PROMPT], [0]
     reference = generate_batch(toy_pipe, prompts, seeds, 12, 5.0)
-    results, wall = run_peer(toy_pipe, PEERS["cache-dit-dbcache"], 0.2, prompts, seeds, reference, 12, 5.0)
-    assert 0 < results[0].computed_fraction < 1 and wall > 0
+    for peer in ("cache-dit-dbcache", "cache-dit-dbcache-taylorseer"):
+        results, wall = run_peer(toy_pipe, PEERS[peer], {"threshold": 0.2}, prompts, seeds, reference, 12, 5.0)
+        assert 0 < results[0].computed_fraction < 1 and wall > 0, peer
+
+
+def test_our_taylorseer_computes_the_steps_diffusers_computes(toy_pipe):
+    """The refresh rule is diffusers': the same calls compute (lite mode skips every block of the others)."""
+    from diffusers import TaylorSeerCacheConfig
+
+    from cachepilot.policies.taylorseer import TaylorSeerCache
+
+    for interval, warmup in ((3, 3), (4, 1)):
+        config = TaylorSeerCacheConfig(cache_interval=interval, disable_cache_before_step=warmup, use_lite_mode=True,
+                                       taylor_factors_dtype=torch.float32)
+        _, their_pattern = _pattern_and_output(toy_pipe, lambda: toy_pipe.transformer.enable_cache(config),
+                                               lambda: toy_pipe.transformer.disable_cache(), watch_block=0)
+        _, our_pattern = _pattern_and_output(toy_pipe, lambda: apply_cache(toy_pipe, TaylorSeerCache(
+            interval=interval, warmup=warmup)), lambda: remove_cache(toy_pipe), watch_block=0)
+        assert our_pattern == their_pattern and 0 < sum(our_pattern) < len(our_pattern), (interval, warmup)

@@ -37,6 +37,9 @@ class ModelAdapter:
     teacache_indicator: str = "temb"  # "temb" or "modulated" (norm1(x) * (1 + scale) + shift of block 0)
     modulated_input: Callable[[torch.nn.Module, tuple, dict], torch.Tensor] | None = None
     latent_frames: Callable[[torch.nn.Module, tuple, dict], int | None] | None = None
+    # where the parts of `parts_flops` start in a block (cross-attention families): a cache that skips a part never
+    # calls its first Linear, so another library's cache can be measured part by part
+    part_modules: tuple[tuple[str, str], ...] = ()
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         out = []
@@ -58,6 +61,12 @@ class ModelAdapter:
         else:
             macs = 4 * s * d * d + 2 * s * s * d + 2 * s * d * d + 2 * l * d * d + 2 * s * l * d + 2 * s * d * ffn
         return 2.0 * macs
+
+    def parts_flops(self, tokens: int, text_tokens: int, dim: int, ffn: int) -> dict[str, float]:
+        """`block_flops` by part of a cross-attention block: self-attention, cross-attention, FFN."""
+        s, l, d = tokens, text_tokens, dim
+        return {"self_attention": 2.0 * (4 * s * d * d + 2 * s * s * d),
+                "cross_attention": 2.0 * (2 * s * d * d + 2 * l * d * d + 2 * s * l * d), "ffn": 2.0 * (2 * s * d * ffn)}
 
     def hidden(self, args: tuple, kwargs: dict) -> torch.Tensor:
         return _arg(args, kwargs, 0, "hidden_states")
@@ -126,7 +135,9 @@ ADAPTERS: dict[str, ModelAdapter] = {
     for a in [
         ModelAdapter("wan", "WanTransformer3DModel", ("blocks",), returns_encoder=False, cfg_layout="separate",
                      attention="cross", temb_arg=(2, "temb"), time_embedder="condition_embedder",
-                     teacache_indicator="temb", modulated_input=_wan_modulated, latent_frames=_wan_frames),
+                     teacache_indicator="temb", modulated_input=_wan_modulated, latent_frames=_wan_frames,
+                     part_modules=(("self_attention", "attn1.to_q"), ("cross_attention", "attn2.to_q"),
+                                   ("ffn", "ffn.net.0.proj"))),
         ModelAdapter("hunyuanvideo", "HunyuanVideoTransformer3DModel", ("transformer_blocks", "single_transformer_blocks"),
                      returns_encoder=True, cfg_layout="separate", attention="joint", temb_arg=(2, "temb"),
                      teacache_indicator="modulated", modulated_input=_hunyuan_modulated, latent_frames=_hunyuan_frames),
@@ -135,7 +146,9 @@ ADAPTERS: dict[str, ModelAdapter] = {
                      latent_frames=_cog_frames),
         ModelAdapter("ltx-video", "LTXVideoTransformer3DModel", ("transformer_blocks",), returns_encoder=False,
                      cfg_layout="batched", attention="cross", temb_arg=(2, "temb"), teacache_indicator="modulated",
-                     modulated_input=_ltx_modulated, latent_frames=_ltx_frames),
+                     modulated_input=_ltx_modulated, latent_frames=_ltx_frames,
+                     part_modules=(("self_attention", "attn1.to_q"), ("cross_attention", "attn2.to_q"),
+                                   ("ffn", "ff.net.0.proj"))),
     ]
 }
 
