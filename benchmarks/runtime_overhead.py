@@ -7,6 +7,8 @@
    (what a learned policy that observes everything costs).
 2. Savings: a fixed schedule that computes 40% of the calls (FULL on evenly spaced steps, STEP between)
    vs always-FULL, timing the transformer calls only. Target: >= 2x.
+3. The shipped learned policy (PPO) at budget 0.35, forecasts and decisions included, the same way: its
+   transformer wall-clock speedup against its FLOPs speedup. Target: >= 0.9 of it.
 
     python benchmarks/runtime_overhead.py [--runs 7] [--threads N] [--json results/runtime_overhead.json]
 """
@@ -20,7 +22,8 @@ import time
 
 import torch
 
-from cachepilot.models.registry import load_pipeline
+from cachepilot.models.registry import load_pipeline, weights_path
+from cachepilot.policies.policy_file import load_policy
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
@@ -72,6 +75,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--fraction", type=float, default=0.4)
+    parser.add_argument("--policy", help="policy folder (default: the shipped policy-ppo)")
+    parser.add_argument("--budget", type=float, default=0.35)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--json")
     args = parser.parse_args()
@@ -83,7 +88,9 @@ def main() -> None:
     call_bare_ms, call_hooked_ms, call_overhead = per_call_overhead(pipe)
 
     bare, hooked, hooked_all, transformer_full, transformer_sched, pipeline_sched = [], [], [], [], [], []
+    transformer_learned, pipeline_learned = [], []
     schedule = FixedSchedule.uniform(args.steps, args.fraction)
+    learned = load_policy(args.policy or weights_path("toy-wan") / "policy-ppo").policy(args.budget)
     def run_hooked(policy, walls=None) -> float:
         attach_runtime(pipe, policy)
         try:
@@ -100,12 +107,17 @@ def main() -> None:
             lambda: hooked.append(run_hooked(NoCache(), transformer_full)),
             lambda: hooked_all.append(run_hooked(FullReadingEverything())),
             lambda: pipeline_sched.append(run_hooked(schedule, transformer_sched)),
+            lambda: pipeline_learned.append(run_hooked(learned, transformer_learned)),
         ]
         for variant in variants if run % 2 == 0 else variants[::-1]:
             variant()
     attach_runtime(pipe, schedule)
     timed(pipe, args.steps, 0)
     summary = cache_summary(pipe)
+    remove_cache(pipe)
+    attach_runtime(pipe, learned)
+    timed(pipe, args.steps, 0)
+    learned_fraction = cache_summary(pipe).computed_fraction
     remove_cache(pipe)
 
     med = statistics.median
@@ -123,7 +135,12 @@ def main() -> None:
         "transformer_full_s": med(transformer_full), "transformer_schedule_s": med(transformer_sched),
         "transformer_speedup": med(transformer_full) / med(transformer_sched),
         "pipeline_speedup": med(bare) / med(pipeline_sched),
+        "learned_budget": args.budget, "learned_computed_fraction": learned_fraction,
+        "learned_flops_speedup": 1 / learned_fraction,
+        "learned_transformer_speedup": med(transformer_full) / med(transformer_learned),
+        "learned_pipeline_speedup": med(bare) / med(pipeline_learned),
     }
+    result["learned_wall_over_flops"] = result["learned_transformer_speedup"] / result["learned_flops_speedup"]
     print(f"machine: {result['machine']}; median of {args.runs} runs, {args.steps} steps, CFG")
     print("| measurement | value |")
     print("|---|---|")
@@ -141,6 +158,12 @@ def main() -> None:
     print(f"| transformer time, always FULL / schedule, s | {result['transformer_full_s']:.3f} / {result['transformer_schedule_s']:.3f} |")
     print(f"| transformer wall-clock speedup | {result['transformer_speedup']:.2f}x |")
     print(f"| whole-pipeline speedup | {result['pipeline_speedup']:.2f}x |")
+    print(f"| learned policy (PPO) at {args.budget:g}: computed fraction, FLOPs speedup | "
+          f"{learned_fraction:.3f}, {result['learned_flops_speedup']:.2f}x |")
+    print(f"| learned policy: transformer wall-clock speedup (decisions and forecasts included) | "
+          f"{result['learned_transformer_speedup']:.2f}x |")
+    print(f"| learned policy: wall-clock / FLOPs speedup | {result['learned_wall_over_flops']:.2f} |")
+    print(f"| learned policy: whole-pipeline speedup | {result['learned_pipeline_speedup']:.2f}x |")
     if args.json:
         from cachepilot.io import atomic_write_text
 

@@ -285,6 +285,10 @@ def cmd_ablate(args) -> int:
         settings["oracle_budgets"] = args.oracle_budgets
     if args.policies:
         settings["policies"] = tuple(p for p in args.policies.split(",") if p)
+    if args.search_rounds is not None:
+        from cachepilot.evaluation.search import SearchConfig  # command's own code (module docstring)
+
+        settings["oracle_search"] = SearchConfig(rounds=args.search_rounds)
     config = AblationConfig.quick(**settings) if args.quick else AblationConfig(**settings)
     out = Path(args.out)
     ablate(config, out)
@@ -369,15 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="run every cache method on the same prompts and seeds; tables, Pareto plot, GIF")
     p.add_argument("--model", default="toy-wan")
     p.add_argument("--model-path")
-    p.add_argument("--methods", default="all", help="all, or a comma list: baseline and peer names, oracle, learned, "
-                   "learned-<policy>")
+    p.add_argument("--methods", default="all", help="all, or a comma list: baseline and peer names, oracle (searched, "
+                   "with the DP), oracle-dp, uniform, learned, learned-<policy>")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split (real models)")
     p.add_argument("--pairs", type=_COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
     p.add_argument("--steps", type=_COUNT, help="default 50")
     p.add_argument("--guidance", type=_GUIDANCE, help="default 5")
     p.add_argument("--budgets", type=_budgets, help="learned policies' budgets (default 0.2,0.25,0.35,0.5,0.6)")
-    p.add_argument("--oracle-budgets", type=_budgets, help="default 0.25,0.35,0.5")
+    p.add_argument("--oracle-budgets", type=_budgets, help="the oracles' and uniform schedules' (default "
+                   "0.15,0.25,0.35,0.5)")
+    p.add_argument("--search-rounds", type=_COUNT, help="rounds of the searched oracle's local search (default 8; "
+                   "--quick: 2)")
     p.add_argument("--policies", help="comma list of policy folders (default: every policy-* beside the weights)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pairs, default knobs, one budget")
     p.add_argument("--out", default="results/ablation", help="output folder; its runs/ are reused on a rerun")

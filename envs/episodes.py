@@ -36,6 +36,9 @@ def default_block_ks(num_blocks: int) -> tuple[int, ...]:
     return tuple(sorted({k for k in (num_blocks // 3, 2 * num_blocks // 3) if 1 <= k < num_blocks}))
 
 
+DEFAULT_FORECASTS = (1, 2)  # every reuse may also forecast, with order 1 or 2
+
+
 def make_pairs(model: str, prompts, pairs: int | None) -> list[tuple[str, int]]:
     """(prompt, seed) pairs: prompt i of the list (a toy-wan split name or explicit prompts) with seed i."""
     if isinstance(prompts, str):
@@ -60,8 +63,8 @@ def _budget_range(budget) -> tuple[float, float]:
 class CacheEpisodes:
     def __init__(self, model: str = "toy-wan", prompts="train", pairs: int | None = 64, steps: int = 50,
                  guidance: float = 5.0, budget=(0.2, 0.6), quality: str = "psnr", block_ks=None,
-                 reward: RewardConfig | None = None, model_path=None, pipe=None, references=None,
-                 budget_guard: bool = False):
+                 forecasts: tuple[int, ...] = DEFAULT_FORECASTS, reward: RewardConfig | None = None, model_path=None,
+                 pipe=None, references=None, budget_guard: bool = False):
         if quality not in QUALITY_METRICS:
             raise InvalidInputError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
         self.pairs = make_pairs(model, prompts, pairs)
@@ -75,7 +78,9 @@ class CacheEpisodes:
         self.reward = reward or RewardConfig()
         self.num_blocks = num_blocks = count_blocks(pipe.transformer)
         self.budget_guard = budget_guard
-        self.actions: tuple[Action, ...] = step_actions(num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks)
+        self.actions: tuple[Action, ...] = step_actions(
+            num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks,
+            tuple(checks.count("forecast order", o) for o in forecasts))
         self.spec = ObservationSpec()
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.spec.size,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))

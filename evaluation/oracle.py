@@ -1,23 +1,26 @@
-"""The oracle: per (prompt, seed) and budget, a near-best FULL/STEP schedule found with the real model.
+"""The DP oracle: per (prompt, seed) and budget, the schedule of least summed segment error, and the teacher's rule.
 
-Segment-error graph. Node i: "FULL at step i". Edge i -> j: reuse step i's residuals (STEP) at steps
-i+1..j-1 and compute again at j (j = N: the generation ends). Its error e(i, j) is the RMS distance of
-the latents entering step j to the reference trajectory, measured by really running the
-segment from the reference state at step i (the scheduler and the cache runtime are forked there). Every
-segment from i is a prefix of one reuse rollout, so the whole table costs one reference generation plus
-N short rollouts whose steps run no block.
+Segment-error graph. Node i: "FULL at step i". Edge i -> j: reuse at steps i+1..j-1 and compute again at j (j = N:
+the generation ends). Its error is the RMS distance of the latents entering step j to the reference trajectory,
+measured by really running the segment from the reference state at step i (the scheduler and the cache runtime
+are forked there). A reuse is STEP (error e(i, j)) or a first-order forecast STEP_F1 through the residuals of the
+last two FULL steps h and i (error f(h, i, j)): the forecast's edge depends on the FULL before, so the state of the
+DP is the pair of last FULL steps, as in DPCache's three-index cost table. Every segment from i is a prefix of one
+rollout whose steps run no block, so the table costs one reference generation plus about N x (1 + max_gap) cheap
+rollouts.
 
-`SegmentTable.plan(K)` solves the budgeted shortest path: the K FULL steps (step 0 among them) whose
-summed segment errors are least. `SegmentTable.compute_now` answers the same question from any state a
-student reaches (last FULL at s, now at t, k FULLs left): the DAgger relabelling rule.
-The oracle decides at FULL / STEP granularity; the summed-error objective is a surrogate for the final
-error, which is why the reported oracle numbers come from real rollouts of its schedules.
+`SegmentTable.schedule(K)` solves the budgeted shortest path: the K FULL steps (step 0 among them) and each gap's
+reuse whose summed segment errors are least. `SegmentTable.act` answers the same question from any state a student
+reaches (last FULLs at h and s, now at t, k FULLs left): the DAgger relabelling rule. Segment errors do not add
+up exactly (they compound), so this is a surrogate: the oracle the ablation reports is the searched one
+(`evaluation.search`), which starts from this schedule among others.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,7 @@ from cachepilot.errors import CachepilotError
 from cachepilot.io import read_or_set_aside
 from cachepilot.policies.base import BasePolicy
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
-from cachepilot.runtime import FULL, STEP, attach_runtime, remove_cache
+from cachepilot.runtime import FULL, STEP, Action, attach_runtime, remove_cache
 
 from .harness import run_method
 
@@ -46,63 +49,104 @@ def fulls_for_budget(budget: float, steps: int) -> int:
 
 @dataclass
 class SegmentTable:
-    """Measured segment errors of one (prompt, seed): errors[i, j] for FULL at i, next FULL at j (j = N: end)."""
+    """Measured segment errors of one (prompt, seed).
+
+    errors[i, j]: FULL at i, STEP until the next FULL at j (j = N: the end). forecast[i, g, j] (optional): the same
+    with every reuse a first-order forecast (STEP_F1) through the FULL residuals at h = i - g - 1 and i. A forecast
+    needs the FULL before the latest, so the DP's state is the last two FULL steps; each edge takes whichever reuse
+    measured the smaller error."""
 
     errors: np.ndarray  # (N, N + 1), inf where not measured (j <= i or j - i > max_gap)
     max_gap: int
     gain: np.ndarray | None = None  # (N + 1,) how much an error entering step j grows by the end (see `amplification`)
+    forecast: np.ndarray | None = None  # (N, max_gap, N + 1), inf where not measured
 
     def __post_init__(self):
-        self.steps = self.errors.shape[0]
+        self.steps = n = self.errors.shape[0]
+        g = self.max_gap
         if self.gain is None:
-            self.gain = np.ones(self.steps + 1)
-        self.cost = (self.errors * self.gain[None, :]) ** 2  # expected final-output squared error of a segment (adds up)
+            self.gain = np.ones(n + 1)
+        self.step_cost = (self.errors * self.gain[None, :]) ** 2  # expected final-output squared error (adds up)
+        self.forecast_cost = (np.full((n, g, n + 1), np.inf) if self.forecast is None
+                              else (self.forecast * self.gain[None, None, :]) ** 2)
+        # cost[i, g, j] for g < max_gap: the previous FULL at i - g - 1; g = max_gap: none within reach (STEP only)
+        step = np.broadcast_to(self.step_cost[:, None, :], (n, g + 1, n + 1))
+        forecast = np.concatenate([self.forecast_cost, np.full((n, 1, n + 1), np.inf)], axis=1)
+        self.cost = np.minimum(step, forecast)
+        self.reuse = np.where(forecast < step, STEP.forecasting(1), STEP)  # the reuse each edge takes
         self._value, self._next = self._solve()
 
     def _solve(self) -> tuple[np.ndarray, np.ndarray]:
-        """value[j, k]: least error after a FULL at j with at most k more FULLs; nxt[j, k]: the next FULL (N: none)."""
-        n, e = self.steps, self.cost
-        value = np.full((n, n), np.inf)
-        nxt = np.full((n, n), n, dtype=np.int64)
-        value[:, 0] = e[:, n]
+        """value[i, g, k]: least error after a FULL at i (the one before at i - g - 1) with at most k more FULLs;
+        nxt[i, g, k]: the next FULL (N: none)."""
+        n, gap, cost = self.steps, self.max_gap, self.cost
+        value = np.full((n, gap + 1, n), np.inf)
+        nxt = np.full((n, gap + 1, n), n, dtype=np.int64)
+        value[:, :, 0] = cost[:, :, n]
         for k in range(1, n):
-            for j in range(n - 1, -1, -1):
-                best, arg = value[j, k - 1], nxt[j, k - 1]
-                for m in range(j + 1, min(j + self.max_gap, n - 1) + 1):
-                    cand = e[j, m] + value[m, k - 1]
-                    if cand < best:
-                        best, arg = cand, m
-                value[j, k], nxt[j, k] = best, arg
+            for i in range(n - 1, -1, -1):
+                best, arg = value[i, :, k - 1].copy(), nxt[i, :, k - 1].copy()
+                for m in range(i + 1, min(i + gap, n - 1) + 1):
+                    cand = cost[i, :, m] + value[m, m - i - 1, k - 1]
+                    better = cand < best
+                    best[better], arg[better] = cand[better], m
+                value[i, :, k], nxt[i, :, k] = best, arg
         return value, nxt
+
+    def _gap(self, last_full: int, previous_full: int | None) -> int:
+        """The state index of the FULL before the latest."""
+        if previous_full is None or last_full - previous_full > self.max_gap:
+            return self.max_gap
+        return last_full - previous_full - 1
 
     def plan(self, fulls: int) -> list[int]:
         """The FULL steps (at most `fulls`, step 0 first) of the least summed segment error."""
+        return [i for i, a in enumerate(self.schedule(fulls)) if a == FULL]
+
+    def schedule(self, fulls: int) -> list[Action]:
+        """The step-level schedule of the least summed segment error with at most `fulls` FULL steps."""
         k = min(max(fulls, 1), self.steps) - 1
-        if not np.isfinite(self._value[0, k]):
+        if not np.isfinite(self._value[0, self.max_gap, k]):
             raise ValueError(f"{fulls} FULL steps cannot cover {self.steps} steps with reuse runs of at most "
                              f"{self.max_gap} steps; raise max_gap or the budget")
-        chosen, j = [0], 0
-        while k > 0 and self._next[j, k] < self.steps:
-            j, k = int(self._next[j, k]), k - 1
-            chosen.append(j)
-        return chosen
+        actions, i, g = [FULL], 0, self.max_gap
+        while True:
+            m = int(self._next[i, g, k]) if k > 0 else self.steps
+            actions += [self.reuse[i, g, m]] * (m - i - 1)
+            if m == self.steps:
+                return actions
+            actions.append(FULL)
+            i, g, k = m, m - i - 1, k - 1
 
-    def surrogate_error(self, full_steps: list[int]) -> float:
-        ends = [*full_steps[1:], self.steps]
-        return float(sum(self.cost[i, j] for i, j in zip(full_steps, ends)))
+    def surrogate_error(self, schedule: list[Action]) -> float:
+        """The summed segment costs of a FULL / STEP / STEP_F1 schedule."""
+        fulls = [i for i, a in enumerate(schedule) if a == FULL]
+        total, previous = 0.0, None
+        for i, j in zip(fulls, [*fulls[1:], self.steps]):
+            g = self._gap(i, previous)
+            if j > i + 1 and schedule[i + 1] != STEP:
+                total += float(self.forecast_cost[i, g, j]) if g < self.max_gap else np.inf
+            else:
+                total += float(self.step_cost[i, j])
+            previous = i
+        return total
 
-    def compute_now(self, step: int, last_full: int, fulls_left: int) -> bool:
-        """From a state the oracle did not visit: should step `step` compute (last FULL at `last_full`)?"""
+    def act(self, step: int, last_full: int, previous_full: int | None, fulls_left: int) -> Action:
+        """From a state the oracle did not visit (last FULLs at `previous_full` and `last_full`, `fulls_left` more
+        allowed): FULL now, or the reuse of the segment it would rather continue."""
+        g = self._gap(last_full, previous_full)
         if fulls_left < 1:
-            return False
+            return self.reuse[last_full, g, self.steps]
         if step - last_full >= self.max_gap:
-            return True  # outside the measured table: reuse has gone on long enough
-        n, e, value = self.steps, self.cost, self._value
-        now = e[last_full, step] + value[step, fulls_left - 1]
-        later = e[last_full, n] if n - last_full <= self.max_gap else np.inf
+            return FULL  # outside the measured table: reuse has gone on long enough
+        n, cost, value = self.steps, self.cost, self._value
+        now = cost[last_full, g, step] + value[step, step - last_full - 1, fulls_left - 1]
+        later, where = (cost[last_full, g, n], n) if n - last_full <= self.max_gap else (np.inf, n)
         for m in range(step + 1, min(last_full + self.max_gap, n - 1) + 1):
-            later = min(later, e[last_full, m] + value[m, fulls_left - 1])
-        return bool(now <= later)
+            cand = cost[last_full, g, m] + value[m, m - last_full - 1, fulls_left - 1]
+            if cand < later:
+                later, where = cand, m
+        return FULL if now <= later else self.reuse[last_full, g, where]
 
 
 class _Scripted(BasePolicy):
@@ -131,17 +175,22 @@ def _distance(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0,
-                     max_gap: int = DEFAULT_MAX_GAP, gain: np.ndarray | None = None) -> tuple[list[SegmentTable], np.ndarray]:
+                     max_gap: int = DEFAULT_MAX_GAP, gain: np.ndarray | None = None,
+                     forecast: bool = False) -> tuple[list[SegmentTable], np.ndarray]:
     """The segment-error table of each (prompt, seed), the pairs run as one batch, and the full-compute frames
-    (bit-identical to the pipeline's uncached output, so they serve as references)."""
+    (bit-identical to the pipeline's uncached output, so they serve as references). With `forecast`, also the
+    first-order forecast segments: for FULL steps h < i, the fork at i is given h's residuals as the ones before
+    the latest (`CacheRuntime.graft_history`), then forecasts until the gap runs out."""
     pipe = _stepper(pipe)
     prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     policy = _Scripted()
+    policy.forecast_order = int(forecast)
     runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
     scheduler = pipe.scheduler
     saved_scheduler = copy.deepcopy(vars(scheduler))
     errors = np.full((len(pairs), steps, steps + 1), np.inf)
+    forecasts = np.full((len(pairs), steps, max_gap, steps + 1), np.inf) if forecast else None
     try:
         latents, embeds, negative, timesteps = pipe.prepare_denoising(
             prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators)
@@ -150,21 +199,34 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
             policy.action = FULL
             reference.append(pipe.denoise_step(reference[-1], i, t, embeds, negative))
             states[i] = (copy.deepcopy(vars(scheduler)), runtime.snapshot())
-        for i in range(steps):  # fork after the FULL at step i: reuse until the gap runs out
-            errors[:, i, i + 1] = 0.0
+
+        def fork(i: int, action: Action, older=None) -> Iterator[tuple[int, np.ndarray]]:
+            """Reuse with `action` after the FULL at step i until the gap runs out: (j, error entering j)."""
             scheduler.__dict__ = copy.deepcopy(states[i][0])
             runtime.restore(states[i][1])
-            policy.action = STEP
-            x = reference[i + 1]
+            if older is not None:
+                runtime.graft_history(older)
+            policy.action, x = action, reference[i + 1]
             for j in range(i + 1, min(i + max_gap, steps)):
                 x = pipe.denoise_step(x, j, timesteps[j], embeds, negative)
-                errors[:, i, j + 1] = _distance(x, reference[j + 1])
-            states[i] = None
+                yield j + 1, _distance(x, reference[j + 1])
+
+        for i in range(steps):
+            errors[:, i, i + 1] = 0.0
+            for j, error in fork(i, STEP):
+                errors[:, i, j] = error
+            for h in range(max(0, i - max_gap), i) if forecast else ():
+                forecasts[:, i, i - h - 1, i + 1] = 0.0
+                for j, error in fork(i, STEP.forecasting(1), states[h][1]):
+                    forecasts[:, i, i - h - 1, j] = error
+            if i >= max_gap:
+                states[i - max_gap] = None  # no later fork grafts from it
     finally:
         remove_cache(pipe)
         scheduler.__dict__ = saved_scheduler
     frames = pipe.latents_to_frames(reference[-1]).cpu().numpy().astype(np.float32)
-    return [SegmentTable(errors[b], max_gap, gain) for b in range(len(pairs))], frames
+    return [SegmentTable(errors[b], max_gap, gain, None if forecasts is None else forecasts[b])
+            for b in range(len(pairs))], frames
 
 
 def amplification(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0, every: int = 4) -> np.ndarray:

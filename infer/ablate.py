@@ -27,6 +27,7 @@ from cachepilot.evaluation.harness import generate_with, timed_reference
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, fulls_for_budget, measure_segments,
                                           stored_gain)
 from cachepilot.evaluation.peers import PEERS, available_peers, generate_with_peer
+from cachepilot.evaluation.search import SearchConfig, SearchResult, realise, search
 from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
 from cachepilot.models.adapters import num_blocks
@@ -35,7 +36,8 @@ from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.calibration import find_calibration
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
 from cachepilot.policies.registry import BASELINES, calibration_covers, make_baseline
-from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
+from cachepilot.policies.schedule import FixedSchedule
+from cachepilot.runtime import Action
 
 from .ablation_report import write_report
 
@@ -47,7 +49,7 @@ class Entry:
 
     method: str
     knob: float
-    kind: str  # "reference" | "learned" | "oracle" | "schedule" (uniform) | "baseline" | "peer"
+    kind: str  # "reference" | "learned" | "oracle" (searched) | "dp" | "schedule" (uniform) | "baseline" | "peer"
     knob_name: str
     extra: tuple[tuple[str, float], ...] = ()
 
@@ -91,7 +93,8 @@ class AblationConfig:
     guidance: float = 5.0
     methods: str = "all"  # or a comma list of baseline / peer names, "oracle", "learned", "learned-<name>"
     budgets: tuple[float, ...] = (0.2, 0.25, 0.35, 0.5, 0.6)  # learned policies (within each one's range)
-    oracle_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)  # the oracle's and the uniform schedules' 
+    oracle_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)  # the oracles' and the uniform schedules'
+    oracle_search: SearchConfig = SearchConfig()
     policies: tuple[str, ...] | None = None  # policy folders; default: every policy-* folder beside the weights
     sweeps: bool = True  # False: each baseline and peer at its default knob only
     gif_pairs: int = 2
@@ -100,7 +103,8 @@ class AblationConfig:
     @classmethod
     def quick(cls, **overrides) -> "AblationConfig":
         """A smoke run of every method (2 pairs, default knobs, one budget) for tests and first looks."""
-        return replace(cls(pairs=2, budgets=(0.35,), oracle_budgets=(0.35,), sweeps=False, gif_pairs=1), **overrides)
+        return replace(cls(pairs=2, budgets=(0.35,), oracle_budgets=(0.35,), sweeps=False, gif_pairs=1,
+                           oracle_search=SearchConfig(rounds=2, proposals=2)), **overrides)
 
 
 @dataclass
@@ -136,6 +140,15 @@ class Setting:
         self.lpips_note: str | None = None
         self.policy_digests: dict[str, str] = {}  # learned method -> digest of its weights (learned_policies)
 
+    @property
+    def search_inputs(self) -> str:
+        """Digest of what the searched oracle depends on: its settings, the learned policies and the gain profile
+        it starts from."""
+        gain = self.weights / GAIN_FILE if self.weights else None
+        return _digest(json.dumps({"search": asdict(self.config.oracle_search), "policies": self.policy_digests,
+                                   "gain": _digest(gain.read_bytes()) if gain and gain.is_file() else ""},
+                                  sort_keys=True).encode())
+
     def inputs(self, entry: Entry) -> str:
         """Digest of the files beside the weights that `entry`'s run depends on ("" for none)."""
         if entry.kind == "learned":
@@ -143,8 +156,10 @@ class Setting:
         spec = BASELINES.get(entry.method) or PEERS.get(entry.method)
         if spec is not None and spec.calibration:
             return _digest(json.dumps(self.calibration, sort_keys=True).encode())
-        if entry.kind == "oracle" and self.weights and (self.weights / GAIN_FILE).is_file():
+        if entry.kind == "dp" and self.weights and (self.weights / GAIN_FILE).is_file():
             return _digest((self.weights / GAIN_FILE).read_bytes())
+        if entry.kind == "oracle":
+            return self.search_inputs
         return ""
 
     def load_reference(self) -> None:
@@ -259,7 +274,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     config = setting.config
     baselines = [n for n in BASELINES if n != "none"]
     peers = available_peers()
-    known = baselines + list(PEERS) + ["oracle", *UNIFORM, "learned", *bundles]
+    known = baselines + list(PEERS) + ["oracle", "oracle-dp", *UNIFORM, "learned", *bundles]
     wanted = known if config.methods == "all" else [m.strip() for m in config.methods.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in known]
     if unknown:
@@ -281,8 +296,6 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
                 setting.log(f"skipping {name}: no calibration.json beside the weights")
                 continue
             entries += sweep_entries(p, "peer", config.sweeps)
-    if "oracle" in wanted:
-        entries += [Entry("oracle", float(b), "oracle", "budget") for b in config.oracle_budgets]
     for name in UNIFORM:  # the oracle's FULL count, evenly spaced: what the oracle's placement is worth
         if name in wanted:
             entries += [Entry(name, float(b), "schedule", "budget") for b in config.oracle_budgets]
@@ -290,6 +303,10 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
         if name in wanted or "learned" in wanted:
             lo, hi = bundle.card.budget_range
             entries += [Entry(name, float(b), "learned", "budget") for b in config.budgets if lo <= b <= hi]
+    if "oracle-dp" in wanted or "oracle" in wanted:  # last: the search starts from the runs above
+        entries += [Entry("oracle-dp", float(b), "dp", "budget") for b in config.oracle_budgets]
+    if "oracle" in wanted:
+        entries += [Entry("oracle", float(b), "oracle", "budget") for b in config.oracle_budgets]
     return entries
 
 
@@ -317,24 +334,79 @@ class Runner:
         if entry.kind == "schedule":
             order, basis = UNIFORM[entry.method]
             return FixedSchedule.uniform(s.config.steps, fulls / s.config.steps, forecast=order, forecast_basis=basis)
+        if entry.kind == "dp":
+            return FixedSchedule.per_sample([t.schedule(fulls) for t in self.oracle_tables()])
         if entry.kind == "oracle":
-            return FixedSchedule.per_sample([full_steps_schedule(s.config.steps, t.plan(fulls)) for t in self.oracle_tables()])
+            return FixedSchedule.per_sample(self.searched(entry.knob).schedules, s.config.oracle_search.forecast_basis)
         return make_baseline(entry.method, calibration=s.calibration, num_blocks=num_blocks(s.pipe.transformer),
                              **entry.settings)
 
+    def searched(self, budget: float) -> SearchResult:
+        """The searched oracle's schedules at `budget` (searched once, stored with the runs)."""
+        s, c = self.setting, self.setting.config
+        path = s.dir / f"oracle-search@{budget:g}.json"
+
+        def read(p: Path) -> tuple[str, SearchResult]:
+            data = json.loads(p.read_text())
+            return data["inputs"], SearchResult.from_dict(data["result"])
+
+        stored = s.read(path, read)
+        if stored is not None and stored[0] == s.search_inputs:
+            return stored[1]
+        result = search(s.pipe, s.prompts, s.seeds, s.reference, budget, self.search_starts(budget), c.steps,
+                        c.guidance, num_blocks(s.pipe.transformer), c.oracle_search, s.log)
+        s.log(f"oracle search, budget {budget:g}: {result.cpu_seconds / 60:.1f} CPU minutes, "
+              f"{result.wall_seconds / 60:.1f} minutes")
+        atomic_write_text(path, json.dumps({"inputs": s.search_inputs, "result": result.as_dict()}, allow_nan=False))
+        return result
+
+    def search_starts(self, budget: float) -> dict[str, list[list[Action]]]:
+        """The schedules the search starts from: the DP's (where the model has a gain profile), the uniform ones,
+        TaylorSeer's best setting within the budget and the best learned policy at the budget (from their stored
+        runs), each as the runtime realised it on these pairs."""
+        s, c = self.setting, self.setting.config
+        pairs = (s.prompts, s.seeds, c.steps, c.guidance)
+        starts = {}
+        if self.has_gain():
+            fulls = fulls_for_budget(budget, c.steps)
+            starts["oracle-dp"] = [t.schedule(fulls) for t in self.oracle_tables()]
+        for name in ("uniform", "uniform-f1", "uniform-f2"):
+            starts[name] = realise(s.pipe, self.policy(Entry(name, budget, "schedule", "budget")), *pairs)
+        candidates = [e for e in sweep_entries(BASELINES["taylorseer"], "baseline", True)]
+        candidates += [Entry(name, budget, "learned", "budget") for name in self.bundles]
+        best = {}
+        for entry in candidates:
+            run = s.stored(entry)
+            if run is None or np.mean(run.computed_fraction) > budget + 1e-9:
+                continue
+            family = "learned" if entry.kind == "learned" else entry.method
+            if family not in best or np.mean(run.psnr) > np.mean(best[family].psnr):
+                best[family] = run
+        for run in best.values():
+            starts[run.entry.key] = realise(s.pipe, self.policy(run.entry), *pairs)
+        return starts
+
+    def has_gain(self) -> bool:
+        try:
+            self.oracle_gain()
+            return True
+        except CachepilotError:
+            return False
+
     def oracle_tables(self):
-        """The oracle's segment tables for these pairs (measured once, stored with the runs)."""
+        """The DP oracle's segment tables for these pairs, forecasts included (measured once, stored with the runs)."""
         if self._oracle_tables is None:
             s, c = self.setting, self.setting.config
             gain = self.oracle_gain()
             path = s.dir / "oracle_tables.npz"
-            errors = s.read(path, lambda p: np.load(p)["errors"])
-            if errors is None:
+            stored = s.read(path, lambda p: (np.load(p)["errors"], np.load(p)["forecast"]))
+            if stored is None:
                 s.log("oracle: measuring segment tables")
-                tables, _ = measure_segments(s.pipe, list(zip(s.prompts, s.seeds)), c.steps, c.guidance, gain=gain)
-                errors = np.stack([t.errors for t in tables])
-                atomic_write_npz(path, errors=errors)
-            self._oracle_tables = [SegmentTable(e, DEFAULT_MAX_GAP, gain) for e in errors]
+                tables, _ = measure_segments(s.pipe, list(zip(s.prompts, s.seeds)), c.steps, c.guidance, gain=gain,
+                                             forecast=True)
+                stored = np.stack([t.errors for t in tables]), np.stack([t.forecast for t in tables])
+                atomic_write_npz(path, errors=stored[0], forecast=stored[1])
+            self._oracle_tables = [SegmentTable(e, DEFAULT_MAX_GAP, gain, f) for e, f in zip(*stored)]
         return self._oracle_tables
 
     def oracle_gain(self) -> np.ndarray:
@@ -364,14 +436,14 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Abl
     bundles = learned_policies(setting)
     entries = plan(setting, bundles)
     runner = Runner(setting, bundles)
-    if any(e.kind == "oracle" for e in entries):
+    if any(e.kind == "dp" for e in entries):
         try:
             runner.oracle_gain()
         except CachepilotError as error:
-            if config.methods != "all":
+            if "oracle-dp" in config.methods.split(","):
                 raise
-            log(f"skipping the oracle: {error}")
-            entries = [e for e in entries if e.kind != "oracle"]
+            log(f"skipping the DP oracle (the searched one starts without it): {error}")
+            entries = [e for e in entries if e.kind != "dp"]
     setting.load_reference()
     stored = {e: setting.stored(e) for e in entries}
     missing = [e for e, run in stored.items() if run is None]

@@ -23,7 +23,8 @@ from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.provenance import machine_summary
 from cachepilot.video import save_video
 
-KIND_ORDER = {"reference": 0, "learned": 1, "oracle": 2, "schedule": 3, "baseline": 4, "peer": 5}
+KIND_ORDER = {"reference": 0, "learned": 1, "oracle": 2, "dp": 3, "schedule": 4, "baseline": 5, "peer": 6}
+HINDSIGHT = ("oracle", "dp")  # schedules chosen per pair knowing its reference: not methods one can deploy
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Point:
     key: str = ""  # the run's (Entry.key)
     label: str = ""  # its knobs, "name=value, ..."
     own_front: bool = False  # not dominated by another knob of the same method
-    global_front: bool = False  # not dominated by any deployable method (the oracle is a limit, not a method)
+    global_front: bool = False  # not dominated by any deployable method (the oracles are not methods)
 
     @property
     def knob_label(self) -> str:
@@ -73,10 +74,10 @@ def _dominated(p: Point, others) -> bool:
 
 
 def _mark_fronts(found: list[Point]) -> None:
-    deployable = [p for p in found if p.kind != "oracle"]
+    deployable = [p for p in found if p.kind not in HINDSIGHT]
     for p in found:
         p.own_front = not _dominated(p, [q for q in found if q.method == p.method])
-        p.global_front = p.kind != "oracle" and not _dominated(p, deployable)
+        p.global_front = p.kind not in HINDSIGHT and not _dominated(p, deployable)
 
 
 def _fmt_psnr(value: float) -> str:
@@ -98,7 +99,8 @@ def pareto_table(found: list[Point]) -> str:
 
 
 def plot_pareto(found: list[Point], title: str) -> bytes:
-    """PSNR vs FLOPs speedup, one curve per method (its knobs in speedup order), the oracle dashed as the limit."""
+    """PSNR vs FLOPs speedup: one curve per method through its own front (the other settings as faint dots), the
+    oracles dashed."""
     fig = Figure(figsize=(9, 5.5), dpi=110)  # no pyplot: nothing global (backend, open figures) is touched
     ax = fig.subplots()
     methods = dict.fromkeys(p.method for p in found if p.kind != "reference")
@@ -107,10 +109,16 @@ def plot_pareto(found: list[Point], title: str) -> bytes:
         mine = sorted((p for p in found if p.method == method), key=lambda p: p.flops_speedup)
         kind = mine[0].kind
         style = {"oracle": dict(color="black", linestyle="--", marker="x", linewidth=1.5),
+                 "dp": dict(color="gray", linestyle="--", marker="+", linewidth=1.0),
                  "learned": dict(linestyle="-", marker="o", linewidth=2.5),
                  "peer": dict(linestyle=":", marker="s", linewidth=1.2)}.get(kind, dict(linestyle="-", marker=".", linewidth=1.2))
         label = f"{method} (limit)" if kind == "oracle" else method
-        ax.plot([p.flops_speedup for p in mine], [p.psnr for p in mine], label=label, **style)
+        front = [p for p in mine if p.own_front]
+        line, = ax.plot([p.flops_speedup for p in front], [p.psnr for p in front], label=label, **style)
+        rest = [p for p in mine if not p.own_front]
+        if rest:
+            ax.plot([p.flops_speedup for p in rest], [p.psnr for p in rest], linestyle="none", marker=".",
+                    markersize=3, alpha=0.4, color=line.get_color())
     ax.set_xlabel("FLOPs speedup (uncached / cached transformer FLOPs)")
     ax.set_ylabel("PSNR vs uncached output (dB)")
     ax.set_title(title, fontsize=10)

@@ -36,11 +36,12 @@ class PolicyNet(nn.Module):
         self.hidden = tuple(int(h) for h in hidden)
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, num_actions)
+        self._linears = tuple(layers[::2])  # the body's Linear modules, looked up once (not registered twice)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         # the same ops as body + head, without nn.Module call overhead: this runs once per denoising step
         x = obs
-        for layer in self.body[::2]:
+        for layer in self._linears:
             x = torch.tanh(F.linear(x, layer.weight, layer.bias))
         return F.linear(x, self.head.weight, self.head.bias)
 

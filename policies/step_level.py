@@ -25,14 +25,23 @@ class StepLevelPolicy(BasePolicy):
         if not self.actions or self.actions[0] != FULL:
             raise ValueError("a step-level action set starts with FULL")
         self.block_ks, self.back_blocks, self.forecast_order = block_layout(self.actions)
+        self._index = {a: i for i, a in enumerate(self.actions)}
 
     def choose(self, signals: list[Signals], masks: list[np.ndarray]) -> list[int]:
         """Indices into `actions`, one per sample (masks say which are valid now)."""
         raise NotImplementedError
 
     def decide_batch(self, signals: list[Signals], valid: list[tuple[Action, ...]]) -> list[Action]:
-        masks = [np.array([a in ok for a in self.actions]) for ok in valid]
+        masks = [self._mask(ok) for ok in valid]
         return [self.actions[int(pick)] for pick in self.choose(signals, masks)]
+
+    def _mask(self, valid: tuple[Action, ...]) -> np.ndarray:
+        mask = np.zeros(len(self.actions), dtype=bool)
+        for action in valid:
+            index = self._index.get(action)
+            if index is not None:
+                mask[index] = True
+        return mask
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         return self.decide_batch([signals], [valid])[0]

@@ -26,12 +26,12 @@ def quick(tmp_path_factory, module_toy_copy):
 def test_quick_ablation_writes_every_output(quick):
     data = json.loads((quick / "results.json").read_text())
     methods = {row["method"] for row in data["summary"]}
-    expected = {"none", "oracle", *UNIFORM, "learned-distill", "learned-ppo", *available_peers(), *BASELINES}
+    expected = {"none", "oracle", "oracle-dp", *UNIFORM, "learned-distill", "learned-ppo", *available_peers(), *BASELINES}
     assert methods == expected
     assert len(data["pairs"]) == 2 * len(data["summary"])  # 2 pairs per run
     by_method = {row["method"]: row for row in data["summary"]}
     assert by_method["none"]["computed_fraction"] == 1 and by_method["none"]["psnr"] is None  # the reference
-    for name in ("learned-distill", "learned-ppo", "oracle", *UNIFORM):
+    for name in ("learned-distill", "learned-ppo", "oracle", "oracle-dp", *UNIFORM):
         assert by_method[name]["knob"] == 0.35 and by_method[name]["computed_fraction"] <= 0.35 + 1e-9
         assert 15 < by_method[name]["psnr"] < 60
     header = (quick / "results.csv").read_text().splitlines()[0].split(",")
@@ -64,7 +64,8 @@ def test_a_replaced_policy_file_is_run_again(quick, module_toy_copy, capsys):
     shutil.copytree(model / "policy-distill", model / "policy-ppo")
     runs = len(json.loads((quick / "results.json").read_text())["summary"]) - 1
     assert main(["ablate", "--quick", "--model-path", str(model), "--out", str(quick)]) == 0
-    assert f"{runs} runs, {runs - 1} already stored" in capsys.readouterr().out
+    # the policy's runs and the searched oracle (it starts from the best learned policy's schedule)
+    assert f"{runs} runs, {runs - 2} already stored" in capsys.readouterr().out
     summary = {row["method"]: row for row in json.loads((quick / "results.json").read_text())["summary"]}
     assert summary["learned-ppo"]["psnr"] == summary["learned-distill"]["psnr"]
 

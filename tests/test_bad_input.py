@@ -224,6 +224,6 @@ def test_step_refuses_an_action_that_is_not_a_whole_index(toy_pipe, tmp_path):
     env.reset(seed=0)
     with pytest.raises(InvalidInputError, match="action must be a whole number, got 1.7"):
         env.step(1.7)
-    with pytest.raises(InvalidInputError, match=r"action must be >= 0 and <= 4, got 9"):
-        env.step(9)
+    with pytest.raises(InvalidInputError, match=r"action must be >= 0 and <= 12, got 13"):
+        env.step(13)
     env.close()

@@ -77,18 +77,26 @@ def test_budget_penalty_scales_with_the_excess(make_env):
 def test_cfg_and_block_actions_cost_what_they_run(make_env):
     env = make_env()
     names = [str(a) for a in env.actions]
-    assert names == ["FULL", "STEP", "CFG", "BLOCK_2", "BLOCK_4"]
+    plain = ["STEP", "CFG", "BLOCK_2", "BLOCK_4"]
+    assert names == ["FULL", *plain, *(f"{a}_F{o}" for o in (1, 2) for a in plain)]
     _, infos = run(env, [0, 2, 3, 4, 1, 0], options={"budget": 0.5})
     assert [round(i["step_cost"], 4) for i in infos] == [1.0, 0.5, round(2 / 6, 4), round(4 / 6, 4), 0.0, 1.0]
+    _, infos = run(env, [0, 0, 7, 0, 6, 9], options={"budget": 0.5})  # forecasts cost what their reuse costs
+    assert [i["action"] for i in infos] == ["FULL", "FULL", "BLOCK_2_F1", "FULL", "CFG_F1", "STEP_F2"]
+    assert [round(i["step_cost"], 4) for i in infos] == [1.0, 1.0, round(2 / 6, 4), 1.0, 0.5, 0.0]
+    assert not any(i["invalid_action"] for i in infos)
 
 
 def test_masks_allow_only_full_before_anything_is_cached(make_env):
     env = make_env()
     env.reset(seed=0)
-    assert env.action_masks().tolist() == [True, False, False, False, False]
+    assert env.action_masks().tolist() == [True] + [False] * (len(env.actions) - 1)
     _, _, _, _, info = env.step(1)  # STEP with nothing cached: computes FULL instead and says so
     assert info["invalid_action"] and info["action"] == "FULL" and info["step_cost"] == 1.0
-    assert env.action_masks().all()
+    plain = [not a.forecast for a in env.actions]
+    assert env.action_masks().tolist() == plain  # one FULL kept: every plain reuse, no forecast yet
+    env.step(0)
+    assert env.action_masks().tolist() == [a.forecast <= 1 for a in env.actions]  # two: order 1 too
 
 
 def test_reset_options_and_seed_determinism(make_env):

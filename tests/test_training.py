@@ -13,49 +13,69 @@ import torch
 from cachepilot.policies.learned import LearnedPolicy, PolicyNet, budget_mask
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
 from cachepilot import apply_cache, cache_summary, remove_cache
-from cachepilot.runtime import step_actions
+from cachepilot.runtime import FULL, STEP, step_actions
 from cachepilot.evaluation.oracle import SegmentTable, fulls_for_budget, measure_segments
 
 STEPS = 6
 
 
-def random_table(n=7, max_gap=3, seed=0):
+def random_table(n=7, max_gap=3, seed=0, forecast=True):
     rng = np.random.default_rng(seed)
     errors = np.full((n, n + 1), np.inf)
+    forecasts = np.full((n, max_gap, n + 1), np.inf)
     for i in range(n):
         for j in range(i + 1, min(i + max_gap, n) + 1):
             errors[i, j] = 0.0 if j == i + 1 else rng.uniform(0, 1) * (j - i)
-    return SegmentTable(errors, max_gap, rng.uniform(0.5, 2.0, n + 1))
+            for g in range(min(i, max_gap)):
+                forecasts[i, g, j] = 0.0 if j == i + 1 else rng.uniform(0, 1) * (j - i)
+    return SegmentTable(errors, max_gap, rng.uniform(0.5, 2.0, n + 1), forecasts if forecast else None)
 
 
 def brute_force(table, fulls):
+    """The least surrogate error over every FULL set and every choice of reuse (STEP or STEP_F1) per gap."""
     n, best = table.steps, (np.inf, None)
     for k in range(1, fulls + 1):
         for rest in itertools.combinations(range(1, n), k - 1):
             plan = [0, *rest]
-            ends = [*plan[1:], n]
-            if all(j - i <= table.max_gap for i, j in zip(plan, ends)):
-                best = min(best, (table.surrogate_error(plan), plan))
+            gaps = [(i, j) for i, j in zip(plan, [*plan[1:], n]) if j > i + 1]
+            if any(j - i > table.max_gap for i, j in gaps):
+                continue
+            for reuses in itertools.product([STEP, STEP.forecasting(1)], repeat=len(gaps)):
+                schedule = [FULL] * n
+                for (i, j), reuse in zip(gaps, reuses):
+                    schedule[i + 1 : j] = [reuse] * (j - i - 1)
+                best = min(best, (table.surrogate_error(schedule), schedule), key=lambda b: b[0])
     return best
 
 
 @pytest.mark.parametrize("fulls", [3, 4, 5])
-def test_oracle_dp_finds_the_least_error_plan(fulls):
-    table = random_table()
-    plan = table.plan(fulls)
-    assert len(plan) <= fulls and plan[0] == 0
-    assert table.surrogate_error(plan) == pytest.approx(brute_force(table, fulls)[0])
+@pytest.mark.parametrize("forecast", [False, True])
+def test_oracle_dp_finds_the_least_error_schedule(fulls, forecast):
+    table = random_table(forecast=forecast)
+    schedule = table.schedule(fulls)
+    assert len(table.plan(fulls)) <= fulls and schedule[0] == FULL
+    assert table.surrogate_error(schedule) == pytest.approx(brute_force(table, fulls)[0])
 
 
-def test_oracle_relabelling_rule_replays_its_own_plan():
+def test_oracle_forecasts_where_its_edges_are_cheaper_and_only_after_two_fulls():
+    table = random_table(n=8, max_gap=4, seed=1)
+    cheap = SegmentTable(table.errors, 4, table.gain, table.forecast / 10)
+    schedule = cheap.schedule(3)
+    first_gap = schedule[1 : schedule.index(FULL, 1)]
+    assert set(first_gap) <= {STEP}  # one FULL kept: nothing to extrapolate from
+    assert STEP.forecasting(1) in schedule
+    assert STEP.forecasting(1) not in random_table(n=8, max_gap=4, seed=1, forecast=False).schedule(3)
+
+
+def test_oracle_relabelling_rule_replays_its_own_schedule():
     table = random_table(seed=3)
-    plan = table.plan(4)
-    chosen, last = [0], 0
+    schedule = table.schedule(4)
+    chosen, last, previous = [FULL], 0, None
     for step in range(1, table.steps):
-        if table.compute_now(step, last, 4 - len(chosen)):
-            chosen.append(step)
-            last = step
-    assert table.surrogate_error(chosen) == pytest.approx(table.surrogate_error(plan))
+        chosen.append(table.act(step, last, previous, 4 - chosen.count(FULL)))
+        if chosen[-1] == FULL:
+            last, previous = step, last
+    assert table.surrogate_error(chosen) == pytest.approx(table.surrogate_error(schedule))
 
 
 def test_oracle_budget_is_whole_steps():
@@ -85,6 +105,34 @@ def test_segment_measurement_on_toy_wan(toy_pipe):
              callback_on_step_end=lambda p, i, t, kw: ref.append(kw["latents"].clone()) or kw)
     rms = float((kept[2] - ref[2]).pow(2).mean().sqrt())
     assert errors[0, 3] == pytest.approx(rms, rel=1e-4) and rms > 0
+
+
+def test_forecast_segments_are_what_really_happens_and_graft_the_full_before(toy_pipe):
+    from cachepilot.policies.schedule import FixedSchedule
+
+    pairs = [("a red circle moving left quickly on a plain background", 0)]
+    tables, _ = measure_segments(toy_pipe, pairs, STEPS, 5.0, max_gap=3, forecast=True)
+    forecast = tables[0].forecast
+    assert forecast.shape == (STEPS, 3, STEPS + 1) and np.isinf(forecast[0]).all()  # no FULL before step 0
+    assert np.isinf(forecast[1, 1:]).all() and np.isfinite(forecast[2, 1, 5])  # h = 0 is the only one before 1
+
+    def latents(schedule):
+        kept = []
+        apply_cache(toy_pipe, FixedSchedule(schedule), num_inference_steps=STEPS)
+        try:
+            toy_pipe(prompt=pairs[0][0], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                     callback_on_step_end=lambda p, i, t, kw: kept.append(kw["latents"].clone()) or kw)
+        finally:
+            remove_cache(toy_pipe)
+        return kept
+
+    f1 = STEP.forecasting(1)
+    ref, cached = latents([FULL] * STEPS), latents([FULL, FULL, FULL, f1, f1, FULL])  # FULLs at h = 1, i = 2
+    rms = float((cached[4] - ref[4]).pow(2).mean().sqrt())  # entering step 5
+    assert forecast[2, 0, 5] == pytest.approx(rms, rel=1e-4) and rms > 0
+    # the FULL before the latest is grafted: h = 0 extrapolates along another line than h = 1
+    assert forecast[2, 1, 5] != pytest.approx(forecast[2, 0, 5], rel=1e-3)
+    assert forecast[2, 0, 3] == 0.0 and tables[0].errors[2, 5] != pytest.approx(rms, rel=1e-3)
 
 
 def test_rollout_scores_real_generations_of_per_sample_schedules(toy_pipe):

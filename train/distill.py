@@ -187,18 +187,19 @@ def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfi
     gain = _gain(core, run_dir, config, log)
     path = run_dir / "oracle_tables.npz"
     stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
-    tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain) for k, v in stored.items()
-              if k.startswith("errors_")}
+    tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
+              for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
     missing = [i for i in pair_ids if i not in tables]
     for start in range(0, len(missing), config.num_envs):
         chunk = missing[start : start + config.num_envs]
         log(f"oracle: segment tables for pairs {chunk[0]}..{chunk[-1]}")
         found, frames = measure_segments(core.pipe, [core.pairs[i] for i in chunk], core.steps, core.guidance,
-                                         config.max_gap, gain)
+                                         config.max_gap, gain, forecast=True)
         for i, table, output in zip(chunk, found, frames):
             tables[i] = table
             core.store.put(*core.pairs[i], output)
-        atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()})
+        atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()},
+                         **{f"forecast_{i}": t.forecast for i, t in tables.items()})
     return tables
 
 
@@ -243,7 +244,7 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
     training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
                 "rounds": history, "selected_round": selected, "wall_minutes": round(minutes, 1),
-                "oracle": "segment-error DP (cachepilot.evaluation.oracle)"}
+                "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle)"}
     return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)
 
 

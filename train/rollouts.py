@@ -19,17 +19,18 @@ from cachepilot.runtime import FULL, STEP
 
 
 class OracleTeacher:
-    """The oracle's action from any state of an episode: FULL or STEP, by `SegmentTable.compute_now`."""
+    """The oracle's action from any state of an episode, by `SegmentTable.act`: FULL, or the reuse its plan
+    continues with (STEP, or STEP_F1 where the action set has it)."""
 
     def __init__(self, tables: dict[int, SegmentTable], actions, steps: int):
-        self.tables, self.steps = tables, steps
-        self.full, self.reuse = actions.index(FULL), actions.index(STEP)
+        self.tables, self.steps, self.actions = tables, steps, tuple(actions)
 
-    def act(self, pair: int, step: int, last_full: int, spent: float, budget: float) -> int:
+    def act(self, pair: int, step: int, last_full: int, previous_full: int | None, spent: float, budget: float) -> int:
         if step == 0:
-            return self.full
+            return self.actions.index(FULL)
         fulls_left = math.floor(budget * self.steps - spent + 1e-9)
-        return self.full if self.tables[pair].compute_now(step, last_full, fulls_left) else self.reuse
+        action = self.tables[pair].act(step, last_full, previous_full, fulls_left)
+        return self.actions.index(action if action in self.actions else STEP)
 
 
 @dataclass
@@ -64,10 +65,10 @@ def run_episodes(core: CacheEpisodes, jobs: list[tuple[int, float]], teacher: Or
         episodes = [core.draw(None, {"pair": p, "budget": b}) for p, b in chunk]
         obs, _ = core.begin(episodes)
         budgets = [e.budget for e in episodes]
-        last_full, spent = np.zeros(len(chunk), dtype=int), np.zeros(len(chunk))
+        last_full, previous_full, spent = [0] * len(chunk), [None] * len(chunk), np.zeros(len(chunk))
         for step in range(core.steps):
             masks = np.stack(core.masks)
-            labels = [teacher.act(e.pair, step, int(last_full[i]), float(spent[i]), e.budget)
+            labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget)
                       for i, e in enumerate(episodes)]
             out.labels += labels
             out.obs += list(obs)
@@ -76,6 +77,6 @@ def run_episodes(core: CacheEpisodes, jobs: list[tuple[int, float]], teacher: Or
             obs, _, _, infos = core.advance(picks)
             for i, info in enumerate(infos):
                 spent[i] += info["step_cost"]
-                if core.actions[picks[i]] == FULL:
-                    last_full[i] = step
+                if core.actions[picks[i]] == FULL and step > 0:
+                    last_full[i], previous_full[i] = step, last_full[i]
     return out

@@ -114,6 +114,16 @@ class CacheRuntime:
         self.branches, self.step_plan, self.spent, self.full, self._ended = copy.deepcopy(state)
         del self.summary.decisions[decisions:], self.summary.wall_times[walls:], self.summary.full_stats[stats:]
 
+    def graft_history(self, older: tuple, ago: int = 1) -> None:
+        """Take the latest kept values of what reuses add back (residual, tails, CFG difference) from an earlier
+        `snapshot` as this generation's values `ago` values back: the oracle measures a forecast from FULL steps
+        h and i on a trajectory that computed every step."""
+        branches = older[0][0]
+        for name, state in self.branches.items():
+            for quantity in state.cache:
+                if _reused(quantity):
+                    state.graft(quantity, branches[name], ago)
+
     def end_generation(self) -> None:
         """The generation is over: the next call starts a new one (the summary stays until then)."""
         self._ended = True
@@ -196,7 +206,7 @@ class CacheRuntime:
 
     def _depth(self, name: str) -> int:
         """How many values of a quantity a sample keeps: one more per forecast order for what the reuses add back."""
-        return 1 + self.forecast_order if name in ("residual", "cfg_diff") or name.startswith("tail") else 1
+        return 1 + self.forecast_order if _reused(name) else 1
 
     def _time(self, when: tuple[int, float | None]) -> float | None:
         step, sigma = when
@@ -468,3 +478,8 @@ class CacheRuntime:
         if self.call is not None:
             temb = output[0] if isinstance(output, tuple) else output
             self.call.captured["temb"] = temb.detach().reshape(temb.shape[0], -1)
+
+
+def _reused(quantity: str) -> bool:
+    """Whether a kept quantity is what a reuse adds back (so a forecast extrapolates it)."""
+    return quantity in ("residual", "cfg_diff") or quantity.startswith("tail")

@@ -75,3 +75,17 @@ class BranchState:
 
     def set_value(self, signal: str, sample: int, value: float | None) -> None:
         self.values.setdefault(signal, [None] * self.size)[sample] = value
+
+    def graft(self, name: str, older: "BranchState", ago: int = 1) -> None:
+        """Make `older`'s latest value of a quantity this branch's value `ago` values back, for every sample: forks
+        a trajectory that computed at every step as if the FULL before its latest had been at another step."""
+        depth = self.cache[name][0].shape[0]
+        if ago >= depth:
+            raise ValueError(f"{name} keeps {depth} values; there is no value {ago} back")
+        for sample in range(self.size):
+            slot = (self.heads[name][sample] - ago) % depth
+            for kept, value in zip(self.cache[name], older.get(name, sample)):
+                kept[slot, sample].copy_(value)
+            times = self.times[name][sample]
+            self.times[name][sample] = [*times[:ago], older.times[name][sample][0], *times[ago + 1:]]
+
