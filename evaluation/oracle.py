@@ -99,10 +99,6 @@ class SegmentTable:
             return self.max_gap
         return last_full - previous_full - 1
 
-    def plan(self, fulls: int) -> list[int]:
-        """The FULL steps (at most `fulls`, step 0 first) of the least summed segment error."""
-        return [i for i, a in enumerate(self.schedule(fulls)) if a == FULL]
-
     def schedule(self, fulls: int) -> list[Action]:
         """The step-level schedule of the least summed segment error with at most `fulls` FULL steps."""
         k = min(max(fulls, 1), self.steps) - 1

@@ -241,6 +241,11 @@ def _finite(value: float) -> float:
     return 1e9 if math.isinf(value) else float(value)
 
 
+def _segment_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as stored:
+        return stored["errors"], stored["forecast"]
+
+
 def _split_prompts(model: str, split: str) -> list[str]:
     if get_spec(model).family != "toy-wan":
         raise CachepilotError("prompt splits exist for toy-wan only; pass --prompts-file (one prompt per line)")
@@ -372,7 +377,7 @@ class Runner:
             starts["oracle-dp"] = [t.schedule(fulls) for t in self.oracle_tables()]
         for name in ("uniform", "uniform-f1", "uniform-f2"):
             starts[name] = realise(s.pipe, self.policy(Entry(name, budget, "schedule", "budget")), *pairs)
-        candidates = [e for e in sweep_entries(BASELINES["taylorseer"], "baseline", True)]
+        candidates = sweep_entries(BASELINES["taylorseer"], "baseline", True)
         candidates += [Entry(name, budget, "learned", "budget") for name in self.bundles]
         best = {}
         for entry in candidates:
@@ -399,7 +404,7 @@ class Runner:
             s, c = self.setting, self.setting.config
             gain = self.oracle_gain()
             path = s.dir / "oracle_tables.npz"
-            stored = s.read(path, lambda p: (np.load(p)["errors"], np.load(p)["forecast"]))
+            stored = s.read(path, _segment_arrays)
             if stored is None:
                 s.log("oracle: measuring segment tables")
                 tables, _ = measure_segments(s.pipe, list(zip(s.prompts, s.seeds)), c.steps, c.guidance, gain=gain,
