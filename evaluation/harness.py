@@ -36,19 +36,29 @@ def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guida
     return np.asarray(pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).frames)
 
 
-def generate_with(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
-    """One batched generation under `policy`: (frames, per-sample computed fraction, transformer wall time)."""
+def generate_logged(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
+    """One batched generation under `policy`: (frames, the runtime's summary of what it did)."""
     attach_runtime(pipe, policy, num_inference_steps=steps)
     try:
         frames = generate_batch(pipe, prompts, seeds, steps, guidance)
-        summary = cache_summary(pipe)
+        return frames, cache_summary(pipe)
     finally:
         remove_cache(pipe)
+
+
+def computed_fractions(summary, samples: int) -> list[float]:
+    """Each sample's computed fraction of full compute, from the runtime's decisions."""
     fractions = []
-    for i in range(len(prompts)):
+    for i in range(samples):
         mine = [d for d in summary.decisions if d.sample == i]
         fractions.append(sum(d.flops for d in mine) / sum(d.full_flops for d in mine))
-    return frames, fractions, summary.wall_time
+    return fractions
+
+
+def generate_with(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
+    """One batched generation under `policy`: (frames, per-sample computed fraction, transformer wall time)."""
+    frames, summary = generate_logged(pipe, policy, prompts, seeds, steps, guidance)
+    return frames, computed_fractions(summary, len(prompts)), summary.wall_time
 
 
 def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np.ndarray, steps: int, guidance: float,

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cachepilot.policies.schedule import FixedSchedule
-from cachepilot.runtime import CFG, FULL, STEP, Action, Kind, attach_runtime, cache_summary, remove_cache
+from cachepilot.runtime import CFG, FULL, STEP, Action, Kind
 
-from .harness import generate_batch, score
+from .harness import computed_fractions, generate_logged, score
 
 
 @dataclass(frozen=True)
@@ -200,26 +200,15 @@ def replay(pipe, schedules: list[list[Action]], prompts: list[str], seeds: list[
            steps: int, guidance: float, basis: str = "step") -> tuple[np.ndarray, list[list[Action]], list[float]]:
     """One batched generation of per-sample schedules: (PSNR per sample, the schedules the runtime realised,
     computed fractions)."""
-    attach_runtime(pipe, FixedSchedule.per_sample(schedules, basis), num_inference_steps=steps)
-    try:
-        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
-        summary = cache_summary(pipe)
-    finally:
-        remove_cache(pipe)
-    fractions = [float(np.sum([d.flops for d in summary.decisions if d.sample == i])
-                       / np.sum([d.full_flops for d in summary.decisions if d.sample == i])) for i in range(len(prompts))]
+    frames, summary = generate_logged(pipe, FixedSchedule.per_sample(schedules, basis), prompts, seeds, steps, guidance)
+    fractions = computed_fractions(summary, len(prompts))
     scores = score(frames, reference, prompts, seeds, fractions, "search", 0.0)
     return np.array([r.psnr for r in scores]), realised(summary, len(prompts), steps), fractions
 
 
 def realise(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> list[list[Action]]:
     """The step-level schedules `policy` takes on these pairs."""
-    attach_runtime(pipe, policy, num_inference_steps=steps)
-    try:
-        generate_batch(pipe, prompts, seeds, steps, guidance)
-        summary = cache_summary(pipe)
-    finally:
-        remove_cache(pipe)
+    _, summary = generate_logged(pipe, policy, prompts, seeds, steps, guidance)
     return realised(summary, len(prompts), steps)
 
 
