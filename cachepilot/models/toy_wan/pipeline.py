@@ -112,13 +112,13 @@ class ToyWanPipeline(DiffusionPipeline):
         return ((latents.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1)
 
     def denoise_step(self, latents: torch.Tensor, i: int, t: torch.Tensor, prompt_embeds: torch.Tensor,
-                     negative_prompt_embeds: torch.Tensor | None, attention_kwargs: dict | None = None) -> torch.Tensor:
-        """One denoising step exactly as `__call__` takes it (cond, then uncond, in their cache contexts).
-
-        Public so a caller can drive the loop step by step and fork it (the oracle copies the scheduler and
-        the cache runtime's state at a step and explores several continuations from there)."""
+                     negative_prompt_embeds: torch.Tensor | None, attention_kwargs: dict | None = None,
+                     scheduler=None) -> torch.Tensor:
+        """One denoising step exactly as `__call__` takes it (cond, then uncond, in their cache contexts), with
+        `scheduler` (default: the pipeline's) so a stepper can keep its own copy and fork."""
+        scheduler = scheduler or self.scheduler
         timestep = t.expand(latents.shape[0])
-        context = {"step_index": i, "sigma": float(self.scheduler.sigmas[i]), "num_inference_steps": self._num_timesteps}
+        context = {"step_index": i, "sigma": float(scheduler.sigmas[i]), "num_inference_steps": self._num_timesteps}
         model_input = with_position(latents, self.transformer.config.in_channels)
         with self.transformer.cache_context("cond", **context):
             noise_pred = self.transformer(
@@ -132,7 +132,7 @@ class ToyWanPipeline(DiffusionPipeline):
                     attention_kwargs=attention_kwargs, return_dict=False,
                 )[0]
             noise_pred = noise_uncond + self.guidance_scale * (noise_pred - noise_uncond)
-        return self.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+        return scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
     @torch.no_grad()
     def __call__(
