@@ -1,11 +1,11 @@
 """Denoising episodes driven one step at a time: the pipeline runs as a coroutine that pauses at each decision.
 
 The transformer's decision point is inside its forward (the runtime computes the signals there), so the
-real pipeline `__call__` runs in a greenlet, a second call stack on the same OS thread: its step-level
-policy switches back to the environment with the signals and resumes with the agent's actions. Exactly
-the code path of inference: the same pipeline `__call__`, the same runtime hooks, the same signals. N
-episodes run in lockstep as one batched pipeline call, and the runtime computes only the samples whose
-action needs it.
+generation runs in a greenlet, a second call stack on the same OS thread: its step-level policy switches back
+to the environment with the signals and resumes with the agent's actions. The generation is the family's
+stepper (`cachepilot.models.stepping`), which computes exactly what the pipeline's `__call__` does, through the
+same runtime hooks and signals; the oracle forks the same stepper. N episodes run in lockstep as one batched
+generation, and the runtime computes only the samples whose action needs it.
 
 Why a greenlet and not a worker thread: with torch running on two OS threads, libgomp sees more
 OpenMP threads than cores and (GOMP_SPINCOUNT) its idle threads spin 100 times, not 300,000, before
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from greenlet import getcurrent, greenlet
 
+from cachepilot.models.stepping import generate
 from cachepilot.policies.observation import ObservationSpec
 from cachepilot.policies.step_level import StepLevelPolicy
 from cachepilot.runtime import Action, attach_runtime, remove_cache
@@ -110,15 +111,12 @@ class Lockstep:
             self.runtime = None
 
     # ---- pipeline side ----------------------------------------------------------------------
-    def _keep_latents(self, _pipe, _i, _t, kwargs):
-        self._ledger.latents = kwargs["latents"].detach()
-        return kwargs
+    def _keep_latents(self, _step, latents):
+        self._ledger.latents = latents.detach()
 
     def _work(self, prompts: list[str], seeds: list[int]):
         try:
-            generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-            frames = self.pipe(prompt=prompts, num_inference_steps=self.steps, guidance_scale=self.guidance,
-                               generator=generators, output_type="np", callback_on_step_end=self._keep_latents).frames
+            frames = generate(self.pipe, prompts, seeds, self.steps, self.guidance, on_step=self._keep_latents)
         except _Abort:
             return ("aborted",)
         return ("done", np.asarray(frames))

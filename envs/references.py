@@ -25,6 +25,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.models.stepping import generate, generation_options
 from cachepilot.provenance import identifying_config
 from cachepilot.policies.base import BasePolicy
 from cachepilot.runtime import FULL, attach_runtime, remove_cache
@@ -79,10 +80,12 @@ class ReferenceKey:
     steps: int
     guidance: float
     scheduler: str
+    options: str = ""  # the generation options (video size, ...) and a device other than the CPU, as JSON
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+        fields = {k: v for k, v in asdict(self).items() if k != "options" or v}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
 @dataclass
@@ -121,9 +124,15 @@ class ReferenceStore:
         self.root = Path(root) if root is not None else default_root()
         self.model_hash = model_hash(pipe)
         self.scheduler = scheduler_id(pipe)
+        options = generation_options(pipe)
+        device = pipe._execution_device.type
+        if device != "cpu":
+            options["device"] = device
+        self.options = json.dumps(options, sort_keys=True, default=str) if options else ""
 
     def key(self, prompt: str, seed: int) -> ReferenceKey:
-        return ReferenceKey(self.model, self.model_hash, prompt, int(seed), self.steps, self.guidance, self.scheduler)
+        return ReferenceKey(self.model, self.model_hash, prompt, int(seed), self.steps, self.guidance, self.scheduler,
+                            self.options)
 
     # ---- index ---------------------------------------------------------------------------
     @property
@@ -233,17 +242,13 @@ class ReferenceStore:
         recorder = _Recorder(record=trajectory)
         latents: list[torch.Tensor] = []
 
-        def keep_latents(_pipe, _i, _t, kwargs):
-            latents.append(kwargs["latents"].detach().float().cpu())
-            return kwargs
+        def keep_latents(_step, step_latents):
+            latents.append(step_latents.detach().float().cpu())
 
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for _, seed in pairs]
         attach_runtime(pipe, recorder, num_inference_steps=self.steps)
         try:
-            pipe.set_progress_bar_config(disable=True)
-            frames = pipe(prompt=[p for p, _ in pairs], num_inference_steps=self.steps, guidance_scale=self.guidance,
-                          generator=generators, output_type="np",
-                          callback_on_step_end=keep_latents if trajectory else None).frames
+            frames = generate(pipe, [p for p, _ in pairs], [s for _, s in pairs], self.steps, self.guidance,
+                              on_step=keep_latents if trajectory else None)
         finally:
             remove_cache(pipe)
         refs = []

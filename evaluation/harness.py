@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 
 from cachepilot.metrics import psnr, ssim
+from cachepilot.models.stepping import generate
 from cachepilot.policies.base import NoCache
 from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
 
@@ -31,9 +31,7 @@ class PairResult:
 
 
 def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
-    pipe.set_progress_bar_config(disable=True)
-    return np.asarray(pipe(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators).frames)
+    return generate(pipe, prompts, seeds, steps, guidance)
 
 
 def generate_logged(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):

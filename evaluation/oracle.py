@@ -18,7 +18,6 @@ up exactly (they compound), so this is a surrogate: the oracle the ablation repo
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cachepilot.errors import CachepilotError
 from cachepilot.io import read_or_set_aside
+from cachepilot.models.stepping import generation_options, stepper_for
 from cachepilot.policies.base import BasePolicy
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 from cachepilot.runtime import FULL, STEP, Action, attach_runtime, remove_cache
@@ -36,10 +35,6 @@ from cachepilot.runtime import FULL, STEP, Action, attach_runtime, remove_cache
 from .harness import run_method
 
 DEFAULT_MAX_GAP = 12  # longest reuse run the oracle considers (steps between two FULLs)
-
-
-class OracleUnsupported(CachepilotError):
-    pass
 
 
 def fulls_for_budget(budget: float, steps: int) -> int:
@@ -156,13 +151,6 @@ class _Scripted(BasePolicy):
         return self.action
 
 
-def _stepper(pipe):
-    if not all(hasattr(pipe, m) for m in ("prepare_denoising", "denoise_step", "latents_to_frames")):
-        raise OracleUnsupported(f"the oracle forks denoising mid-trajectory, which needs a pipeline that can be stepped "
-                                f"(prepare_denoising / denoise_step, as ToyWanPipeline); {type(pipe).__name__} cannot")
-    return pipe
-
-
 def _distance(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
     """Per-sample RMS difference (absolute: early latents are mostly noise, so a relative error would be tiny
     there although it is carried to the end)."""
@@ -177,34 +165,31 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
     (bit-identical to the pipeline's uncached output, so they serve as references). With `forecast`, also the
     first-order forecast segments: for FULL steps h < i, the fork at i is given h's residuals as the ones before
     the latest (`CacheRuntime.graft_history`), then forecasts until the gap runs out."""
-    pipe = _stepper(pipe)
+    stepper = stepper_for(pipe)
     prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     policy = _Scripted()
     policy.forecast_order = int(forecast)
     runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
-    scheduler = pipe.scheduler
-    saved_scheduler = copy.deepcopy(vars(scheduler))
     errors = np.full((len(pairs), steps, steps + 1), np.inf)
     forecasts = np.full((len(pairs), steps, max_gap, steps + 1), np.inf) if forecast else None
     try:
-        latents, embeds, negative, timesteps = pipe.prepare_denoising(
-            prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators)
-        reference, states = [latents], [None] * steps
-        for i, t in enumerate(timesteps):  # the reference trajectory, computed first (the forks compare with it)
+        state = stepper.prepare(prompts, generators, steps, guidance, **generation_options(pipe))
+        reference, states = [state.latents], [None] * steps
+        for i in range(steps):  # the reference trajectory, computed first (the forks compare with it)
             policy.action = FULL
-            reference.append(pipe.denoise_step(reference[-1], i, t, embeds, negative))
-            states[i] = (copy.deepcopy(vars(scheduler)), runtime.snapshot())
+            reference.append(stepper.step(state).latents)
+            states[i] = (stepper.fork(state), runtime.snapshot())
 
         def fork(i: int, action: Action, older=None) -> Iterator[tuple[int, np.ndarray]]:
             """Reuse with `action` after the FULL at step i until the gap runs out: (j, error entering j)."""
-            scheduler.__dict__ = copy.deepcopy(states[i][0])
+            branch = stepper.fork(states[i][0])
             runtime.restore(states[i][1])
             if older is not None:
                 runtime.graft_history(older)
-            policy.action, x = action, reference[i + 1]
+            policy.action = action
             for j in range(i + 1, min(i + max_gap, steps)):
-                x = pipe.denoise_step(x, j, timesteps[j], embeds, negative)
+                x = stepper.step(branch).latents
                 yield j + 1, _distance(x, reference[j + 1])
 
         for i in range(steps):
@@ -217,10 +202,9 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
                     forecasts[:, i, i - h - 1, j] = error
             if i >= max_gap:
                 states[i - max_gap] = None  # no later fork grafts from it
+        frames = stepper.decode(state)
     finally:
         remove_cache(pipe)
-        scheduler.__dict__ = saved_scheduler
-    frames = pipe.latents_to_frames(reference[-1]).cpu().numpy().astype(np.float32)
     return [SegmentTable(errors[b], max_gap, gain, None if forecasts is None else forecasts[b])
             for b in range(len(pairs))], frames
 

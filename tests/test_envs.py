@@ -164,7 +164,7 @@ def test_paused_episode_leaves_the_caller_alone(make_env, toy_pipe, monkeypatch)
     env.close()  # mid-episode: the hooks come off, so another environment can use the pipeline
     other = make_env()
     other.reset(seed=1)
-    monkeypatch.setattr(toy_pipe.scheduler, "step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(type(toy_pipe.scheduler), "step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):  # a failure inside the pipeline reaches the caller
         other.step(0)
     monkeypatch.undo()

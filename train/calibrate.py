@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cachepilot.models.stepping import generate
 from cachepilot.policies.base import BasePolicy
 from cachepilot.runtime import FULL, attach_runtime, cache_summary, remove_cache
 from cachepilot.runtime.signals import rel_l1
@@ -55,8 +56,7 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
         for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
             outputs.clear()
             recorder.indicator.clear()
-            pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(seed + i),
-                 output_type="latent")
+            generate(pipe, [prompt], [seed + i], steps, guidance, decode=False)
             summary = cache_summary(pipe)
             # call order of decisions == call order of outputs (one row per call for batch-1 generation)
             previous: dict[str, torch.Tensor] = {}

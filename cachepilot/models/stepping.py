@@ -102,15 +102,15 @@ class Stepper:
 
     @torch.no_grad()
     def run(self, prompts: list[str], generators, num_inference_steps: int = 50, guidance_scale: float = 5.0,
-            on_step: Callable[[int, torch.Tensor], None] | None = None, **options) -> np.ndarray:
-        """Prepare, step to the end and decode: what `__call__` computes. `on_step(i, latents)` after each step."""
-        with torch.no_grad():
-            state = self.prepare(prompts, generators, num_inference_steps, guidance_scale, **options)
+            on_step: Callable[[int, torch.Tensor], None] | None = None, decode: bool = True, **options):
+        """Prepare, step to the end and decode: what `__call__` computes (the final latents if not `decode`).
+        `on_step(i, latents)` after each step."""
+        state = self.prepare(prompts, generators, num_inference_steps, guidance_scale, **options)
         while not state.done:
             self.step(state)
             if on_step is not None:
                 on_step(state.step - 1, state.latents)
-        return self.decode(state)
+        return self.decode(state) if decode else state.latents
 
     # ---- what a family defines ----------------------------------------------------------------
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts) -> Denoising:
@@ -413,6 +413,32 @@ class LTXVideoStepper(Stepper):
 STEPPERS: dict[str, type[Stepper]] = {"ToyWanPipeline": ToyWanStepper, "WanPipeline": WanStepper,
                                       "HunyuanVideoPipeline": HunyuanVideoStepper, "CogVideoXPipeline": CogVideoXStepper,
                                       "LTXPipeline": LTXVideoStepper}
+
+
+OPTIONS_ATTRIBUTE = "_cachepilot_options"
+
+
+def set_generation_options(pipe, **options) -> None:
+    """How every generation cachepilot runs on `pipe` is called besides prompts, seeds, steps and guidance (the
+    video size, a negative prompt, a family's own knobs): set once where the model is loaded, checked here."""
+    stepper = stepper_for(pipe)
+    unknown = set(options) - set(stepper.defaults) - {"negative_prompt"}
+    if unknown:
+        raise InvalidInputError(f"{type(pipe).__name__} takes no option(s) {', '.join(sorted(unknown))}")
+    setattr(pipe, OPTIONS_ATTRIBUTE, {k: v for k, v in options.items() if v is not None})
+
+
+def generation_options(pipe) -> dict:
+    return dict(getattr(pipe, OPTIONS_ATTRIBUTE, {}))
+
+
+def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+             on_step: Callable[[int, torch.Tensor], None] | None = None, decode: bool = True):
+    """One batched generation (sample i from seed i) the way every cachepilot measurement runs one: frames
+    (batch, frames, height, width, 3) in [0, 1], or the final latents if not `decode`."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    return stepper_for(pipe).run(list(prompts), generators, steps, guidance, on_step=on_step, decode=decode,
+                                 **generation_options(pipe))
 
 
 def stepper_for(pipe) -> Stepper:
