@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from diffusers import CogVideoXDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from cachepilot.errors import InvalidInputError
 
@@ -130,13 +132,20 @@ class Stepper:
     def _scheduler(self, steps: int, **kwargs):
         """A copy of the pipeline's scheduler with this generation's timesteps (the pipeline's stays untouched)."""
         scheduler = copy.deepcopy(self.pipe.scheduler)
-        retrieve = getattr(inspect.getmodule(type(self.pipe)), "retrieve_timesteps", None)
+        retrieve = self._pipeline_function("retrieve_timesteps", required=False)
         if retrieve is not None:
             timesteps, _ = retrieve(scheduler, steps, self.device, **kwargs)
         else:
             scheduler.set_timesteps(steps, device=self.device)
             timesteps = scheduler.timesteps
         return scheduler, timesteps
+
+    def _pipeline_function(self, name: str, required: bool = True):
+        """A helper function of the pipeline's own module (its `retrieve_timesteps`, `calculate_shift`, ...)."""
+        found = getattr(inspect.getmodule(type(self.pipe)), name, None)
+        if found is None and required:
+            raise InvalidInputError(f"{type(self.pipe).__name__}'s module has no {name}; this diffusers is not supported")
+        return found
 
     def _context(self, state: Denoising, i: int) -> dict:
         sigmas = getattr(state.scheduler, "sigmas", None)
@@ -314,7 +323,6 @@ class CogVideoXStepper(Stepper):
         return forked
 
     def _step(self, state, i, t):
-        from diffusers import CogVideoXDPMScheduler
         pipe, x, scheduler = self.pipe, state.extra, state.scheduler
         model_input = torch.cat([state.latents] * 2) if x["cfg"] else state.latents
         model_input = scheduler.scale_model_input(model_input, t)
@@ -346,7 +354,6 @@ class LTXVideoStepper(Stepper):
     family = "ltx-video"
 
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts):
-        from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
         pipe = self.pipe
         pipe._guidance_rescale = opts["guidance_rescale"]
         cfg = pipe.do_classifier_free_guidance
@@ -361,7 +368,7 @@ class LTXVideoStepper(Stepper):
         frames = (num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
         h, w = height // pipe.vae_spatial_compression_ratio, width // pipe.vae_spatial_compression_ratio
         config = pipe.scheduler.config
-        mu = calculate_shift(frames * h * w, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
+        mu = self._pipeline_function("calculate_shift")(frames * h * w, config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096),
                              config.get("base_shift", 0.5), config.get("max_shift", 1.15))
         scheduler, timesteps = self._scheduler(steps, timesteps=None, sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
         rope = (pipe.vae_temporal_compression_ratio / opts["frame_rate"], pipe.vae_spatial_compression_ratio,
@@ -372,7 +379,6 @@ class LTXVideoStepper(Stepper):
             "decode_noise_scale": opts["decode_noise_scale"], "attention_kwargs": opts.get("attention_kwargs")})
 
     def _step(self, state, i, t):
-        from diffusers.pipelines.ltx.pipeline_ltx import rescale_noise_cfg
         pipe, x = self.pipe, state.extra
         model_input = (torch.cat([state.latents] * 2) if x["cfg"] else state.latents).to(x["embeds"].dtype)
         frames, h, w = x["shape"]
@@ -385,11 +391,10 @@ class LTXVideoStepper(Stepper):
             uncond, cond = noise.chunk(2)
             noise = uncond + pipe.guidance_scale * (cond - uncond)
             if pipe.guidance_rescale > 0:
-                noise = rescale_noise_cfg(noise, cond, guidance_rescale=pipe.guidance_rescale)
+                noise = self._pipeline_function("rescale_noise_cfg")(noise, cond, guidance_rescale=pipe.guidance_rescale)
         return state.scheduler.step(noise, t, state.latents, return_dict=False)[0]
 
     def _decode(self, state):
-        from diffusers.utils.torch_utils import randn_tensor
         pipe, x, vae = self.pipe, state.extra, self.pipe.vae
         frames, h, w = x["shape"]
         latents = pipe._unpack_latents(state.latents, frames, h, w, pipe.transformer_spatial_patch_size,

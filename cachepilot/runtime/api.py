@@ -31,6 +31,12 @@ def _transformer(pipe_or_transformer) -> tuple[torch.nn.Module, object | None]:
     return transformer, pipe_or_transformer
 
 
+def experts_of(pipe) -> tuple[torch.nn.Module, ...]:
+    """A pipeline's transformers besides `transformer` (Wan2.2's low-noise expert `transformer_2`)."""
+    second = getattr(pipe, "transformer_2", None) if pipe is not None else None
+    return (second,) if isinstance(second, torch.nn.Module) else ()
+
+
 def _runtime(transformer) -> CacheRuntime | None:
     registry = getattr(transformer, "_diffusers_hook", None)
     hook = registry.get_hook(TRANSFORMER_HOOK) if registry is not None else None
@@ -44,21 +50,26 @@ def attach_runtime(pipe_or_transformer, policy: Policy, num_inference_steps: int
     Refuses to stack on another active cache (cachepilot's own, or one enabled with diffusers'
     `enable_cache`). `batched_cfg` says whether one call carries [uncond; cond] for batched-CFG
     models when applying to a bare transformer (for a pipeline it is read from the pipeline).
+    A pipeline with two experts (Wan2.2) gets one runtime on both: one policy and budget, caches and
+    signals per expert.
     """
     transformer, pipe = _transformer(pipe_or_transformer)
     adapter = adapter_for(transformer)
-    if _runtime(transformer) is not None:
-        raise CacheStackingError("a cachepilot cache is already applied to this transformer; call remove_cache first")
-    if getattr(transformer, "is_cache_enabled", False):
-        raise CacheStackingError("a diffusers cache is enabled on this transformer (enable_cache); "
-                                 "call transformer.disable_cache() before applying cachepilot")
-    runtime = CacheRuntime(transformer, adapter, policy, num_inference_steps, batched_cfg, pipe)
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(TransformerHook(runtime), TRANSFORMER_HOOK)
-    if adapter.time_embedder is not None:
-        embedder = getattr(transformer, adapter.time_embedder)
-        HookRegistry.check_if_exists_or_initialize(embedder).register_hook(TimeEmbedderHook(runtime), EMBEDDER_HOOK)
-    for index, block in enumerate(adapter.blocks(transformer)):
-        HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(runtime, index), BLOCK_HOOK)
+    experts = experts_of(pipe)
+    for model in (transformer, *experts):
+        if _runtime(model) is not None:
+            raise CacheStackingError("a cachepilot cache is already applied to this transformer; call remove_cache first")
+        if getattr(model, "is_cache_enabled", False):
+            raise CacheStackingError("a diffusers cache is enabled on this transformer (enable_cache); "
+                                     "call transformer.disable_cache() before applying cachepilot")
+    runtime = CacheRuntime(transformer, adapter, policy, num_inference_steps, batched_cfg, pipe, experts)
+    for expert, model in enumerate(runtime.experts):
+        HookRegistry.check_if_exists_or_initialize(model).register_hook(TransformerHook(runtime, expert), TRANSFORMER_HOOK)
+        if adapter.time_embedder is not None:
+            embedder = getattr(model, adapter.time_embedder)
+            HookRegistry.check_if_exists_or_initialize(embedder).register_hook(TimeEmbedderHook(runtime), EMBEDDER_HOOK)
+        for index, block in enumerate(adapter.blocks(model)):
+            HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(runtime, index), BLOCK_HOOK)
     return runtime
 
 
@@ -68,12 +79,12 @@ def remove_cache(pipe_or_transformer) -> None:
     runtime = _runtime(transformer)
     if runtime is None:
         return
-    registry = transformer._diffusers_hook
-    registry.remove_hook(TRANSFORMER_HOOK, recurse=False)
-    if runtime.adapter.time_embedder is not None:
-        getattr(transformer, runtime.adapter.time_embedder)._diffusers_hook.remove_hook(EMBEDDER_HOOK, recurse=False)
-    for block in runtime.adapter.blocks(transformer):
-        block._diffusers_hook.remove_hook(BLOCK_HOOK, recurse=False)
+    for model in runtime.experts:
+        model._diffusers_hook.remove_hook(TRANSFORMER_HOOK, recurse=False)
+        if runtime.adapter.time_embedder is not None:
+            getattr(model, runtime.adapter.time_embedder)._diffusers_hook.remove_hook(EMBEDDER_HOOK, recurse=False)
+        for block in runtime.adapter.blocks(model):
+            block._diffusers_hook.remove_hook(BLOCK_HOOK, recurse=False)
 
 
 def reset_cache(pipe_or_transformer) -> None:

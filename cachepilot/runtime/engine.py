@@ -53,12 +53,17 @@ class Call:
 
 class CacheRuntime:
     def __init__(self, transformer: torch.nn.Module, adapter: ModelAdapter, policy: Policy,
-                 num_inference_steps: int | None = None, batched_cfg: bool | None = None, pipe=None):
+                 num_inference_steps: int | None = None, batched_cfg: bool | None = None, pipe=None,
+                 experts: tuple[torch.nn.Module, ...] = ()):
         check_policy(policy)
+        self.experts = (transformer, *experts)  # a pipeline's transformers (Wan2.2: high-noise, then low-noise)
         self.transformer = transformer
         self.adapter = adapter
         self.policy = policy
         self.num_blocks = len(adapter.blocks(transformer))
+        if any(len(adapter.blocks(t)) != self.num_blocks for t in experts):
+            raise ValueError("every expert transformer needs the same number of blocks")
+        self.expert = 0  # the expert of the call in flight
         self.mid_block = self.num_blocks // 2  # the middle block whose residual is the quantity "mid_residual"
         self.signals = resolve(policy.signals)
         self.change_signals = [s for s in self.signals if s.source == "change"]
@@ -95,7 +100,9 @@ class CacheRuntime:
     # ---- generation bookkeeping -------------------------------------------------------------
     def reset(self) -> None:
         """Start a new generation: drop every cache and the cost ledger, reset the policy."""
-        self.branches: dict[str, BranchState] = {}
+        # per expert, per branch: what is kept between calls. An expert never reuses what another computed.
+        self.expert_branches: list[dict[str, BranchState]] = [{} for _ in self.experts]
+        self.branches = self.expert_branches[self.expert]  # the current expert's
         self.step_plan: dict[int, tuple[int, Action]] = {}  # sample -> (step, its step-level action)
         self.spent: dict[int, float] = {}
         self.full: dict[int, float] = {}
@@ -106,23 +113,24 @@ class CacheRuntime:
     def snapshot(self) -> tuple:
         """Every cache and ledger entry of the generation so far (a copy), for `restore`: lets a caller fork
         denoising at a step, explore a continuation, and come back (the oracle)."""
-        state = (self.branches, self.step_plan, self.spent, self.full, self._ended)
+        state = (self.expert_branches, self.step_plan, self.spent, self.full, self._ended)
         return copy.deepcopy(state), len(self.summary.decisions), len(self.summary.wall_times), len(self.summary.full_stats)
 
     def restore(self, snapshot: tuple) -> None:
         state, decisions, walls, stats = snapshot
-        self.branches, self.step_plan, self.spent, self.full, self._ended = copy.deepcopy(state)
+        self.expert_branches, self.step_plan, self.spent, self.full, self._ended = copy.deepcopy(state)
+        self.branches = self.expert_branches[self.expert]
         del self.summary.decisions[decisions:], self.summary.wall_times[walls:], self.summary.full_stats[stats:]
 
     def graft_history(self, older: tuple, ago: int = 1) -> None:
         """Take the latest kept values of what reuses add back (residual, tails, CFG difference) from an earlier
         `snapshot` as this generation's values `ago` values back: the oracle measures a forecast from FULL steps
         h and i on a trajectory that computed every step."""
-        branches = older[0][0]
-        for name, state in self.branches.items():
-            for quantity in state.cache:
-                if _reused(quantity):
-                    state.graft(quantity, branches[name], ago)
+        for current, earlier in zip(self.expert_branches, older[0][0]):
+            for name, state in current.items():
+                for quantity in state.cache:
+                    if _reused(quantity) and name in earlier:
+                        state.graft(quantity, earlier[name], ago)
 
     def end_generation(self) -> None:
         """The generation is over: the next call starts a new one (the summary stays until then)."""
@@ -146,20 +154,22 @@ class CacheRuntime:
         branch = context_name if context_name in ("cond", "uncond") else "cond"
         return [(branch, i) for i in range(batch)]
 
-    def begin_call(self, context, args: tuple, kwargs: dict) -> None:
+    def begin_call(self, context, args: tuple, kwargs: dict, expert: int = 0) -> None:
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
         if self._ended:
             self.reset()
+        self.expert, self.branches = expert, self.expert_branches[expert]
         rows = self._rows(getattr(context, "name", None), hidden.shape[0])
         branches = sorted({b for b, _ in rows})
         step = getattr(context, "step_index", None)
         if step is None:  # count this branch's calls (per generation)
             step = self.branches[branches[0]].calls if branches[0] in self.branches else 0
         if any(step in self.branches[b].steps_seen for b in branches if b in self.branches) or any(
-            step < max(s.steps_seen, default=-1) for s in self.branches.values()
+            step < max(s.steps_seen, default=-1) for states in self.expert_branches for s in states.values()
         ):
             self.reset()  # a step seen again: a new generation started
+            self.branches = self.expert_branches[expert]
         for b in branches:
             self._branch(b, sum(1 for r in rows if r[0] == b)).steps_seen.add(step)
         self.call = Call(
@@ -185,18 +195,18 @@ class CacheRuntime:
             self.branches[b].calls += 1
         if call.plan is None:  # the model ran no block at all (should not happen); count a full call
             call.plan = [FULL] * len(call.rows)
-        device = next(self.transformer.parameters()).device
+        device = next(self.experts[self.expert].parameters()).device
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.summary.wall_times.append(time.perf_counter() - call.started)
         for b in {b for b, _ in call.rows}:
-            self.summary.kept_bytes[b] = self.branches[b].kept_bytes()
+            self.summary.kept_bytes[b if self.expert == 0 else f"{b}@expert{self.expert}"] = self.branches[b].kept_bytes()
         for (branch, sample), action in zip(call.rows, call.plan):
             ran = max(action.blocks_run(self.num_blocks), self.policy.probe_blocks)
             flops, full = ran * call.block_flops, self.num_blocks * call.block_flops
             self.spent[sample] = self.spent.get(sample, 0.0) + flops
             self.full[sample] = self.full.get(sample, 0.0) + full
-            self.summary.decisions.append(Decision(call.step, branch, sample, str(action), ran, flops, full))
+            self.summary.decisions.append(Decision(call.step, branch, sample, str(action), ran, flops, full, self.expert))
 
     # ---- what is valid --------------------------------------------------------------------
     @staticmethod
@@ -275,7 +285,7 @@ class CacheRuntime:
                 acc_ratio, acc_err = state.accumulated.get(signal.name, {}).get(sample, (1.0, 0.0))
                 measured[signal.name] = acc_err + abs(1 - acc_ratio * ratio)
         full = self.full.get(sample, 0.0)
-        return Signals(call.step, call.num_steps, branch, sample, sigma=call.sigma, timestep=call.timestep,
+        return Signals(call.step, call.num_steps, branch, sample, sigma=call.sigma, timestep=call.timestep, expert=self.expert,
                        steps_since_full=state.since_full[sample],
                        compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, **measured)
 

@@ -20,13 +20,14 @@ class TransformerHook(ModelHook):
 
     _is_stateful = True
 
-    def __init__(self, runtime):
+    def __init__(self, runtime, expert: int = 0):
         super().__init__()
         self.runtime = runtime
+        self.expert = expert
         self.state_manager = StateManager(_NoState)
 
     def new_forward(self, module, *args, **kwargs):
-        self.runtime.begin_call(self.state_manager._context, args, kwargs)
+        self.runtime.begin_call(self.state_manager._context, args, kwargs, self.expert)
         try:
             return self.fn_ref.original_forward(*args, **kwargs)
         finally:

@@ -19,6 +19,7 @@ class Decision:
     blocks_run: int
     flops: float
     full_flops: float
+    expert: int = 0  # which of the pipeline's transformers ran the call (Wan2.2: 0 high noise, 1 low noise)
 
 
 @dataclass

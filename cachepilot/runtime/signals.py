@@ -147,16 +147,17 @@ class Signals:
     not measured). Units and meaning: `SIGNALS`."""
 
     __slots__ = ("step", "num_steps", "branch", "sample", "sigma", "timestep", "steps_since_full", "compute_spent",
-                 "measured")
+                 "expert", "measured")
 
     def __init__(self, step: int, num_steps: int | None, branch: str, sample: int, sigma: float | None = None,
                  timestep: float | None = None, steps_since_full: int | None = None, compute_spent: float = 0.0,
-                 **measured: float | None):
+                 expert: int = 0, **measured: float | None):
         unknown = set(measured) - MEASURED
         if unknown:
             raise TypeError(f"unknown signals {sorted(unknown)}; measured signals: {', '.join(sorted(MEASURED))}")
         self.step, self.num_steps, self.branch, self.sample = step, num_steps, branch, sample
         self.sigma, self.timestep, self.steps_since_full, self.compute_spent = sigma, timestep, steps_since_full, compute_spent
+        self.expert = expert
         self.measured = measured
 
     def __getattr__(self, name: str):  # reached only for names that are not context attributes
@@ -191,6 +192,7 @@ for _signal in (
     Signal("steps_since_full", "calls of this branch since its last FULL (None: never computed)", scale=5.0, missing=-1.0),
     Signal("compute_spent", "fraction of full compute spent so far in this generation (this sample, both branches)",
            center=0.5, scale=0.5),
+    Signal("expert", "which of the pipeline's transformers runs this call (0; Wan2.2: 0 high noise, 1 low noise)"),
     Signal("temb_rel_l1", "change of the timestep embedding vs this branch's previous call", "change", "temb", **_REL),
     Signal("temb_proj_rel_l1", "change of the blocks' timestep argument vs this branch's previous call (TeaCache's "
            "ret-steps indicator on Wan)", "change", "temb_proj", **_REL),
