@@ -34,6 +34,7 @@ class TeaCacheConfig:
     threshold: float = 0.08  # Wan2.1 1.3B: 0.08 gives ~2x in the paper
     coefficients: tuple[float, ...] = COEFFICIENTS["wan2.1-t2v-1.3b"]
     ret_steps: bool = False  # Wan "use_ret_steps": first 5 steps computed, no forced last, indicator timestep_proj
+    expert_coefficients: tuple[tuple[float, ...], ...] = ()  # per expert of a two-expert pipeline (Wan2.2), if fitted
 
     def __post_init__(self):
         self.threshold = checks.threshold("TeaCache threshold", self.threshold)
@@ -46,11 +47,14 @@ class TeaCache(BasePolicy):
     @classmethod
     def from_calibration(cls, record: dict, **overrides) -> "TeaCache":
         """Use the polynomial fitted by `cachepilot calibrate` for this model."""
-        return cls(TeaCacheConfig(coefficients=tuple(record["teacache"]["coefficients"]), **overrides))
+        fit = record["teacache"]
+        experts = tuple(tuple(e["coefficients"]) for e in fit.get("per_expert", ()))
+        return cls(TeaCacheConfig(coefficients=tuple(fit["coefficients"]), expert_coefficients=experts, **overrides))
 
     def __init__(self, config: TeaCacheConfig | None = None, **overrides):
         self.config = config or TeaCacheConfig(**overrides)
         self.rescale = np.poly1d(self.config.coefficients)
+        self.expert_rescales = [np.poly1d(c) for c in self.config.expert_coefficients]
         self.reset()
 
     def reset(self) -> None:
@@ -66,7 +70,8 @@ class TeaCache(BasePolicy):
         if signals.step < forced_first or forced_last or change is None or STEP not in valid:
             self.acc[key] = 0.0
             return FULL
-        self.acc[key] = self.acc.get(key, 0.0) + float(self.rescale(change))
+        rescale = self.expert_rescales[signals.expert] if signals.expert < len(self.expert_rescales) else self.rescale
+        self.acc[key] = self.acc.get(key, 0.0) + float(rescale(change))
         if self.acc[key] < self.config.threshold:
             return STEP
         self.acc[key] = 0.0

@@ -80,3 +80,19 @@ def test_cost_is_counted_per_expert(pipe):
     full = {e: sum(d.full_flops for d in summary.decisions if d.expert == e) for e in (0, 1)}
     assert full[0] / full[1] == pytest.approx(switch / (STEPS - switch))
     assert 0 < per_expert[0] < full[0] and 0 < per_expert[1] < full[1]
+
+
+def test_calibration_fits_teacache_per_expert(pipe):
+    from cachepilot.policies.teacache import TeaCache
+    from cachepilot.train.calibrate import calibrate
+    from cachepilot.models.stepping import set_generation_options
+    set_generation_options(pipe, **CALL_OPTIONS["wan2.2"])
+    try:
+        record = calibrate(pipe, PROMPTS * 2, steps=STEPS, progress=False)
+    finally:
+        set_generation_options(pipe)
+    fits = record["teacache"]["per_expert"]
+    assert len(fits) == 2 and fits[0]["coefficients"] != fits[1]["coefficients"]
+    policy = TeaCache.from_calibration(record)
+    assert [list(r.coefficients) for r in policy.expert_rescales] == [f["coefficients"] for f in fits]
+    assert len(record["magcache"]["mag_ratios"]["cond"]) == STEPS

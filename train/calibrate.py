@@ -3,9 +3,10 @@
 Full-compute generations of N prompts run through the runtime with an always-FULL recorder, which
 logs, per call and branch, TeaCache's indicator change (x) and the relative change of the model output
 (y), and per FULL the residual statistics. From them:
-- TeaCache: a 4th-order polyfit of y against x over all steps of all prompts (with R^2 of the fit);
-- MagCache: per branch and step, mean over prompts of ||r_t|| / ||r_t-1|| (first step 1.0), and its
-  standard deviation across prompts;
+- TeaCache: a 4th-order polyfit of y against x over all steps of all prompts (with R^2 of the fit), and one
+  per expert for a pipeline with two (Wan2.2), each expert's outputs compared with its own only;
+- MagCache: per branch and step, mean over prompts of ||r_t|| / ||r_t-1|| (first step 1.0, and 1.0 at the first
+  step of an expert: the runtime keeps residuals per expert), and its standard deviation across prompts;
 - AdaCache / MixCache: percentiles of the middle-block and residual change rates, to place thresholds.
 """
 
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from cachepilot.models.stepping import generate
 from cachepilot.policies.base import BasePolicy
-from cachepilot.runtime import FULL, attach_runtime, cache_summary, remove_cache
+from cachepilot.runtime import FULL, attach_runtime, cache_summary, experts_of, remove_cache
 from cachepilot.runtime.signals import rel_l1
 
 @dataclass
@@ -41,14 +42,24 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": float(np.percentile(arr, q)) for q in (10, 25, 50, 75, 90)}
 
 
+def _polyfit(xs: list[float], ys: list[float]) -> tuple[list[float], float]:
+    """TeaCache's 4th-order fit of the output change against the indicator change, and its R^2."""
+    x, y = np.asarray(xs), np.asarray(ys)
+    coeffs = np.polyfit(x, y, 4)
+    r2 = 1 - np.sum((y - np.polyval(coeffs, x)) ** 2) / max(np.sum((y - np.mean(y)) ** 2), 1e-12)
+    return [float(c) for c in coeffs], float(r2)
+
+
 def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, seed: int = 0,
               model_id: str = "model", progress: bool = True) -> dict:
     """Run full-compute generations and return the calibration record (see module docstring)."""
     recorder = _Recorder()
     outputs: list[torch.Tensor] = []
-    handle = pipe.transformer.register_forward_hook(lambda m, a, k, out: outputs.append(out[0].detach().float()), with_kwargs=True)
+    def keep_rows(_module, _args, _kwargs, out):  # one entry per row: the runtime records one decision per row
+        outputs.extend(out[0].detach().float().split(1))
+    handles = [model.register_forward_hook(keep_rows, with_kwargs=True) for model in (pipe.transformer, *experts_of(pipe))]
     attach_runtime(pipe, recorder)
-    xs, ys = [], []
+    xs, ys = {}, {}  # per expert
     ratios: dict[str, list[list[float]]] = {}
     mid, drift = [], []
     pipe.set_progress_bar_config(disable=True)
@@ -58,14 +69,15 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
             recorder.indicator.clear()
             generate(pipe, [prompt], [seed + i], steps, guidance, decode=False)
             summary = cache_summary(pipe)
-            # call order of decisions == call order of outputs (one row per call for batch-1 generation)
-            previous: dict[str, torch.Tensor] = {}
+            # the runtime records decisions in the order of the rows of the calls: the order of `outputs`
+            previous: dict[tuple[int, str], torch.Tensor] = {}
             for decision, out in zip(summary.decisions, outputs):
                 x = recorder.indicator.get((decision.branch, decision.sample, decision.step))
-                if decision.branch in previous and x is not None:
-                    xs.append(x)
-                    ys.append(rel_l1(out, previous[decision.branch]))
-                previous[decision.branch] = out
+                key = (decision.expert, decision.branch)  # an expert's output is compared with its own only
+                if key in previous and x is not None:
+                    xs.setdefault(decision.expert, []).append(x)
+                    ys.setdefault(decision.expert, []).append(rel_l1(out, previous[key]))
+                previous[key] = out
             per_branch: dict[str, list[float]] = {}
             for stat in summary.full_stats:
                 ratio = stat.get("residual_norm_ratio")
@@ -76,18 +88,19 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
                 ratios.setdefault(branch, []).append(values)
     finally:
         remove_cache(pipe)
-        handle.remove()
-    coeffs = np.polyfit(np.asarray(xs), np.asarray(ys), 4)
-    fitted = np.polyval(coeffs, np.asarray(xs))
-    r2 = 1 - np.sum((np.asarray(ys) - fitted) ** 2) / max(np.sum((np.asarray(ys) - np.mean(ys)) ** 2), 1e-12)
+        for handle in handles:
+            handle.remove()
+    fits = [_polyfit(xs[e], ys[e]) for e in sorted(xs)]
+    coeffs, r2 = _polyfit(sum(xs.values(), []), sum(ys.values(), []))
     mag = {b: np.asarray(v) for b, v in ratios.items()}
     return {
         "model": model_id,
         "steps": steps,
         "guidance": guidance,
         "prompts": len(prompts),
-        "teacache": {"coefficients": [float(c) for c in coeffs], "r2": float(r2), "points": len(xs),
-                     "indicator": "timestep embedding or block-0 modulated input, per the model's adapter"},
+        "teacache": {"coefficients": coeffs, "r2": r2, "points": sum(map(len, xs.values())),
+                     "indicator": "timestep embedding or block-0 modulated input, per the model's adapter",
+                     **({"per_expert": [{"coefficients": c, "r2": r} for c, r in fits]} if len(fits) > 1 else {})},
         "magcache": {"mag_ratios": {b: [float(x) for x in v.mean(0)] for b, v in mag.items()},
                      "spread": {b: [float(x) for x in v.std(0)] for b, v in mag.items()}},
         "adacache": {"mid_block_change": _percentiles(mid)},

@@ -4,7 +4,7 @@ Users apply caches with `cachepilot.apply_cache`; `attach_runtime` is the layer 
 """
 
 from .actions import CFG, FULL, STEP, Action, Kind, step_actions
-from .api import CacheStackingError, attach_runtime, cache_summary, remove_cache, reset_cache
+from .api import CacheStackingError, attach_runtime, cache_summary, experts_of, remove_cache, reset_cache
 from .engine import CacheRuntime, InvalidActionError
 from .ledger import CacheSummary
 from .policy import NotAPolicyError, Policy
