@@ -40,6 +40,29 @@ def _read_prompts(path: str) -> list[str]:
     return [p.strip() for p in Path(path).read_text().splitlines() if p.strip()]
 
 
+def _source(args):
+    """The model a command runs on (see `_model_arguments`)."""
+    from cachepilot.models.registry import ModelSource  # command's own code (module docstring)
+
+    options = {"height": args.height, "width": args.width, "num_frames": args.num_frames}
+    return ModelSource(args.model, args.model_path, args.device, args.dtype,
+                       tuple((k, v) for k, v in options.items() if v is not None))
+
+
+def _prompt_pairs(args, spec_family: str, train: int, val: int):
+    """Training and validation prompts: toy-wan's splits, or a prompts file's first `train` prompts and the `val`
+    after them (pair i takes seed i, so the two sets must not share prompts)."""
+    if not args.prompts_file:
+        if spec_family != "toy-wan":
+            raise CachepilotError(f"pass --prompts-file (one prompt per line) to train on {args.model!r}")
+        return "train", "val"
+    prompts = _read_prompts(args.prompts_file)
+    if len(prompts) < train + val:
+        raise InvalidInputError(f"{args.prompts_file} has {len(prompts)} prompts; --pairs {train} and --val-pairs {val} "
+                                f"need {train + val} (the first for training, the rest for validation)")
+    return prompts[:train], prompts[train : train + val]
+
+
 def cmd_models(args) -> int:
     from cachepilot.models.registry import MODELS, weights_path, weights_present  # command's own code (docstring)
 
@@ -56,7 +79,8 @@ def cmd_generate(args) -> int:
     # the command's own code (module docstring)
     from cachepilot.infer.generate import generate
     from cachepilot.infer.plugin import apply_cache
-    from cachepilot.models.registry import load_pipeline, weights_path
+    from cachepilot.models.registry import weights_path
+    from cachepilot.models.stepping import generation_options
     from cachepilot.policies.calibration import find_calibration, load_calibration
     from cachepilot.policies.policy_file import load_policy
     from cachepilot.policies.registry import get_baseline
@@ -68,7 +92,7 @@ def cmd_generate(args) -> int:
         raise InvalidInputError(f"--budget applies to --cache learned; {args.cache} takes --knob")
     if args.knob is not None and args.cache in ("none", "learned"):
         raise InvalidInputError(f"--knob applies to the baselines; --cache {args.cache} takes none")
-    pipe = load_pipeline(args.model, args.model_path)
+    pipe = _source(args).load()
     if args.cache == "learned":
         policy = args.policy or weights_path(args.model, args.model_path) / "policy-distill"
         budget = 0.35 if args.budget is None else args.budget
@@ -79,7 +103,7 @@ def cmd_generate(args) -> int:
         apply_cache(pipe, args.cache, num_inference_steps=args.steps, calibration=calibration, **knobs)
     start = time.perf_counter()
     frames = generate(pipe, args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
-                      negative_prompt=args.negative_prompt)
+                      negative_prompt=args.negative_prompt, **generation_options(pipe))
     elapsed = time.perf_counter() - start
     if args.cache != "none":
         print(cache_summary(pipe))
@@ -155,7 +179,7 @@ def cmd_check_model(args) -> int:
 
 def cmd_calibrate(args) -> int:
     # the command's own code (module docstring)
-    from cachepilot.models.registry import check_output, get_spec, load_pipeline, weights_path
+    from cachepilot.models.registry import check_output, get_spec, weights_path
     from cachepilot.models.toy_wan.scenes import load_split
     from cachepilot.policies.calibration import CALIBRATION_FILE, write_calibration
     from cachepilot.train.calibrate import calibrate
@@ -170,7 +194,7 @@ def cmd_calibrate(args) -> int:
         prompts = random.Random(0).sample(split, checks.count("--prompts", args.prompts, high=len(split)))
     else:
         raise CachepilotError("pass --prompts-file (one prompt per line) to calibrate a real model")
-    pipe = load_pipeline(args.model, args.model_path)
+    pipe = _source(args).load()
     record = calibrate(pipe, prompts, steps=args.steps, guidance=args.guidance, model_id=args.model)
     write_calibration(record, out)
     tea = record["teacache"]
@@ -184,7 +208,7 @@ def cmd_references_build(args) -> int:
     # the command's own code (module docstring)
     from cachepilot.envs.episodes import make_pairs
     from cachepilot.envs.references import ReferenceStore
-    from cachepilot.models.registry import get_spec, load_pipeline
+    from cachepilot.models.registry import get_spec
 
     if args.prompts_file:
         prompts = _read_prompts(args.prompts_file)
@@ -193,7 +217,7 @@ def cmd_references_build(args) -> int:
     else:
         raise CachepilotError("pass --prompts-file (one prompt per line) to build references for a real model")
     pairs = make_pairs(args.model, prompts, args.pairs)
-    pipe = load_pipeline(args.model, args.model_path)
+    pipe = _source(args).load()
     store = ReferenceStore(pipe, args.model, steps=args.steps, guidance=args.guidance, root=args.root)
     store.get_many(pairs, trajectory=args.trajectory, batch_size=args.batch_size)
     print(f"{len(pairs)} references ready in {store.root} (model hash {store.model_hash}, {args.steps} steps, "
@@ -242,28 +266,29 @@ class _Parser(argparse.ArgumentParser):
 def cmd_train(args) -> int:
     """Train a cache policy for a model and save it as a policy file; prints its validation table."""
     # the command's own code (module docstring)
-    from cachepilot.models.registry import check_output, weights_path
+    from cachepilot.models.registry import check_output, get_spec, weights_path
     from cachepilot.train.distill import DistillConfig, distill
     from cachepilot.train.rl import PPOConfig, train_ppo
 
-    if args.model != "toy-wan":
-        raise CachepilotError(f"policy training needs a prompt split and a pipeline that can be stepped; "
-                              f"it is available for toy-wan, not {args.model!r}")
-    out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force, weights_path(args.model))
+    prompts, val_prompts = _prompt_pairs(args, get_spec(args.model).family, args.pairs, args.val_pairs)
+    source = _source(args)
+    out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force,
+                       weights_path(args.model, args.model_path))
     budgets = args.budgets
     trainer = {"accelerator": args.accelerator, "devices": args.devices, "strategy": args.strategy}
     if args.algo == "distill":
         config = DistillConfig(pairs=args.pairs, val_pairs=args.val_pairs, budgets=budgets, dagger_rounds=args.rounds,
                                epochs=args.epochs, num_envs=args.num_envs, seed=args.seed, trainer=trainer,
                                student_val_every=args.val_every)
-        bundle, _ = distill(out, config, model=args.model, run_dir=args.run_dir, steps=args.steps,
-                            guidance=args.guidance, references=args.references)
+        bundle, _ = distill(out, config, model=source, run_dir=args.run_dir, steps=args.steps, guidance=args.guidance,
+                            references=args.references, prompts=prompts, val_prompts=val_prompts)
     else:
         config = PPOConfig(total_timesteps=args.timesteps, num_envs=args.num_envs, pairs=args.pairs,
                            val_pairs=args.val_pairs, budgets=(min(budgets), max(budgets)), init_from=args.init_from,
                            seed=args.seed)
-        bundle, _ = train_ppo(out, config, model=args.model, run_dir=args.run_dir, steps=args.steps,
-                              guidance=args.guidance, references=args.references)
+        bundle, _ = train_ppo(out, config, model=source, run_dir=args.run_dir, steps=args.steps,
+                              guidance=args.guidance, references=args.references, prompts=prompts,
+                              val_prompts=val_prompts)
     print(f"policy saved to {out} ({bundle.net.num_parameters} parameters, "
           f"{bundle.card.training['wall_minutes']} min)")
     return 0
@@ -273,7 +298,9 @@ def cmd_ablate(args) -> int:
     """Every cache method on the same pairs: results.csv/json, table.md, pareto.png, side_by_side.gif."""
     from cachepilot.infer.ablate import AblationConfig, ablate  # command's own code (module docstring)
 
-    settings = {"model": args.model, "model_path": args.model_path, "split": args.split, "methods": args.methods}
+    source = _source(args)
+    settings = {"model": args.model, "model_path": args.model_path, "split": args.split, "methods": args.methods,
+                "device": source.device, "dtype": source.dtype, "options": source.options}
     if args.prompts_file:
         settings["prompts"] = tuple(_read_prompts(args.prompts_file))
     for name in ("pairs", "steps", "guidance"):
@@ -297,6 +324,19 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def _model_arguments(p, prompts_file: str | None = None) -> None:
+    """Which model, from where, on which device and in which dtype, and the video size it generates."""
+    p.add_argument("--model", default="toy-wan")
+    p.add_argument("--model-path", help="local diffusers folder with the model's weights")
+    p.add_argument("--device", help="torch device to run on, e.g. cuda (default: cpu)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default: as saved)")
+    p.add_argument("--height", type=_COUNT, help="video height in pixels (default: the pipeline's)")
+    p.add_argument("--width", type=_COUNT, help="video width in pixels (default: the pipeline's)")
+    p.add_argument("--num-frames", type=_COUNT, help="video length in frames (default: the pipeline's)")
+    if prompts_file:
+        p.add_argument("--prompts-file", help=prompts_file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cachepilot", description="Learned cache policies for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,8 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("generate", help="generate a video (GIF or MP4 by extension)")
-    p.add_argument("--model", default="toy-wan")
-    p.add_argument("--model-path", help="local diffusers folder with the model's weights")
+    _model_arguments(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
     p.add_argument("--steps", type=_COUNT, default=50)
@@ -344,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_model)
 
     p = sub.add_parser("train", help="train a cache policy (distillation from the oracle, or PPO) and save it")
-    p.add_argument("--model", default="toy-wan")
+    _model_arguments(p, "one prompt per line (real models): the first --pairs train, the next --val-pairs validate")
     p.add_argument("--algo", choices=["distill", "ppo"], default="distill")
     p.add_argument("--out", help="policy directory (default: runs/<model>/policy-<algo>)")
     p.add_argument("--force", action="store_true", help="replace a shipped policy (one beside the model's weights)")
@@ -371,12 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ablate", help="run every cache method on the same prompts and seeds; tables, Pareto plot, GIF")
-    p.add_argument("--model", default="toy-wan")
-    p.add_argument("--model-path")
+    _model_arguments(p, "one prompt per line, instead of a toy-wan split (real models)")
     p.add_argument("--methods", default="all", help="all, or a comma list: baseline and peer names, oracle (searched, "
                    "with the DP), oracle-dp, uniform, learned, learned-<policy>")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split (real models)")
     p.add_argument("--pairs", type=_COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
     p.add_argument("--steps", type=_COUNT, help="default 50")
     p.add_argument("--guidance", type=_GUIDANCE, help="default 5")
@@ -391,10 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("calibrate", help="fit TeaCache / MagCache / AdaCache / MixCache statistics for a model")
-    p.add_argument("--model", default="toy-wan")
-    p.add_argument("--model-path")
+    _model_arguments(p, "one prompt per line (required for real models)")
     p.add_argument("--prompts", type=_COUNT, default=16, help="how many prompts (toy-wan: sampled from the train split)")
-    p.add_argument("--prompts-file", help="one prompt per line (required for real models)")
     p.add_argument("--steps", type=_COUNT, default=50)
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--out", help="default: runs/<model>/calibration.json")
@@ -415,10 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("references", help="the store of full-compute reference outputs used by the environments")
     refs = p.add_subparsers(dest="references_command", required=True)
     p = refs.add_parser("build", help="pre-build the references of a prompt split (missing or corrupted ones only)")
-    p.add_argument("--model", default="toy-wan")
-    p.add_argument("--model-path")
+    _model_arguments(p, "one prompt per line, instead of a toy-wan split")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("--prompts-file", help="one prompt per line, instead of a toy-wan split")
     p.add_argument("--pairs", type=_COUNT, default=64, help="(prompt i, seed i) pairs, the environments' default count")
     p.add_argument("--steps", type=_COUNT, default=50)
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)

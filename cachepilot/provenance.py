@@ -25,5 +25,7 @@ def identifying_config(module) -> dict:
     option does not orphan files tied to weights saved without it.
     """
     neutral = getattr(module, "hash_neutral_config", {})
-    return {k: v for k, v in dict(module.config).items()
+    config = module.config
+    config = config.to_dict() if hasattr(config, "to_dict") else dict(config)  # transformers' configs are objects
+    return {k: v for k, v in config.items()
             if not k.startswith("_") and not (k in neutral and neutral[k] == v)}

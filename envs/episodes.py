@@ -12,7 +12,7 @@ from cachepilot import checks
 from cachepilot.errors import InvalidInputError
 from cachepilot.metrics import QUALITY_METRICS, lpips_model, quality
 from cachepilot.models.adapters import num_blocks as count_blocks
-from cachepilot.models.registry import load_pipeline
+from cachepilot.models.registry import ModelSource
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.learned import within_budget
 from cachepilot.policies.observation import CLIP, ObservationSpec
@@ -39,8 +39,9 @@ def default_block_ks(num_blocks: int) -> tuple[int, ...]:
 DEFAULT_FORECASTS = (1, 2)  # every reuse may also forecast, with order 1 or 2
 
 
-def make_pairs(model: str, prompts, pairs: int | None) -> list[tuple[str, int]]:
+def make_pairs(model, prompts, pairs: int | None) -> list[tuple[str, int]]:
     """(prompt, seed) pairs: prompt i of the list (a toy-wan split name or explicit prompts) with seed i."""
+    model = ModelSource.of(model).name
     if isinstance(prompts, str):
         if model != "toy-wan":
             raise ValueError(f"prompt split {prompts!r} exists for toy-wan only; pass a list of prompts for {model!r}")
@@ -71,9 +72,10 @@ class CacheEpisodes:
         self.budget_range = _budget_range(budget)
         if quality == "lpips":
             lpips_model()  # fail now, with the message saying where the weights go, not at the first episode end
+        self.source = ModelSource.of(model, model_path)
         if pipe is None:
-            pipe = load_pipeline(model, model_path)
-        self.pipe, self.model, self.quality = pipe, model, quality
+            pipe = self.source.load()
+        self.pipe, self.model, self.quality = pipe, self.source.name, quality
         self.steps, self.guidance = checks.count("steps", steps), checks.guidance(guidance)
         self.reward = reward or RewardConfig()
         self.num_blocks = num_blocks = count_blocks(pipe.transformer)
@@ -81,7 +83,7 @@ class CacheEpisodes:
         self.actions: tuple[Action, ...] = step_actions(
             num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks,
             tuple(checks.count("forecast order", o) for o in forecasts))
-        self.spec = ObservationSpec()
+        self.spec = ObservationSpec.for_pipeline(pipe)
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.spec.size,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))
         self.store = references if isinstance(references, ReferenceStore) else ReferenceStore(

@@ -13,14 +13,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import FirstBlockCacheConfig, MagCacheConfig, TaylorSeerCacheConfig
 
 from cachepilot.models.adapters import adapter_for, num_blocks
+from cachepilot.models.stepping import generation_options
+from cachepilot.runtime import experts_of
 from cachepilot.policies.dbcache import default_front_blocks
 from cachepilot.policies.registry import Method
 
-from .harness import PairResult, generate_batch, score
+from .harness import PairResult, score
 
 
 class PeerUnavailable(RuntimeError):
@@ -138,6 +141,19 @@ def available_peers() -> list[str]:
     return [name for name, p in PEERS.items() if p.library != "cache-dit" or has_cache_dit]
 
 
+def unsupported_reason(name: str, pipe) -> str | None:
+    """Why peer `name` cannot be measured on `pipe` (None: it can): its compute is measured part by part, cache-dit is
+    wired for Wan's blocks here, and the peers cache `pipe.transformer` only (a second expert would run uncached)."""
+    adapter = adapter_for(pipe.transformer)
+    if experts_of(pipe):
+        return "the peers cache one transformer; this pipeline has two experts"
+    if not adapter.part_modules:
+        return f"peers are measured part by part; {adapter.family} blocks have no parts described"
+    if PEERS[name].library == "cache-dit" and adapter.family != "wan":
+        return f"the cache-dit peer is wired for Wan-style transformers here, not {adapter.family}"
+    return None
+
+
 class ComputeMeter:
     """The FLOPs a cache really ran in a transformer's blocks, over what computing every block of every call costs,
     from the adapter's model of a block's parts (module docstring)."""
@@ -199,7 +215,10 @@ def generate_with_peer(pipe, peer: Peer, settings: dict, prompts, seeds, steps: 
     handles = [transformer.register_forward_pre_hook(before), transformer.register_forward_hook(after)]
     peer.enable(pipe, peer.settings(**settings), steps, calibration)
     try:
-        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
+        # through the pipeline's own __call__: cache-dit keeps its per-generation state by wrapping it
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        frames = np.asarray(pipe(prompt=list(prompts), num_inference_steps=steps, guidance_scale=guidance,
+                                 generator=generators, output_type="np", **generation_options(pipe)).frames)
     finally:
         peer.disable(pipe)
         meter.remove()

@@ -26,12 +26,12 @@ from cachepilot.errors import CachepilotError
 from cachepilot.evaluation.harness import generate_with, timed_reference
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, fulls_for_budget, measure_segments,
                                           stored_gain)
-from cachepilot.evaluation.peers import PEERS, available_peers, generate_with_peer
+from cachepilot.evaluation.peers import PEERS, available_peers, generate_with_peer, unsupported_reason
 from cachepilot.evaluation.search import SearchConfig, SearchResult, realise, search
 from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.metrics import LPIPSUnavailable, lpips_distance, psnr, ssim
 from cachepilot.models.adapters import num_blocks
-from cachepilot.models.registry import get_spec, load_pipeline, weights_path
+from cachepilot.models.registry import ModelSource, get_spec, weights_path
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.calibration import find_calibration
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
@@ -86,6 +86,9 @@ UNIFORM = {"uniform": (0, "step"), "uniform-f1": (1, "step"), "uniform-f2": (2, 
 class AblationConfig:
     model: str = "toy-wan"
     model_path: str | None = None
+    device: str | None = None  # e.g. "cuda"; None: where the pipeline loads (the CPU)
+    dtype: str | None = None  # float32, bfloat16 or float16; None: as saved
+    options: tuple[tuple[str, object], ...] = ()  # how the pipeline is called: height, width, num_frames, ...
     split: str = "test"
     prompts: tuple[str, ...] | None = None  # instead of a toy-wan split (real models)
     pairs: int = 16  # (prompt, seed) pairs: the split's first prompts, seeds 0..pairs-1
@@ -124,7 +127,7 @@ class Setting:
 
     def __init__(self, config: AblationConfig, root: Path, log=print):
         self.config, self.log = config, log
-        self.pipe = load_pipeline(config.model, config.model_path)
+        self.pipe = ModelSource(config.model, config.model_path, config.device, config.dtype, config.options).load()
         self.pipe.set_progress_bar_config(disable=True)
         self.weights = weights_path(config.model, config.model_path)
         self.calibration = find_calibration(self.pipe, config.model)
@@ -133,9 +136,11 @@ class Setting:
         if len(prompts) < config.pairs:
             raise CachepilotError(f"{config.pairs} pairs asked, but only {len(prompts)} prompts are available")
         self.prompts, self.seeds = prompts[: config.pairs], list(range(config.pairs))
-        name = config.split if not config.prompts else "prompts"
+        name = config.split if not config.prompts else f"prompts{_digest(json.dumps(prompts).encode())[:8]}"
+        called = ("-" + _digest(json.dumps([config.options, config.device], default=str).encode())[:8]
+                  if config.options or config.device else "")  # another video size or device: other runs
         self.dir = root / "runs" / (f"{config.model}-{self.model_hash[:12]}-{name}-pairs{config.pairs}"
-                                    f"-steps{config.steps}-guidance{config.guidance:g}")
+                                    f"-steps{config.steps}-guidance{config.guidance:g}{called}")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lpips_note: str | None = None
         self.policy_digests: dict[str, str] = {}  # learned method -> digest of its weights (learned_policies)
@@ -297,6 +302,10 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
             raise CachepilotError(f"{name} needs cache-dit: pip install 'cachepilot[peers]'")
         if name in wanted and name in peers:
             p = PEERS[name]
+            reason = unsupported_reason(name, setting.pipe)
+            if reason is not None:
+                setting.log(f"skipping {name}: {reason}")
+                continue
             if not calibration_covers(setting.calibration, p):
                 setting.log(f"skipping {name}: no calibration.json beside the weights")
                 continue

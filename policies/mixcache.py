@@ -58,7 +58,7 @@ class MixCache(BasePolicy):
                 return FULL
             self.triggered.add(key)
         since = signals.steps_since_full
-        if since is None or since >= self.config.max_reuse:
+        if since is None or since >= self.config.max_reuse or drift is None:  # None: no drift measured (a new expert)
             return FULL
         grow, s = since + 1, self.scale
         if STEP in valid and drift * grow < self.config.step_threshold * s:

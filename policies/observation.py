@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cachepilot.runtime import OPTIONAL_SIGNALS, SIGNALS, Signals
+from cachepilot.runtime import OPTIONAL_SIGNALS, SIGNALS, Signals, experts_of
 
 CLIP = 5.0
 LOG_EPS = 1e-4
@@ -65,6 +65,11 @@ def budget_left(signals: Signals, budget: float) -> float | None:
 class ObservationSpec:
     features: tuple[Feature, ...] = DEFAULT_FEATURES
     version: int = 1
+
+    @classmethod
+    def for_pipeline(cls, pipe) -> "ObservationSpec":
+        """The default observation, plus which expert runs where the pipeline has two (Wan2.2)."""
+        return cls(DEFAULT_FEATURES + ((Feature.of_signal("expert"),) if experts_of(pipe) else ()))
 
     @property
     def names(self) -> tuple[str, ...]:

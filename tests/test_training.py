@@ -278,7 +278,7 @@ def test_cli_train_rejects_models_without_training_support(capsys):
     from cachepilot.cli import main
 
     assert main(["train", "--model", "hunyuanvideo"]) == 2
-    assert "available for toy-wan" in capsys.readouterr().err
+    assert "pass --prompts-file" in capsys.readouterr().err
 
 
 def test_distill_trainer_runs_ddp_on_two_cpu_processes(tmp_path):

@@ -66,7 +66,7 @@ def tiny_hunyuan():
     tokenizer = _tokenizer({"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "bos_token": "<s>"})
     text_encoder = LlamaModel(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
                                           num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=2,
-                                          max_position_embeddings=256, pad_token_id=0))
+                                          max_position_embeddings=512, pad_token_id=0))
     tokenizer_2 = _tokenizer({"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
                               "bos_token": "<|startoftext|>"})
     text_encoder_2 = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=8, intermediate_size=16,
@@ -94,7 +94,7 @@ def tiny_cogvideox():
     transformer = CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
                                               time_embed_dim=8, text_embed_dim=16, num_layers=3, sample_width=2,
                                               sample_height=2, sample_frames=5, patch_size=1,
-                                              temporal_compression_ratio=4, max_text_seq_length=8)
+                                              temporal_compression_ratio=4, max_text_seq_length=226)
     scheduler = CogVideoXDPMScheduler(timestep_spacing="trailing", prediction_type="v_prediction", snr_shift_scale=3.0,
                                       beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                       rescale_betas_zero_snr=True, clip_sample=False, set_alpha_to_one=True)
@@ -125,6 +125,7 @@ TINY_PIPELINES = {"wan": tiny_wan, "wan2.2": lambda: tiny_wan(experts=2), "hunyu
 # what each family's pipeline is called with besides prompts: a video size it accepts, short prompts
 CALL_OPTIONS = {kind: {**SIZE, "max_sequence_length": 8} for kind in TINY_PIPELINES}
 CALL_OPTIONS["ltx-video"].update(height=32, width=32, num_frames=9)  # LTX: sides multiple of 32, 8k + 1 frames
+CALL_OPTIONS["cogvideox"].update(max_sequence_length=226)  # CogVideoX's positions count its text tokens
 
 
 def write_folder(kind: str, folder: str | Path) -> Path:

@@ -32,7 +32,6 @@ from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTab
 from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import atomic_write_npz, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
-from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.learned import PolicyNet
 
 from .export import make_run_dir, save_trained_policy
@@ -164,7 +163,7 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
     return module.net.cpu().eval()
 
 
-def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
+def _gain(core, val_pairs, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
     """The amplification profile: the run's own, else the one beside the model's weights (same weights, steps
     and guidance only), else measured now on validation pairs."""
     folder = pipeline_folder(core.pipe)
@@ -172,8 +171,8 @@ def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
         gain = stored_gain(path, core.store.model_hash, core.steps, core.guidance, log)
         if gain is not None:
             return gain
-    val = list(load_split("val"))[: config.gain_pairs]
-    log(f"oracle: measuring the error-amplification profile on {len(val)} val pairs")
+    val = [prompt for prompt, _ in val_pairs][: config.gain_pairs]
+    log(f"oracle: measuring the error-amplification profile on {len(val)} val prompts")
     gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
                          config.gain_every)
     atomic_write_npz(run_dir / GAIN_FILE, gain=gain, model_hash=np.array(core.store.model_hash),
@@ -181,12 +180,17 @@ def _gain(core, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
     return gain
 
 
-def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfig, log=print) -> dict[int, SegmentTable]:
+def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfig, val_pairs,
+                  log=print) -> dict[int, SegmentTable]:
     """Segment tables for the environment's pairs `pair_ids` (cached in the run directory); also stores each
-    pair's full-compute output as its reference, since the oracle's reference pass computed it."""
-    gain = _gain(core, run_dir, config, log)
+    pair's full-compute output as its reference, since the oracle's reference pass computed it. The amplification
+    profile is measured on `val_pairs`' prompts."""
+    gain = _gain(core, val_pairs, run_dir, config, log)
     path = run_dir / "oracle_tables.npz"
     stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
+    if any(k.startswith("errors_") and v.shape != (core.steps, core.steps + 1) for k, v in stored.items()):
+        log(f"oracle: {path} holds tables for another step count; measuring them again")
+        stored = {}
     tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
               for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
     missing = [i for i in pair_ids if i not in tables]
@@ -203,18 +207,19 @@ def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfi
     return tables
 
 
-def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", run_dir=None, steps: int = 50,
-            guidance: float = 5.0, pipe=None, references=None, log=print):
-    """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report)."""
+def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
+            guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print):
+    """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report).
+    `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts."""
     config = config or DistillConfig()
     started = time.perf_counter()
     run_dir = make_run_dir(out, run_dir)
     budgets = (min(config.budgets), max(config.budgets))
-    core = CacheEpisodes(model=model, prompts="train", pairs=config.pairs, steps=steps, guidance=guidance, budget=budgets,
-                         pipe=pipe, references=references)
-    val = CacheEpisodes(model=model, prompts="val", pairs=config.val_pairs, steps=steps, guidance=guidance,
+    core = CacheEpisodes(model=model, prompts=prompts, pairs=config.pairs, steps=steps, guidance=guidance,
+                         budget=budgets, pipe=pipe, references=references)
+    val = CacheEpisodes(model=model, prompts=val_prompts, pairs=config.val_pairs, steps=steps, guidance=guidance,
                         budget=budgets, pipe=core.pipe, references=core.store)
-    tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, log)
+    tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, val.pairs, log)
     teacher = OracleTeacher(tables, core.actions, steps)
     jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
     logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
@@ -242,7 +247,8 @@ def distill(out, config: DistillConfig | None = None, model: str = "toy-wan", ru
     minutes = (time.perf_counter() - started) / 60
     selected, net, scores = best
     log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
-    training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs, "split": "train",
+    training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs,
+                "split": prompts if isinstance(prompts, str) else "prompts file",
                 "rounds": history, "selected_round": selected, "wall_minutes": round(minutes, 1),
                 "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle)"}
     return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)

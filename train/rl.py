@@ -33,7 +33,6 @@ from cachepilot.envs import BatchedCacheEnv, CacheEpisodes
 from cachepilot.errors import InvalidInputError
 from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import atomic_write_bytes, read_or_set_aside
-from cachepilot.models.registry import load_pipeline
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import load_policy
 
@@ -167,14 +166,15 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, env, log):
     return Monitor()
 
 
-def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_dir=None, steps: int = 50,
-              guidance: float = 5.0, pipe=None, references=None, log=print):
-    """Train with MaskablePPO and save the actor as a policy file at `out`. Returns (bundle, summary table)."""
+def train_ppo(out, config: PPOConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
+              guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print):
+    """Train with MaskablePPO and save the actor as a policy file at `out`. Returns (bundle, summary table).
+    `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts."""
     config = config or PPOConfig()
     started = time.perf_counter()
     run_dir = make_run_dir(out, run_dir)
     warm_start = load_policy(config.init_from) if config.init_from else None
-    env = BatchedCacheEnv(config.num_envs, model=model, prompts="train", pairs=config.pairs, steps=steps,
+    env = BatchedCacheEnv(config.num_envs, model=model, prompts=prompts, pairs=config.pairs, steps=steps,
                           guidance=guidance, budget=config.budgets, pipe=pipe, references=references, budget_guard=True)
     if warm_start is not None:
         warm_start.check_pipeline(env.episodes.pipe, steps)
@@ -185,8 +185,8 @@ def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_
     env.seed(config.seed)
     # validation runs on its own pipeline, references included (the same store folder, another store object): the
     # training env keeps its pipeline hooked between rollouts
-    val = CacheEpisodes(model=model, prompts="val", pairs=config.val_pairs, steps=steps, guidance=guidance,
-                        budget=config.budgets, pipe=load_pipeline(model), references=env.episodes.store.root)
+    val = CacheEpisodes(model=model, prompts=val_prompts, pairs=config.val_pairs, steps=steps, guidance=guidance,
+                        budget=config.budgets, pipe=env.episodes.source.load(), references=env.episodes.store.root)
     checkpoint = run_dir / CHECKPOINT
     agent = resume(checkpoint, env, str(run_dir / "tensorboard"), log)
     if agent is None:
@@ -210,6 +210,7 @@ def train_ppo(out, config: PPOConfig | None = None, model: str = "toy-wan", run_
     net = actor_to_net(agent, config.hidden)
     minutes = (time.perf_counter() - started) / 60
     training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
-                "train_pairs": config.pairs, "split": "train", "timesteps": int(agent.num_timesteps),
+                "train_pairs": config.pairs,
+                "split": prompts if isinstance(prompts, str) else "prompts file", "timesteps": int(agent.num_timesteps),
                 "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1)}
     return save_trained_policy(out, net, env.episodes, val, config.budgets, training, config.eval_budgets, log)

@@ -95,6 +95,42 @@ def verify_checksums(folder: Path, required: bool) -> None:
     verify_manifest(folder, model_files(folder), required, f"the model folder {folder}")
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Which model, from where, on which device and in which dtype, and how it is called (video size, ...): what a
+    command needs to load a pipeline, and every later load of the same run (a validation copy) to load it again."""
+
+    name: str = "toy-wan"
+    path: str | None = None
+    device: str | None = None
+    dtype: str | None = None  # one of DTYPES; None: as saved
+    options: tuple[tuple[str, object], ...] = ()  # generation options (models.stepping.set_generation_options)
+
+    def __post_init__(self):
+        get_spec(self.name)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise InvalidInputError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+
+    @classmethod
+    def of(cls, model: "str | ModelSource", model_path: str | Path | None = None) -> "ModelSource":
+        if isinstance(model, ModelSource):
+            return model
+        return cls(model, None if model_path is None else str(model_path))
+
+    def load(self):
+        """The pipeline, loaded from local files only, with its generation options set."""
+        # diffusers' pipelines take 5-9 s to import; listing models and checking their weights need none of it
+        import torch
+        from cachepilot.models.stepping import set_generation_options
+
+        pipe = load_pipeline(self.name, self.path, self.device, getattr(torch, self.dtype) if self.dtype else None)
+        set_generation_options(pipe, **dict(self.options))
+        return pipe
+
+
 def load_pipeline(name: str, model_path: str | Path | None = None, device: str | None = None, torch_dtype=None):
     """Load a known model as a diffusers pipeline from local files only, with clear errors."""
     # diffusers' pipelines take 5-9 s to import; listing models and checking their weights need none of it

@@ -147,7 +147,9 @@ class CacheRuntime:
         if batched:
             cfg = self.batched_cfg
             if cfg is None and self.pipe is not None:
-                cfg = bool(getattr(self.pipe, "do_classifier_free_guidance", False))
+                cfg = getattr(self.pipe, "do_classifier_free_guidance", None)
+                if cfg is None:  # CogVideoX's pipeline has no such property: guidance_scale > 1 decides
+                    cfg = float(getattr(self.pipe, "_guidance_scale", None) or 1.0) > 1.0
             if cfg:
                 half = batch // 2
                 return [("uncond", i) for i in range(half)] + [("cond", i) for i in range(half)]
