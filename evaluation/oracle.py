@@ -148,10 +148,7 @@ class _Scripted(BasePolicy):
     action = FULL
 
     def decide(self, signals, valid):
-        if signals.expert == 0:
-            return self.action
-        # in a second expert, a forecast lacks its history at first: the plain reuse, or FULL where nothing is kept
-        return next((a for a in (self.action, self.action.forecasting(0)) if a in valid), FULL)
+        return self.action
 
 
 def _distance(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:

@@ -39,9 +39,10 @@ class SearchConfig:
     forecast_basis: str = "step"
     seed: int = 0
 
-    def reuses(self, num_blocks: int) -> tuple[Action, ...]:
+    def reuses(self, num_blocks: int, cfg: bool = True) -> tuple[Action, ...]:
+        """The reuses the search may place (CFG only where the generation runs an uncond branch)."""
         ks = self.block_ks if self.block_ks is not None else (max(1, num_blocks // 3),)
-        plain = (STEP, CFG, *(Action.block(k) for k in ks if 1 <= k < num_blocks))
+        plain = (STEP, *((CFG,) if cfg else ()), *(Action.block(k) for k in ks if 1 <= k < num_blocks))
         return (*plain, *(a.forecasting(o) for o in self.forecast_orders for a in plain))
 
 
@@ -155,7 +156,7 @@ class Moves:
         """Two half-costs for one FULL: the cond branch of a FULL step keeps computing, and a reused step gets its
         cond branch back."""
         i, j = self._pick(s, lambda a: a == FULL), self._pick(s, lambda a: a.kind in (Kind.STEP, Kind.BLOCK))
-        if i is None or j is None:
+        if i is None or j is None or CFG not in self.reuses:
             return None
         s[i] = s[j] = CFG.forecasting(s[j].forecast)
         return s
@@ -197,13 +198,14 @@ class Moves:
 
 
 def replay(pipe, schedules: list[list[Action]], prompts: list[str], seeds: list[int], reference: np.ndarray,
-           steps: int, guidance: float, basis: str = "step") -> tuple[np.ndarray, list[list[Action]], list[float]]:
+           steps: int, guidance: float, basis: str = "step") -> tuple[np.ndarray, list[list[Action]], list[float], bool]:
     """One batched generation of per-sample schedules: (PSNR per sample, the schedules the runtime realised,
-    computed fractions)."""
+    computed fractions, whether the generation ran an uncond branch)."""
     frames, summary = generate_logged(pipe, FixedSchedule.per_sample(schedules, basis), prompts, seeds, steps, guidance)
     fractions = computed_fractions(summary, len(prompts))
     scores = score(frames, reference, prompts, seeds, fractions, "search", 0.0)
-    return np.array([r.psnr for r in scores]), realised(summary, len(prompts), steps), fractions
+    uncond = any(d.branch == "uncond" for d in summary.decisions)
+    return np.array([r.psnr for r in scores]), realised(summary, len(prompts), steps), fractions, uncond
 
 
 def realise(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> list[list[Action]]:
@@ -220,14 +222,14 @@ def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, bu
     wall, cpu = time.perf_counter(), time.process_time()
     n = len(prompts)
     rng = np.random.default_rng(config.seed)
-    moves = Moves(budget, num_blocks, config.reuses(num_blocks), rng)
     best = [None] * n
     best_psnr = np.full(n, -np.inf)
     origin = [""] * n
     start_psnr = {}
     for name, schedules in starts.items():
         fits = np.array([valid(s) and schedule_cost(s, num_blocks) <= budget + 1e-9 for s in schedules])
-        psnr_now, taken, _ = replay(pipe, schedules, prompts, seeds, reference, steps, guidance, config.forecast_basis)
+        psnr_now, taken, _, uncond = replay(pipe, schedules, prompts, seeds, reference, steps, guidance,
+                                            config.forecast_basis)
         psnr_now = np.where(fits, psnr_now, -np.inf)
         start_psnr[name] = [float(v) if np.isfinite(v) else None for v in psnr_now]
         for i in np.flatnonzero(psnr_now > best_psnr):
@@ -236,6 +238,7 @@ def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, bu
             f"dB on {int(fits.sum())} of {n} pairs within the budget")
     if any(s is None for s in best):
         raise ValueError(f"no start schedule fits budget {budget:g} on every pair")
+    moves = Moves(budget, num_blocks, config.reuses(num_blocks, cfg=uncond), rng)
     accepted, history = [0] * n, []
     for r in range(config.rounds):
         batch, owner = [], []
@@ -247,7 +250,7 @@ def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, bu
                     owner.append(i)
         if not batch:
             break
-        psnr_now, taken, _ = replay(pipe, batch, [prompts[i] for i in owner], [seeds[i] for i in owner],
+        psnr_now, taken, _, _ = replay(pipe, batch, [prompts[i] for i in owner], [seeds[i] for i in owner],
                                     reference[owner], steps, guidance, config.forecast_basis)
         owner = np.array(owner)
         for i in range(n):

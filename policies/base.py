@@ -39,13 +39,7 @@ class BasePolicy:
         raise NotImplementedError
 
     def decide_batch(self, signals: list[Signals], valid: list[tuple[Action, ...]]) -> list[Action]:
-        return [FULL if expert_starts(s, v) else self.decide(s, v) for s, v in zip(signals, valid)]
-
-
-def expert_starts(signals: Signals, valid: tuple[Action, ...]) -> bool:
-    """The first step of a pipeline's second expert (Wan2.2), where nothing is kept to reuse: every policy computes
-    there, so a rule written for one transformer stays right on two."""
-    return signals.expert > 0 and valid == (FULL,)
+        return [self.decide(s, v) for s, v in zip(signals, valid)]
 
 
 class NoCache(BasePolicy):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cachepilot.runtime import FULL, STEP, Action, Kind, Signals
+from cachepilot.runtime import FULL, STEP, Action, Signals
 
-from .base import BasePolicy, block_layout, expert_starts
+from .base import BasePolicy, block_layout
 
 
 def _actions(actions: Sequence[Action | str]) -> tuple[Action, ...]:
@@ -65,10 +65,4 @@ class FixedSchedule(BasePolicy):
         for order in range(self.forecast_up_to, 0, -1) if action.reuses else ():
             if action.forecasting(order) in valid:
                 return action.forecasting(order)
-        if action not in valid and action.forecast and signals.expert > 0:  # a second expert's short history
-            action = next((action.forecasting(o) for o in range(action.forecast - 1, -1, -1)
-                           if action.forecasting(o) in valid), action)
-        if action not in valid and (expert_starts(signals, valid) or action.kind is Kind.CFG
-                                    and not any(a.kind is Kind.CFG for a in valid)):
-            return FULL  # an expert's first step, or CFG on a pipeline that runs no uncond branch: compute
         return action

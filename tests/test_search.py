@@ -72,7 +72,7 @@ def test_search_never_ends_below_a_start_and_its_schedules_replay_to_its_scores(
         assert result.psnr[i] >= best_start
         assert schedule_cost(result.schedules[i], BLOCKS) <= budget + 1e-9
     assert len(result.history) == 3 and result.history == sorted(result.history)  # accepted only when it improves
-    replayed, taken, fractions = replay(toy_pipe, result.schedules, prompts, seeds, reference, STEPS, 5.0)
+    replayed, taken, fractions, _ = replay(toy_pipe, result.schedules, prompts, seeds, reference, STEPS, 5.0)
     assert taken == result.schedules
     np.testing.assert_allclose(replayed, result.psnr, atol=1e-3)  # batch composition changes CPU rounding only
     assert max(fractions) <= budget + 1e-9

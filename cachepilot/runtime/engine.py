@@ -299,6 +299,7 @@ class CacheRuntime:
         choices = list(policy.decide_batch([self._signals(r) for r in asked], valid)) if asked else []
         if len(choices) != len(asked):
             raise InvalidActionError(f"policy {policy.name!r} returned {len(choices)} actions for {len(asked)} rows")
+        choices = [self._within_expert(action, ok) for action, ok in zip(choices, valid)]
         for row, action, ok in zip(asked, choices, valid):
             if action not in ok:
                 self._refuse(action, row, ok)
@@ -320,6 +321,16 @@ class CacheRuntime:
                 if QUANTITIES[name].refreshed == "call" or action.kind is Kind.FULL:
                     self._refresh(state, name, sample, (value[row : row + 1],), None)
         call.plan = plan
+
+    def _within_expert(self, action: Action, valid: tuple[Action, ...]) -> Action:
+        """A second expert keeps nothing of the first, so a policy written for one transformer can ask it for more
+        history than it has: the same reuse forecast from the history it has, or FULL where it has none."""
+        if self.expert == 0 or action in valid:
+            return action
+        for order in range(action.forecast - 1, -1, -1) if action.reuses else ():
+            if action.forecasting(order) in valid:
+                return action.forecasting(order)
+        return FULL if valid == (FULL,) else action
 
     def _refuse(self, action: Action, row: int, valid) -> None:
         branch, sample = self.call.rows[row]
