@@ -30,15 +30,11 @@ class PairResult:
         return asdict(self)
 
 
-def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float) -> np.ndarray:
-    return generate(pipe, prompts, seeds, steps, guidance)
-
-
 def generate_logged(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
     """One batched generation under `policy`: (frames, the runtime's summary of what it did)."""
     attach_runtime(pipe, policy, num_inference_steps=steps)
     try:
-        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
+        frames = generate(pipe, prompts, seeds, steps, guidance)
         return frames, cache_summary(pipe)
     finally:
         remove_cache(pipe)
@@ -76,7 +72,7 @@ def timed_reference(pipe, prompts, seeds, steps, guidance) -> tuple[np.ndarray, 
     the same way as every method's."""
     attach_runtime(pipe, NoCache(), num_inference_steps=steps)
     try:
-        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
+        frames = generate(pipe, prompts, seeds, steps, guidance)
         wall = cache_summary(pipe).wall_time
     finally:
         remove_cache(pipe)

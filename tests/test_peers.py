@@ -136,12 +136,12 @@ def test_dbcache_matches_cache_dit(toy_pipe, front, back):
 
 
 def test_cache_dit_peer_runs_in_the_evaluation_harness(toy_pipe):
-    from cachepilot.evaluation.harness import generate_batch
+    from cachepilot.models.stepping import generate
     from cachepilot.evaluation.peers import PEERS, available_peers, run_peer
 
     assert "cache-dit-dbcache" in available_peers()
     prompts, seeds = [PROMPT], [0]
-    reference = generate_batch(toy_pipe, prompts, seeds, 12, 5.0)
+    reference = generate(toy_pipe, prompts, seeds, 12, 5.0)
     for peer in ("cache-dit-dbcache", "cache-dit-dbcache-taylorseer"):
         results, wall = run_peer(toy_pipe, PEERS[peer], {"threshold": 0.2}, prompts, seeds, reference, 12, 5.0)
         assert 0 < results[0].computed_fraction < 1 and wall > 0, peer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cachepilot.evaluation.harness import generate_batch
+from cachepilot.models.stepping import generate
 from cachepilot.evaluation.search import (Moves, SearchConfig, SearchResult, realised, replay, schedule_cost, search,
                                           valid)
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
@@ -54,7 +54,7 @@ def test_realised_reads_step_level_schedules_from_the_decisions():
 def pairs(toy_pipe):
     prompts = ["a red circle moving left quickly", "a blue square moving up slowly"]
     seeds = [0, 1]
-    return prompts, seeds, generate_batch(toy_pipe, prompts, seeds, STEPS, 5.0)
+    return prompts, seeds, generate(toy_pipe, prompts, seeds, STEPS, 5.0)
 
 
 def test_search_never_ends_below_a_start_and_its_schedules_replay_to_its_scores(toy_pipe, pairs):

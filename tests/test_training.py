@@ -83,13 +83,13 @@ def test_oracle_budget_is_whole_steps():
 
 
 def test_segment_measurement_on_toy_wan(toy_pipe):
-    from cachepilot.evaluation.harness import generate_batch
+    from cachepilot.models.stepping import generate
     from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 
     pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a gradient background", 1)]
     tables, frames = measure_segments(toy_pipe, pairs, STEPS, 5.0, max_gap=3)
     # the oracle's reference pass is the uncached pipeline, bit for bit
-    assert np.array_equal(frames, generate_batch(toy_pipe, [p for p, _ in pairs], [0, 1], STEPS, 5.0))
+    assert np.array_equal(frames, generate(toy_pipe, [p for p, _ in pairs], [0, 1], STEPS, 5.0))
     errors = tables[0].errors
     assert np.all(np.diag(errors[:, 1:]) == 0) and np.isfinite(errors[0, 3]) and np.isinf(errors[0, 4])
     # a segment error is what really happens: FULL at 0, STEP at 1, 2 -> latents entering step 3
@@ -136,12 +136,12 @@ def test_forecast_segments_are_what_really_happens_and_graft_the_full_before(toy
 
 
 def test_rollout_scores_real_generations_of_per_sample_schedules(toy_pipe):
-    from cachepilot.evaluation.harness import generate_batch
+    from cachepilot.models.stepping import generate
     from cachepilot.evaluation.oracle import rollout
     from cachepilot.policies.schedule import full_steps_schedule
 
     pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a plain background", 1)]
-    reference = generate_batch(toy_pipe, [p for p, _ in pairs], [s for _, s in pairs], STEPS, 5.0)
+    reference = generate(toy_pipe, [p for p, _ in pairs], [s for _, s in pairs], STEPS, 5.0)
     full, sparse = full_steps_schedule(STEPS, range(STEPS)), full_steps_schedule(STEPS, [0, 3])
     results = rollout(toy_pipe, pairs, [full, sparse], reference, STEPS, 5.0)
     assert results[0].psnr == float("inf") and results[0].computed_fraction == 1.0

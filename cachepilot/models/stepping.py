@@ -26,10 +26,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from cachepilot.errors import InvalidInputError
 
-# options every stepper takes besides prompts: the size and length of the video and of the text
-SIZE_OPTIONS = ("height", "width", "num_frames", "max_sequence_length")
-
-
 @dataclass
 class Denoising:
     """Everything a denoising loop carries from one step to the next."""
@@ -59,7 +55,6 @@ class Stepper:
     """Steps one family's pipeline (see the module docstring). Subclasses say how a family prepares, steps and
     decodes; the defaults of every option are the pipeline's own `__call__` defaults."""
 
-    family = ""
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -67,12 +62,16 @@ class Stepper:
         self.defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
 
     # ---- the loop -----------------------------------------------------------------------------
-    def prepare(self, prompts: list[str], generators, num_inference_steps: int = 50, guidance_scale: float = 5.0,
-                negative_prompt=None, **options) -> Denoising:
-        """Encode the prompts, set the timesteps, draw the initial latents: the state before step 0."""
+    def check_options(self, options: dict) -> None:
+        """Refuse what the pipeline's `__call__` does not take."""
         unknown = set(options) - set(self.defaults)
         if unknown:
             raise InvalidInputError(f"{type(self.pipe).__name__} takes no option(s) {', '.join(sorted(unknown))}")
+
+    def prepare(self, prompts: list[str], generators, num_inference_steps: int = 50, guidance_scale: float = 5.0,
+                negative_prompt=None, **options) -> Denoising:
+        """Encode the prompts, set the timesteps, draw the initial latents: the state before step 0."""
+        self.check_options(options)
         opts = {**self.defaults, **options}
         pipe = self.pipe
         pipe._guidance_scale, pipe._attention_kwargs = guidance_scale, None
@@ -156,7 +155,6 @@ class Stepper:
 class WanStepper(Stepper):
     """WanPipeline: cond and uncond calls; Wan2.2's two experts switch at `boundary_ratio`."""
 
-    family = "wan"
 
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts):
         pipe = self.pipe
@@ -222,7 +220,6 @@ class WanStepper(Stepper):
 class ToyWanStepper(Stepper):
     """ToyWanPipeline: Wan's loop on a latent that is the video itself."""
 
-    family = "toy-wan"
 
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts):
         latents, embeds, negative, timesteps = self.pipe.prepare_denoising(
@@ -241,7 +238,6 @@ class ToyWanStepper(Stepper):
 class HunyuanVideoStepper(Stepper):
     """HunyuanVideoPipeline: guidance is embedded; a second ("uncond") call only with true CFG."""
 
-    family = "hunyuanvideo"
 
     def _encode(self, prompts, opts):
         embeds, pooled, mask = self.pipe.encode_prompt(
@@ -290,7 +286,6 @@ class HunyuanVideoStepper(Stepper):
 class CogVideoXStepper(Stepper):
     """CogVideoXPipeline: one batched [uncond; cond] call; DPM-solver state carried between steps."""
 
-    family = "cogvideox"
 
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts):
         pipe = self.pipe
@@ -311,16 +306,8 @@ class CogVideoXStepper(Stepper):
                   if pipe.transformer.config.use_rotary_positional_embeddings else None)
         return Denoising(latents, timesteps, scheduler, extra={
             "embeds": embeds, "cfg": cfg, "guidance": guidance, "dynamic_cfg": opts["use_dynamic_cfg"],
-            "step_kwargs": pipe.prepare_extra_step_kwargs(generators, opts["eta"]), "rotary": rotary,
-            "padding": padding, "old_pred": None, "attention_kwargs": opts.get("attention_kwargs")})
-
-    def fork(self, state):
-        forked = super().fork(state)
-        kwargs = dict(forked.extra["step_kwargs"])
-        if "generator" in kwargs:
-            kwargs["generator"] = _clone_generators(kwargs["generator"])
-        forked.extra["step_kwargs"] = kwargs
-        return forked
+            "generator": generators, "eta": opts["eta"], "rotary": rotary, "padding": padding, "old_pred": None,
+            "attention_kwargs": opts.get("attention_kwargs")})
 
     def _step(self, state, i, t):
         pipe, x, scheduler = self.pipe, state.extra, state.scheduler
@@ -336,11 +323,12 @@ class CogVideoXStepper(Stepper):
         if x["cfg"]:
             uncond, cond = noise.chunk(2)
             noise = uncond + pipe.guidance_scale * (cond - uncond)
+        step_kwargs = pipe.prepare_extra_step_kwargs(x["generator"], x["eta"])  # the state's (forkable) generators
         if isinstance(scheduler, CogVideoXDPMScheduler):
             latents, x["old_pred"] = scheduler.step(noise, x["old_pred"], t, state.timesteps[i - 1] if i > 0 else None,
-                                                    state.latents, **x["step_kwargs"], return_dict=False)
+                                                    state.latents, **step_kwargs, return_dict=False)
         else:
-            latents = scheduler.step(noise, t, state.latents, **x["step_kwargs"], return_dict=False)[0]
+            latents = scheduler.step(noise, t, state.latents, **step_kwargs, return_dict=False)[0]
         return latents.to(x["embeds"].dtype)
 
     def _decode(self, state):
@@ -351,7 +339,6 @@ class CogVideoXStepper(Stepper):
 class LTXVideoStepper(Stepper):
     """LTXPipeline: one batched [uncond; cond] call on packed latents."""
 
-    family = "ltx-video"
 
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts):
         pipe = self.pipe
@@ -426,10 +413,7 @@ OPTIONS_ATTRIBUTE = "_cachepilot_options"
 def set_generation_options(pipe, **options) -> None:
     """How every generation cachepilot runs on `pipe` is called besides prompts, seeds, steps and guidance (the
     video size, a negative prompt, a family's own knobs): set once where the model is loaded, checked here."""
-    stepper = stepper_for(pipe)
-    unknown = set(options) - set(stepper.defaults) - {"negative_prompt"}
-    if unknown:
-        raise InvalidInputError(f"{type(pipe).__name__} takes no option(s) {', '.join(sorted(unknown))}")
+    stepper_for(pipe).check_options(options)
     setattr(pipe, OPTIONS_ATTRIBUTE, {k: v for k, v in options.items() if v is not None})
 
 
