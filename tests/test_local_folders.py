@@ -64,3 +64,15 @@ def test_a_policy_for_one_family_is_refused_by_another(folders, tmp_path, monkey
                  "--cache", "learned", "--policy", str(wan_policy), "--out", str(tmp_path / "v.gif")])
     assert code != 0
     assert "trained for 'wan2.1-t2v-1.3b'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["wan", "cogvideox"])
+def test_bfloat16_through_the_stepper_and_the_runtime(folders, kind, tmp_path, monkeypatch):
+    root, paths = folders
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CACHEPILOT_REFERENCES", str(tmp_path / "references"))
+    model = [a if a != "float32" else "bfloat16" for a in _model_args(kind, paths[kind])]
+    prompts = ["--prompts-file", str(root / "prompts.txt")]
+    assert main(["references", "build", *model, *prompts, "--pairs", "2", "--steps", STEPS]) == 0
+    assert main(["generate", *model, "--prompt", PROMPTS[0], "--steps", STEPS, "--cache", "static",
+                 "--out", str(tmp_path / "video.gif")]) == 0
