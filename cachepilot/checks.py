@@ -63,6 +63,13 @@ def positive(name: str, value) -> float:
     return float(number(name, value, low=0.0, low_open=True))
 
 
+def choice(name: str, value, options: tuple[str, ...]) -> str:
+    """One of a few named options."""
+    if value not in options:
+        raise InvalidInputError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
 def prompt(text) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError(f"the prompt is empty ({text!r}); say what the video should show")

@@ -279,7 +279,7 @@ def cmd_train(args) -> int:
     if args.algo == "distill":
         config = DistillConfig(pairs=args.pairs, val_pairs=args.val_pairs, budgets=budgets, dagger_rounds=args.rounds,
                                epochs=args.epochs, num_envs=args.num_envs, seed=args.seed, trainer=trainer,
-                               student_val_every=args.val_every)
+                               student_val_every=args.val_every, relabel=args.relabel)
         bundle, _ = distill(out, config, model=source, run_dir=args.run_dir, steps=args.steps, guidance=args.guidance,
                             references=args.references, prompts=prompts, val_prompts=val_prompts)
     else:
@@ -393,9 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--pairs", type=_COUNT, default=16, help="training (prompt, seed) pairs from the train split")
     p.add_argument("--val-pairs", type=_COUNT, default=8)
-    p.add_argument("--budgets", type=_budgets, default="0.2,0.3,0.4,0.5,0.6",
+    p.add_argument("--budgets", type=_budgets, default="0.15,0.2,0.3,0.4,0.5,0.6",
                    help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
     p.add_argument("--rounds", type=_COUNT0, default=2, help="distill: DAgger rounds after the oracle's own")
+    p.add_argument("--relabel", choices=["reference", "reached"], default="reference",
+                   help="distill: DAgger costs the segment under way from the oracle's table (default) or measures it "
+                   "from the state the student reached (real forks of its trajectory; slower)")
     p.add_argument("--epochs", type=_COUNT, default=30, help="distill: epochs per round")
     p.add_argument("--val-every", type=_COUNT, default=10, help="distill: epochs between real-generation scores of "
                    "the student on the val pairs (1: every epoch; each costs a few seconds)")
@@ -417,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", type=_COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
     p.add_argument("--steps", type=_COUNT, help="default 50")
     p.add_argument("--guidance", type=_GUIDANCE, help="default 5")
-    p.add_argument("--budgets", type=_budgets, help="learned policies' budgets (default 0.2,0.25,0.35,0.5,0.6)")
+    p.add_argument("--budgets", type=_budgets, help="learned policies' budgets (default 0.15,0.2,0.25,0.35,0.5,0.6)")
     p.add_argument("--oracle-budgets", type=_budgets, help="the oracles' and uniform schedules' (default "
                    "0.15,0.25,0.35,0.5)")
     p.add_argument("--search-rounds", type=_COUNT, help="rounds of the searched oracle's local search (default 8; "

@@ -122,22 +122,43 @@ class SegmentTable:
             previous = i
         return total
 
-    def act(self, step: int, last_full: int, previous_full: int | None, fulls_left: int) -> Action:
+    def act(self, step: int, last_full: int, previous_full: int | None, fulls_left: int,
+            reached: "ReachedSegments | None" = None) -> Action:
         """From a state the oracle did not visit (last FULLs at `previous_full` and `last_full`, `fulls_left` more
-        allowed): FULL now, or the reuse of the segment it would rather continue."""
+        allowed): FULL now, or the reuse of the segment it would rather continue. With `reached`, the segment
+        under way is costed as measured from the state the student really reached (`measure_reached`); the
+        segments after it come from the table."""
         g = self._gap(last_full, previous_full)
+        row, kinds = ((reached.cost[last_full], reached.reuse[last_full]) if reached is not None
+                      else (self.cost[last_full, g], self.reuse[last_full, g]))
         if fulls_left < 1:
-            return self.reuse[last_full, g, self.steps]
+            return kinds[self.steps]
         if step - last_full >= self.max_gap:
             return FULL  # outside the measured table: reuse has gone on long enough
-        n, cost, value = self.steps, self.cost, self._value
-        now = cost[last_full, g, step] + value[step, step - last_full - 1, fulls_left - 1]
-        later, where = (cost[last_full, g, n], n) if n - last_full <= self.max_gap else (np.inf, n)
+        n, value = self.steps, self._value
+        now = row[step] + value[step, step - last_full - 1, fulls_left - 1]
+        later, where = (row[n], n) if n - last_full <= self.max_gap else (np.inf, n)
         for m in range(step + 1, min(last_full + self.max_gap, n - 1) + 1):
-            cand = cost[last_full, g, m] + value[m, m - last_full - 1, fulls_left - 1]
+            cand = row[m] + value[m, m - last_full - 1, fulls_left - 1]
             if cand < later:
                 later, where = cand, m
-        return FULL if now <= later else self.reuse[last_full, g, where]
+        return FULL if now <= later else kinds[where]
+
+
+@dataclass
+class ReachedSegments:
+    """Segment costs measured from the states one student episode reached (`measure_reached`).
+
+    cost[s, j]: after the student's FULL at s, reuse until the next FULL at j: how much that adds to the
+    gain-weighted error of the latents entering j beyond the error the student carried into s + 1, squared (the
+    table's unit). The carried error is subtracted as an amplitude, not a square: along one trajectory the errors
+    point much the same way (a reuse run from a drifted state measures several times the table's squared cost),
+    and a squared difference would charge the segment under way for a compounding the table's later segments are not
+    charged for. reuse[s, j]: the reuse that measured it (STEP, or STEP_F1 through the student's own last two FULLs). Rows
+    of steps the student did not compute are inf."""
+
+    cost: np.ndarray  # (N, N + 1)
+    reuse: np.ndarray  # (N, N + 1) of Action
 
 
 class _Scripted(BasePolicy):
@@ -207,6 +228,77 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
         remove_cache(pipe)
     return [SegmentTable(errors[b], max_gap, gain, None if forecasts is None else forecasts[b])
             for b in range(len(pairs))], frames
+
+
+class _Replay(FixedSchedule):
+    """Each sample follows its own schedule (the trajectory a student took), unless `override` is set: then every
+    row takes it (a fork), or STEP where the row lacks the history of its forecast."""
+
+    override: Action | None = None
+
+    def decide(self, signals, valid):
+        if self.override is None:
+            return super().decide(signals, valid)
+        return self.override if self.override in valid else STEP
+
+
+@torch.no_grad()
+def reference_latents(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0) -> torch.Tensor:
+    """(pairs, steps + 1, ...): the uncached latents entering every step, and the final ones."""
+    stepper = stepper_for(pipe)
+    state = stepper.prepare([p for p, _ in pairs], [torch.Generator().manual_seed(s) for _, s in pairs], steps,
+                            guidance, **generation_options(pipe))
+    trajectory = [state.latents]
+    for _ in range(steps):
+        trajectory.append(stepper.step(state).latents)
+    return torch.stack(trajectory, 1)
+
+
+@torch.no_grad()
+def measure_reached(pipe, pairs: list[tuple[str, int]], schedules: list[list[Action]], reference: torch.Tensor,
+                    gain: np.ndarray, steps: int = 50, guidance: float = 5.0,
+                    max_gap: int = DEFAULT_MAX_GAP) -> list[ReachedSegments]:
+    """Segment costs from the states students reached: sample b replays `schedules[b]` (the step-level actions its
+    student took) and, after each of its FULL steps, runs STEP and STEP_F1 from its own latents and caches until
+    the gap runs out, measured against `reference` (`reference_latents` of the same pairs). All samples run as
+    one batch; forks run only at steps where some sample computed."""
+    stepper = stepper_for(pipe)
+    policy = _Replay.per_sample(schedules)
+    policy.forecast_order = max(policy.forecast_order, 1)
+    reuses = (STEP, STEP.forecasting(1))
+    errors = np.full((len(reuses), len(pairs), steps, steps + 1), np.inf)
+    carried = np.zeros((len(pairs), steps + 1))  # the student's own error entering each step
+    runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
+    try:
+        state = stepper.prepare([p for p, _ in pairs], [torch.Generator().manual_seed(s) for _, s in pairs], steps,
+                                guidance, **generation_options(pipe))
+        for i in range(steps):
+            policy.override = None
+            stepper.step(state)
+            carried[:, i + 1] = _distance(state.latents, reference[:, i + 1])
+            if not any(s[i] == FULL for s in schedules):
+                continue
+            here = runtime.snapshot()
+            for r, action in enumerate(reuses):
+                branch = stepper.fork(state)
+                runtime.restore(here)
+                policy.override = action
+                errors[r, :, i, i + 1] = carried[:, i + 1]
+                for j in range(i + 1, min(i + max_gap, steps)):
+                    errors[r, :, i, j + 1] = _distance(stepper.step(branch).latents, reference[:, j + 1])
+            runtime.restore(here)
+    finally:
+        remove_cache(pipe)
+    weighted = errors * gain[None, None, None, :]
+    added = np.maximum(weighted - (carried[:, 1:] * gain[1:])[None, :, :, None], 0.0) ** 2
+    added = np.where(np.isfinite(weighted), added, np.inf)
+    pick = np.argmin(added, axis=0)
+    found = []
+    for b, schedule in enumerate(schedules):
+        cost = np.min(added[:, b], axis=0)
+        cost[[i for i, a in enumerate(schedule) if a != FULL]] = np.inf
+        found.append(ReachedSegments(cost, np.array(reuses, dtype=object)[pick[b]]))
+    return found
 
 
 def amplification(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0, every: int = 4) -> np.ndarray:

@@ -95,7 +95,7 @@ class AblationConfig:
     steps: int = 50
     guidance: float = 5.0
     methods: str = "all"  # or a comma list of baseline / peer names, "oracle", "learned", "learned-<name>"
-    budgets: tuple[float, ...] = (0.2, 0.25, 0.35, 0.5, 0.6)  # learned policies (within each one's range)
+    budgets: tuple[float, ...] = (0.15, 0.2, 0.25, 0.35, 0.5, 0.6)  # learned policies (within each one's range)
     oracle_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)  # the oracles' and the uniform schedules'
     oracle_search: SearchConfig = SearchConfig()
     policies: tuple[str, ...] | None = None  # policy folders; default: every policy-* folder beside the weights

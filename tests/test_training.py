@@ -14,7 +14,8 @@ from cachepilot.policies.learned import LearnedPolicy, PolicyNet, budget_mask
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
 from cachepilot import apply_cache, cache_summary, remove_cache
 from cachepilot.runtime import FULL, STEP, step_actions
-from cachepilot.evaluation.oracle import SegmentTable, fulls_for_budget, measure_segments
+from cachepilot.evaluation.oracle import (ReachedSegments, SegmentTable, fulls_for_budget, measure_reached,
+                                          measure_segments, reference_latents)
 
 STEPS = 6
 
@@ -135,6 +136,57 @@ def test_forecast_segments_are_what_really_happens_and_graft_the_full_before(toy
     assert forecast[2, 0, 3] == 0.0 and tables[0].errors[2, 5] != pytest.approx(rms, rel=1e-3)
 
 
+def test_relabelling_from_a_reached_state_follows_its_measured_segment():
+    table = random_table(seed=4)
+    g = table.max_gap
+    # the same row as the table's: the same answers from every state
+    for step, last, previous, left in [(2, 1, 0, 2), (3, 1, None, 2), (4, 3, 1, 1), (5, 3, 1, 0)]:
+        row = table.cost[last, table._gap(last, previous)]
+        same = ReachedSegments(np.broadcast_to(row, table.errors.shape).copy(),
+                               np.broadcast_to(table.reuse[last, table._gap(last, previous)], table.errors.shape).copy())
+        assert table.act(step, last, previous, left, same) == table.act(step, last, previous, left)
+    # the student drifted: reusing past step 3 from its state costs far more than the table says, so compute now
+    drifted = table.cost[1, g].copy()
+    drifted[4:] = 1e6
+    reached = ReachedSegments(np.broadcast_to(drifted, table.errors.shape).copy(),
+                              np.full(table.errors.shape, STEP, dtype=object))
+    assert table.act(3, 1, None, 2) != FULL and table.act(3, 1, None, 2, reached) == FULL
+
+
+def test_reached_segments_are_measured_from_the_students_own_state(toy_pipe):
+    from cachepilot.policies.schedule import FixedSchedule
+
+    pairs = [("a red circle moving left quickly on a plain background", 0),
+             ("a blue square standing still on a gradient background", 1)]
+    gain = np.linspace(2.0, 1.0, STEPS + 1)
+    tables, _ = measure_segments(toy_pipe, pairs, STEPS, 5.0, max_gap=3, gain=gain, forecast=True)
+    reference = reference_latents(toy_pipe, pairs, STEPS, 5.0)
+    # a student that computed every step stood on the reference trajectory: its segments are the table's
+    every = measure_reached(toy_pipe, pairs, [[FULL] * STEPS] * 2, reference, gain, STEPS, 5.0, max_gap=3)
+    for table, reached in zip(tables, every):
+        forecast = np.concatenate([np.full((1, STEPS + 1), np.inf), table.forecast_cost[1:, 0]])
+        assert np.allclose(reached.cost, np.minimum(table.step_cost, forecast), rtol=1e-4, equal_nan=True)
+    # a student that skipped steps 1-2: after its FULL at 3, reuse adds what it really adds from there
+    student = [FULL, STEP, STEP, FULL, FULL, FULL]
+    (reached, _) = measure_reached(toy_pipe, pairs, [student] * 2, reference, gain, STEPS, 5.0, max_gap=3)
+    assert np.isinf(reached.cost[[1, 2]]).all() and np.isfinite(reached.cost[3, 5])
+
+    def rms_entering(schedule, step):
+        kept = []
+        apply_cache(toy_pipe, FixedSchedule(schedule), num_inference_steps=STEPS)
+        try:
+            toy_pipe(prompt=pairs[0][0], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
+                     callback_on_step_end=lambda p, i, t, kw: kept.append(kw["latents"].clone()) or kw)
+        finally:
+            remove_cache(toy_pipe)
+        return float((kept[step - 1] - reference[0, step]).pow(2).mean().sqrt())
+
+    carried = rms_entering(student, 4)
+    reused = min(rms_entering([FULL, STEP, STEP, FULL, reuse, FULL], 5) for reuse in (STEP, STEP.forecasting(1)))
+    expected = (gain[5] * reused - gain[4] * carried) ** 2
+    assert carried > 0 and reached.cost[3, 5] == pytest.approx(expected, abs=1e-3 * (gain[5] * reused) ** 2)
+
+
 def test_rollout_scores_real_generations_of_per_sample_schedules(toy_pipe):
     from cachepilot.models.stepping import generate
     from cachepilot.evaluation.oracle import rollout
@@ -186,7 +238,8 @@ def trained(toy_pipe, tmp_path_factory):
     root = tmp_path_factory.mktemp("policies")
     refs = root / "refs"
     config = DistillConfig(pairs=2, val_pairs=1, budgets=(0.3, 0.5), dagger_rounds=1, epochs=3, gain_pairs=1,
-                           gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,), student_val_every=2)
+                           gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,), student_val_every=2,
+                           relabel="reached")
     distilled, table = distill(root / "distill", config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
     ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, pairs=2, val_pairs=1, batch_size=STEPS, eval_every=1,
                            eval_budgets=(0.5,), init_from=str(root / "distill"))
@@ -198,6 +251,9 @@ def test_distillation_end_to_end(trained):
     root, bundle, _, table = trained
     card = bundle.card
     assert card.training["algorithm"] == "distill" and len(card.training["rounds"]) == 2
+    # the DAgger round relabelled every state it visited from the states its student reached
+    relabelled = card.training["rounds"][1]["relabelled_from_reached"]
+    assert relabelled["labels"] == 2 * 2 * STEPS and 0 <= relabelled["labels_changed"] <= relabelled["labels"]
     assert card.results["learned"]["0.5"]["computed_fraction"] <= 0.5 + 1e-9
     assert (root / "distill.run" / "tensorboard").is_dir() and list((root / "distill.run" / "checkpoints").rglob("last.ckpt"))
     assert "| 0.50 |" in table

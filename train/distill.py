@@ -2,8 +2,11 @@
 
 Round 0 rolls the oracle itself out through the environment and records (observation, oracle action);
 every later round rolls the current student out and has the oracle relabel the states the student
-reached (`SegmentTable.compute_now`), then trains on everything gathered so far. As in DAgger (Ross et al.
-2011), the policy kept is the round's student with the best validation score, not necessarily the last: a
+reached, then trains on everything gathered so far. The oracle's rule (`SegmentTable.act`) answers from the
+student's last two FULL steps and the FULL steps it has left. The segment under way is costed from the table
+(measured from the reference trajectory), or, with `relabel="reached"`, from the student's own latents and
+caches (`measure_reached`: its trajectory replayed, with reuse runs forked after each of its FULL steps).
+As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best validation score, not necessarily the last: a
 round's relabelled states can pull the student away from what the oracle does. TensorBoard gets the loss
 and oracle agreement per step and epoch, and every `student_val_every` epochs the student's real PSNR and
 computed fraction per budget on validation pairs (`StudentValidation`).
@@ -28,22 +31,23 @@ from torch.utils.data import DataLoader, TensorDataset
 from cachepilot import checks
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments,
-                                          stored_gain)
+                                          reference_latents, stored_gain)
 from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import atomic_write_npz, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
 from cachepilot.policies.learned import PolicyNet
 
 from .export import make_run_dir, save_trained_policy
-from .rollouts import OracleTeacher, run_episodes
+from .rollouts import OracleTeacher, relabel_from_reached, run_episodes
 
 
 @dataclass
 class DistillConfig:
     pairs: int = 16  # training (prompt, seed) pairs from the train split
     val_pairs: int = 8
-    budgets: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6)  # per pair, one episode each per round
+    budgets: tuple[float, ...] = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # per pair, one episode each per round
     dagger_rounds: int = 2  # rounds after the oracle's own round
+    relabel: str = "reference"  # DAgger's segment under way costed from the table, or "reached": from the student's state
     epochs: int = 30  # per round
     batch_size: int = 256
     lr: float = 3e-3
@@ -53,7 +57,7 @@ class DistillConfig:
     max_gap: int = DEFAULT_MAX_GAP
     num_envs: int = 8
     seed: int = 0
-    eval_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    eval_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)
     student_val_every: int = 10  # epochs between real-generation scores of the student on the val pairs
     trainer: dict = field(default_factory=dict)  # Lightning Trainer flags: accelerator, devices, strategy, ...
 
@@ -67,6 +71,7 @@ class DistillConfig:
         self.budgets = tuple(checks.budget(b) for b in self.budgets)
         self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
         self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
+        self.relabel = checks.choice("relabel", self.relabel, ("reached", "reference"))
 
 
 class ActionDataModule(L.LightningDataModule):
@@ -223,14 +228,26 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
     teacher = OracleTeacher(tables, core.actions, steps)
     jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
     logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
-    gathered, net, history, best = [], None, [], None
+    gathered, net, history, best, reference = [], None, [], None, None
     for round_ in range(config.dagger_rounds + 1):
         path = run_dir / f"round{round_}.npz"
         arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
+        relabelled = None
         if arrays is None:
             who = "oracle" if net is None else "student"
             log(f"round {round_}: {len(jobs)} episodes rolled out by the {who}, labelled by the oracle")
-            arrays = run_episodes(core, jobs, teacher, net=net, batch=config.num_envs).arrays()
+            rollouts = run_episodes(core, jobs, teacher, net=net, batch=config.num_envs)
+            if net is not None and config.relabel == "reached":
+                clock = time.perf_counter()
+                if reference is None:
+                    reference = reference_latents(core.pipe, core.pairs[: config.pairs], steps, guidance)
+                changed = relabel_from_reached(core, rollouts, teacher, reference, tables[0].gain, config.max_gap,
+                                               batch=6 * config.num_envs)
+                relabelled = {"labels_changed": changed, "labels": len(rollouts.labels),
+                              "seconds": round(time.perf_counter() - clock, 1)}
+                log(f"round {round_}: relabelled from the states reached: {changed} of {len(rollouts.labels)} "
+                    f"labels changed ({relabelled['seconds']:.0f} s)")
+            arrays = rollouts.arrays()
             atomic_write_npz(path, **arrays)
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
@@ -238,7 +255,8 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
         net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger, callbacks=[student_val],
                   log=log)
         scores = student_val.last or evaluate_student(val, net, config.eval_budgets)  # None: round resumed finished
-        history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores})
+        history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
+                        **({"relabelled_from_reached": relabelled} if relabelled else {})})
         log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
             f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
         if best is None or mean_psnr(scores) > mean_psnr(best[2]):

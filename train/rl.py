@@ -47,7 +47,7 @@ class PPOConfig:
     num_envs: int = 8
     pairs: int = 16
     val_pairs: int = 8
-    budgets: tuple[float, float] = (0.2, 0.6)
+    budgets: tuple[float, float] = (0.15, 0.6)
     lr: float = 3e-4
     n_epochs: int = 5
     batch_size: int = 100
@@ -55,7 +55,7 @@ class PPOConfig:
     gamma: float = 1.0  # episodic, fixed length: no discount
     hidden: tuple[int, ...] = (64, 64)
     eval_every: int = 5  # rollouts between validation scores
-    eval_budgets: tuple[float, ...] = (0.25, 0.35, 0.5)
+    eval_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)
     init_from: str | None = None  # a policy file (e.g. the distilled one) to start the actor from
     seed: int = 0
 

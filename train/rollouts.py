@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from cachepilot.envs.episodes import CacheEpisodes
-from cachepilot.evaluation.oracle import SegmentTable
+from cachepilot.evaluation.oracle import ReachedSegments, SegmentTable, measure_reached
 from cachepilot.policies.learned import PolicyNet, masked_argmax, within_budget
 from cachepilot.runtime import FULL, STEP
 
@@ -25,12 +25,24 @@ class OracleTeacher:
     def __init__(self, tables: dict[int, SegmentTable], actions, steps: int):
         self.tables, self.steps, self.actions = tables, steps, tuple(actions)
 
-    def act(self, pair: int, step: int, last_full: int, previous_full: int | None, spent: float, budget: float) -> int:
+    def act(self, pair: int, step: int, last_full: int, previous_full: int | None, spent: float, budget: float,
+            reached: ReachedSegments | None = None) -> int:
         if step == 0:
             return self.actions.index(FULL)
         fulls_left = math.floor(budget * self.steps - spent + 1e-9)
-        action = self.tables[pair].act(step, last_full, previous_full, fulls_left)
+        action = self.tables[pair].act(step, last_full, previous_full, fulls_left, reached)
         return self.actions.index(action if action in self.actions else STEP)
+
+
+@dataclass
+class Visit:
+    """Where an episode stood at one decision, as the teacher's rule reads it."""
+
+    episode: int
+    step: int
+    last_full: int
+    previous_full: int | None
+    spent: float
 
 
 @dataclass
@@ -40,6 +52,9 @@ class Rollouts:
     obs: list[np.ndarray] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    visits: list[Visit] = field(default_factory=list)  # per label, the state it was given in
+    jobs: list[tuple[int, float]] = field(default_factory=list)  # per episode, (pair, budget)
+    taken: list[list[int]] = field(default_factory=list)  # per episode, the action index of each step
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"obs": np.stack(self.obs).astype(np.float32), "masks": np.stack(self.masks),
@@ -66,6 +81,8 @@ def run_episodes(core: CacheEpisodes, jobs: list[tuple[int, float]], teacher: Or
         obs, _ = core.begin(episodes)
         budgets = [e.budget for e in episodes]
         last_full, previous_full, spent = [0] * len(chunk), [None] * len(chunk), np.zeros(len(chunk))
+        out.jobs += [(e.pair, e.budget) for e in episodes]
+        out.taken += [[] for _ in episodes]
         for step in range(core.steps):
             masks = np.stack(core.masks)
             labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget)
@@ -73,10 +90,34 @@ def run_episodes(core: CacheEpisodes, jobs: list[tuple[int, float]], teacher: Or
             out.labels += labels
             out.obs += list(obs)
             out.masks += list(masks)
+            out.visits += [Visit(start + i, step, last_full[i], previous_full[i], float(spent[i]))
+                           for i in range(len(chunk))]
             picks = labels if net is None else student_picks(net, core, obs, masks, step, spent, budgets)
             obs, _, _, infos = core.advance(picks)
             for i, info in enumerate(infos):
+                out.taken[start + i].append(int(picks[i]))
                 spent[i] += info["step_cost"]
                 if core.actions[picks[i]] == FULL and step > 0:
                     last_full[i], previous_full[i] = step, last_full[i]
     return out
+
+
+def relabel_from_reached(core: CacheEpisodes, rollouts: Rollouts, teacher: OracleTeacher, reference, gain: np.ndarray,
+                         max_gap: int, batch: int = 16) -> int:
+    """Relabel every state of the episodes with the segment under way measured from the state the episode really
+    reached (`measure_reached`), instead of from the reference trajectory; `reference`: `reference_latents` per
+    pair. Returns how many labels changed."""
+    reached: list[ReachedSegments] = []
+    for start in range(0, len(rollouts.jobs), batch):
+        jobs = rollouts.jobs[start : start + batch]
+        schedules = [[core.actions[a] for a in taken] for taken in rollouts.taken[start : start + batch]]
+        reached += measure_reached(core.pipe, [core.pairs[p] for p, _ in jobs], schedules,
+                                   reference[[p for p, _ in jobs]], gain, core.steps, core.guidance, max_gap)
+    changed = 0
+    for n, visit in enumerate(rollouts.visits):
+        pair, budget = rollouts.jobs[visit.episode]
+        label = teacher.act(pair, visit.step, visit.last_full, visit.previous_full, visit.spent, budget,
+                            reached[visit.episode])
+        changed += label != rollouts.labels[n]
+        rollouts.labels[n] = label
+    return changed
