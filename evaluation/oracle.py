@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ import torch
 from cachepilot.io import read_or_set_aside
 from cachepilot.models.stepping import generation_options, stepper_for
 from cachepilot.policies.base import BasePolicy
-from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
+from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import FULL, STEP, Action, attach_runtime, remove_cache
 
 from .harness import run_method
@@ -172,6 +171,12 @@ class _Scripted(BasePolicy):
         return self.action
 
 
+def _prepare(stepper, pairs: list[tuple[str, int]], steps: int, guidance: float):
+    """The denoising state before step 0 of the pairs, as one batch (seeded as every generation here is)."""
+    return stepper.prepare([p for p, _ in pairs], [torch.Generator().manual_seed(s) for _, s in pairs], steps,
+                           guidance, **generation_options(stepper.pipe))
+
+
 def _distance(x: torch.Tensor, ref: torch.Tensor) -> np.ndarray:
     """Per-sample RMS difference (absolute: early latents are mostly noise, so a relative error would be tiny
     there although it is carried to the end)."""
@@ -187,15 +192,13 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
     first-order forecast segments: for FULL steps h < i, the fork at i is given h's residuals as the ones before
     the latest (`CacheRuntime.graft_history`), then forecasts until the gap runs out."""
     stepper = stepper_for(pipe)
-    prompts, seeds = [p for p, _ in pairs], [s for _, s in pairs]
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
     policy = _Scripted()
     policy.forecast_order = int(forecast)
     runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
     errors = np.full((len(pairs), steps, steps + 1), np.inf)
     forecasts = np.full((len(pairs), steps, max_gap, steps + 1), np.inf) if forecast else None
     try:
-        state = stepper.prepare(prompts, generators, steps, guidance, **generation_options(pipe))
+        state = _prepare(stepper, pairs, steps, guidance)
         reference, states = [state.latents], [None] * steps
         for i in range(steps):  # the reference trajectory, computed first (the forks compare with it)
             policy.action = FULL
@@ -246,8 +249,7 @@ class _Replay(FixedSchedule):
 def reference_latents(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance: float = 5.0) -> torch.Tensor:
     """(pairs, steps + 1, ...): the uncached latents entering every step, and the final ones."""
     stepper = stepper_for(pipe)
-    state = stepper.prepare([p for p, _ in pairs], [torch.Generator().manual_seed(s) for _, s in pairs], steps,
-                            guidance, **generation_options(pipe))
+    state = _prepare(stepper, pairs, steps, guidance)
     trajectory = [state.latents]
     for _ in range(steps):
         trajectory.append(stepper.step(state).latents)
@@ -270,8 +272,7 @@ def measure_reached(pipe, pairs: list[tuple[str, int]], schedules: list[list[Act
     carried = np.zeros((len(pairs), steps + 1))  # the student's own error entering each step
     runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
     try:
-        state = stepper.prepare([p for p, _ in pairs], [torch.Generator().manual_seed(s) for _, s in pairs], steps,
-                                guidance, **generation_options(pipe))
+        state = _prepare(stepper, pairs, steps, guidance)
         for i in range(steps):
             policy.override = None
             stepper.step(state)
