@@ -49,6 +49,20 @@ def brute_force(table, fulls):
     return best
 
 
+def cached_latents(pipe, prompt: str, schedule) -> list:
+    """The latents after each step of a one-sample generation (seed 0) under a fixed step-level schedule."""
+    from cachepilot.policies.schedule import FixedSchedule
+
+    kept = []
+    apply_cache(pipe, FixedSchedule(schedule), num_inference_steps=len(schedule))
+    try:
+        pipe(prompt=prompt, num_inference_steps=len(schedule), generator=torch.Generator().manual_seed(0),
+             callback_on_step_end=lambda p, i, t, kw: kept.append(kw["latents"].clone()) or kw)
+    finally:
+        remove_cache(pipe)
+    return kept
+
+
 @pytest.mark.parametrize("fulls", [3, 4, 5])
 @pytest.mark.parametrize("forecast", [False, True])
 def test_oracle_dp_finds_the_least_error_schedule(fulls, forecast):
@@ -109,26 +123,15 @@ def test_segment_measurement_on_toy_wan(toy_pipe):
 
 
 def test_forecast_segments_are_what_really_happens_and_graft_the_full_before(toy_pipe):
-    from cachepilot.policies.schedule import FixedSchedule
-
     pairs = [("a red circle moving left quickly on a plain background", 0)]
     tables, _ = measure_segments(toy_pipe, pairs, STEPS, 5.0, max_gap=3, forecast=True)
     forecast = tables[0].forecast
     assert forecast.shape == (STEPS, 3, STEPS + 1) and np.isinf(forecast[0]).all()  # no FULL before step 0
     assert np.isinf(forecast[1, 1:]).all() and np.isfinite(forecast[2, 1, 5])  # h = 0 is the only one before 1
 
-    def latents(schedule):
-        kept = []
-        apply_cache(toy_pipe, FixedSchedule(schedule), num_inference_steps=STEPS)
-        try:
-            toy_pipe(prompt=pairs[0][0], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
-                     callback_on_step_end=lambda p, i, t, kw: kept.append(kw["latents"].clone()) or kw)
-        finally:
-            remove_cache(toy_pipe)
-        return kept
-
     f1 = STEP.forecasting(1)
-    ref, cached = latents([FULL] * STEPS), latents([FULL, FULL, FULL, f1, f1, FULL])  # FULLs at h = 1, i = 2
+    ref = cached_latents(toy_pipe, pairs[0][0], [FULL] * STEPS)
+    cached = cached_latents(toy_pipe, pairs[0][0], [FULL, FULL, FULL, f1, f1, FULL])  # FULLs at h = 1, i = 2
     rms = float((cached[4] - ref[4]).pow(2).mean().sqrt())  # entering step 5
     assert forecast[2, 0, 5] == pytest.approx(rms, rel=1e-4) and rms > 0
     # the FULL before the latest is grafted: h = 0 extrapolates along another line than h = 1
@@ -154,8 +157,6 @@ def test_relabelling_from_a_reached_state_follows_its_measured_segment():
 
 
 def test_reached_segments_are_measured_from_the_students_own_state(toy_pipe):
-    from cachepilot.policies.schedule import FixedSchedule
-
     pairs = [("a red circle moving left quickly on a plain background", 0),
              ("a blue square standing still on a gradient background", 1)]
     gain = np.linspace(2.0, 1.0, STEPS + 1)
@@ -172,13 +173,7 @@ def test_reached_segments_are_measured_from_the_students_own_state(toy_pipe):
     assert np.isinf(reached.cost[[1, 2]]).all() and np.isfinite(reached.cost[3, 5])
 
     def rms_entering(schedule, step):
-        kept = []
-        apply_cache(toy_pipe, FixedSchedule(schedule), num_inference_steps=STEPS)
-        try:
-            toy_pipe(prompt=pairs[0][0], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0),
-                     callback_on_step_end=lambda p, i, t, kw: kept.append(kw["latents"].clone()) or kw)
-        finally:
-            remove_cache(toy_pipe)
+        kept = cached_latents(toy_pipe, pairs[0][0], schedule)
         return float((kept[step - 1] - reference[0, step]).pow(2).mean().sqrt())
 
     carried = rms_entering(student, 4)
