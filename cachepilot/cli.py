@@ -257,6 +257,10 @@ def _budgets(text: str) -> tuple[float, ...]:
     return tuple(_BUDGET(v.strip()) for v in text.split(","))
 
 
+def _budgets_or_none(text: str) -> tuple[float, ...]:
+    return () if text.strip().lower() in ("", "none") else _budgets(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, as every other error of the command line
         print(f"cachepilot: error: {message} (see {self.prog} --help)", file=sys.stderr)
@@ -279,7 +283,8 @@ def cmd_train(args) -> int:
     if args.algo == "distill":
         config = DistillConfig(pairs=args.pairs, val_pairs=args.val_pairs, budgets=budgets, dagger_rounds=args.rounds,
                                epochs=args.epochs, num_envs=args.num_envs, seed=args.seed, trainer=trainer,
-                               student_val_every=args.val_every, relabel=args.relabel)
+                               student_val_every=args.val_every, relabel=args.relabel,
+                               searched_budgets=args.searched_budgets)
         bundle, _ = distill(out, config, model=source, run_dir=args.run_dir, steps=args.steps, guidance=args.guidance,
                             references=args.references, prompts=prompts, val_prompts=val_prompts)
     else:
@@ -399,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relabel", choices=["reference", "reached"], default="reference",
                    help="distill: DAgger costs the segment under way from the oracle's table (default) or measures it "
                    "from the state the student reached (real forks of its trajectory; slower)")
+    p.add_argument("--searched-budgets", type=_budgets_or_none, default="0.15",
+                   help="distill: those of --budgets taught by one schedule searched with real rollouts on train pairs "
+                   "instead of the DP (about 4 minutes each on 2 cores for toy-wan; none: the DP everywhere)")
     p.add_argument("--epochs", type=_COUNT, default=30, help="distill: epochs per round")
     p.add_argument("--val-every", type=_COUNT, default=10, help="distill: epochs between real-generation scores of "
                    "the student on the val pairs (1: every epoch; each costs a few seconds)")

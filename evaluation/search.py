@@ -87,6 +87,15 @@ def valid(schedule: list[Action]) -> bool:
     return True
 
 
+def forecast_reuses(schedule: list[Action], order: int) -> list[Action]:
+    """The same schedule with every plain reuse forecasting at `order` where enough FULL steps came before it."""
+    out, fulls = [], 0
+    for action in schedule:
+        fulls += action.kind is Kind.FULL
+        out.append(action.forecasting(order) if action.reuses and not action.forecast and fulls > order else action)
+    return out
+
+
 def realised(summary, samples: int, steps: int) -> list[list[Action]]:
     """The step-level schedule each sample of a generation took, from the runtime's decisions (a step where the
     cond branch computed and the uncond one was rebuilt is CFG)."""
@@ -265,3 +274,73 @@ def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, bu
         log(f"oracle search, budget {budget:g}: round {r + 1}/{config.rounds}: mean PSNR {history[-1]:.2f} dB")
     return SearchResult(best, [float(v) for v in best_psnr], origin, start_psnr, accepted, config.rounds,
                         time.process_time() - cpu, time.perf_counter() - wall, history)
+
+
+@dataclass
+class SharedSearchResult:
+    schedule: list[Action]  # one schedule for every pair
+    psnr: list[float]  # its final PSNR per pair
+    start: str
+    start_psnr: dict[str, float | None]  # per start, its mean PSNR over the pairs (None: over the budget)
+    accepted: int
+    rounds: int
+    cpu_seconds: float
+    wall_seconds: float
+    history: list[float] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"schedule": [str(a) for a in self.schedule], "psnr": self.psnr, "start": self.start,
+                "start_psnr": self.start_psnr, "accepted": self.accepted, "rounds": self.rounds,
+                "cpu_seconds": self.cpu_seconds, "wall_seconds": self.wall_seconds, "history": self.history}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SharedSearchResult":
+        data = dict(data)
+        data["schedule"] = [Action.parse(a) for a in data["schedule"]]
+        return cls(**data)
+
+
+def search_shared(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, budget: float,
+                  starts: dict[str, list[Action]], steps: int, guidance: float, num_blocks: int,
+                  config: SearchConfig = SearchConfig(), log=print) -> SharedSearchResult:
+    """The one schedule with the best mean final PSNR over all the pairs: what a policy that cannot tell the pairs
+    apart could at best do, and what it can learn from. Same moves as `search`; a round's candidates each run on
+    every pair (one batched generation) and the best is kept only when it raises the mean."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    n = len(prompts)
+
+    def mean_psnr(candidates: list[list[Action]]) -> tuple[np.ndarray, np.ndarray, bool]:
+        batch = [c for c in candidates for _ in range(n)]
+        psnr_now, _, _, uncond = replay(pipe, batch, prompts * len(candidates), seeds * len(candidates),
+                                        np.concatenate([reference] * len(candidates)), steps, guidance,
+                                        config.forecast_basis)
+        per_pair = psnr_now.reshape(len(candidates), n)
+        return per_pair.mean(1), per_pair, uncond
+
+    fitting = {name: s for name, s in starts.items() if valid(s) and schedule_cost(s, num_blocks) <= budget + 1e-9}
+    if not fitting:
+        raise ValueError(f"no start schedule fits budget {budget:g}")
+    means, per_pair, uncond = mean_psnr(list(fitting.values()))
+    start_psnr = {name: None for name in starts} | {name: float(m) for name, m in zip(fitting, means)}
+    k = int(means.argmax())
+    origin, best, best_mean, best_pairs = list(fitting)[k], list(fitting.values())[k], means[k], per_pair[k]
+    log(f"shared schedule search, budget {budget:g}: best start {origin}, mean PSNR {best_mean:.2f} dB on {n} pairs")
+    moves = Moves(budget, num_blocks, config.reuses(num_blocks, cfg=uncond), np.random.default_rng(config.seed))
+    accepted, history = 0, []
+    for r in range(config.rounds):
+        candidates = []
+        for _ in range(config.proposals):
+            candidate = moves.propose(best)
+            if candidate is not None and candidate not in candidates:
+                candidates.append(candidate)
+        if not candidates:
+            break
+        means, per_pair, _ = mean_psnr(candidates)
+        k = int(means.argmax())
+        if means[k] > best_mean:
+            best, best_mean, best_pairs = candidates[k], means[k], per_pair[k]
+            accepted += 1
+        history.append(float(best_mean))
+        log(f"shared schedule search, budget {budget:g}: round {r + 1}/{config.rounds}: mean PSNR {best_mean:.2f} dB")
+    return SharedSearchResult(best, [float(v) for v in best_pairs], origin, start_psnr, accepted, config.rounds,
+                              time.process_time() - cpu, time.perf_counter() - wall, history)

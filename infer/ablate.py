@@ -145,12 +145,20 @@ class Setting:
         self.lpips_note: str | None = None
         self.policy_digests: dict[str, str] = {}  # learned method -> digest of its weights (learned_policies)
 
-    @property
-    def search_inputs(self) -> str:
-        """Digest of what the searched oracle depends on: its settings, the learned policies and the gain profile
-        it starts from."""
+    def best_learned(self, budget: float) -> Run | None:
+        """The learned policy's stored run with the best mean PSNR at `budget` among those within it: the learned
+        start of the searched oracle there."""
+        runs = [self.stored(Entry(name, budget, "learned", "budget")) for name in self.policy_digests]
+        runs = [r for r in runs if r is not None and np.mean(r.computed_fraction) <= budget + 1e-9]
+        return max(runs, key=lambda r: np.mean(r.psnr), default=None)
+
+    def search_inputs(self, budget: float) -> str:
+        """Digest of what the searched oracle at `budget` depends on: its settings, the gain profile and the learned
+        policy it starts from (another policy's change does not call for a new search)."""
         gain = self.weights / GAIN_FILE if self.weights else None
-        return _digest(json.dumps({"search": asdict(self.config.oracle_search), "policies": self.policy_digests,
+        learned = self.best_learned(budget)
+        return _digest(json.dumps({"search": asdict(self.config.oracle_search), "budget": budget,
+                                   "learned": self.policy_digests[learned.entry.method] if learned else "",
                                    "gain": _digest(gain.read_bytes()) if gain and gain.is_file() else ""},
                                   sort_keys=True).encode())
 
@@ -164,7 +172,7 @@ class Setting:
         if entry.kind == "dp" and self.weights and (self.weights / GAIN_FILE).is_file():
             return _digest((self.weights / GAIN_FILE).read_bytes())
         if entry.kind == "oracle":
-            return self.search_inputs
+            return self.search_inputs(entry.knob)
         return ""
 
     def load_reference(self) -> None:
@@ -365,13 +373,13 @@ class Runner:
             return data["inputs"], SearchResult.from_dict(data["result"])
 
         stored = s.read(path, read)
-        if stored is not None and stored[0] == s.search_inputs:
+        if stored is not None and stored[0] == s.search_inputs(budget):
             return stored[1]
         result = search(s.pipe, s.prompts, s.seeds, s.reference, budget, self.search_starts(budget), c.steps,
                         c.guidance, num_blocks(s.pipe.transformer), c.oracle_search, s.log)
         s.log(f"oracle search, budget {budget:g}: {result.cpu_seconds / 60:.1f} CPU minutes, "
               f"{result.wall_seconds / 60:.1f} minutes")
-        atomic_write_text(path, json.dumps({"inputs": s.search_inputs, "result": result.as_dict()}, allow_nan=False))
+        atomic_write_text(path, json.dumps({"inputs": s.search_inputs(budget), "result": result.as_dict()}, allow_nan=False))
         return result
 
     def search_starts(self, budget: float) -> dict[str, list[list[Action]]]:
@@ -386,17 +394,10 @@ class Runner:
             starts["oracle-dp"] = [t.schedule(fulls) for t in self.oracle_tables()]
         for name in ("uniform", "uniform-f1", "uniform-f2"):
             starts[name] = realise(s.pipe, self.policy(Entry(name, budget, "schedule", "budget")), *pairs)
-        candidates = sweep_entries(BASELINES["taylorseer"], "baseline", True)
-        candidates += [Entry(name, budget, "learned", "budget") for name in self.bundles]
-        best = {}
-        for entry in candidates:
-            run = s.stored(entry)
-            if run is None or np.mean(run.computed_fraction) > budget + 1e-9:
-                continue
-            family = "learned" if entry.kind == "learned" else entry.method
-            if family not in best or np.mean(run.psnr) > np.mean(best[family].psnr):
-                best[family] = run
-        for run in best.values():
+        taylorseer = [s.stored(e) for e in sweep_entries(BASELINES["taylorseer"], "baseline", True)]
+        taylorseer = [r for r in taylorseer if r is not None and np.mean(r.computed_fraction) <= budget + 1e-9]
+        best = [max(taylorseer, key=lambda r: np.mean(r.psnr), default=None), s.best_learned(budget)]
+        for run in filter(None, best):
             starts[run.entry.key] = realise(s.pipe, self.policy(run.entry), *pairs)
         return starts
 
@@ -463,10 +464,13 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Abl
     missing = [e for e, run in stored.items() if run is None]
     log(f"{len(entries)} runs, {len(entries) - len(missing)} already stored in {setting.dir}")
     bar = tqdm(total=len(missing), desc="ablation", unit="run", disable=not progress or not missing)
-    for entry in missing:
-        bar.set_postfix_str(entry.key)
-        stored[entry] = runner.run(entry)
-        bar.update()
+    for entry in entries:
+        if entry.kind == "oracle":  # its inputs name the best learned run, which may have been made just above
+            stored[entry] = setting.stored(entry)
+        if stored[entry] is None:
+            bar.set_postfix_str(entry.key)
+            stored[entry] = runner.run(entry)
+            bar.update()
     bar.close()
     runs = [setting.reference_run(), *stored.values()]
     return Ablation(setting, runs, write_report(out, setting, runs))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cachepilot.models.stepping import generate
-from cachepilot.evaluation.search import (Moves, SearchConfig, SearchResult, realised, replay, schedule_cost, search,
-                                          valid)
+from cachepilot.evaluation.search import (Moves, SearchConfig, SearchResult, SharedSearchResult, forecast_reuses,
+                                          realised, replay, schedule_cost, search, search_shared, valid)
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 from cachepilot.runtime import CFG, FULL, STEP, Action
 from cachepilot.runtime.ledger import CacheSummary, Decision
@@ -77,3 +77,28 @@ def test_search_never_ends_below_a_start_and_its_schedules_replay_to_its_scores(
     np.testing.assert_allclose(replayed, result.psnr, atol=1e-3)  # batch composition changes CPU rounding only
     assert max(fractions) <= budget + 1e-9
     assert SearchResult.from_dict(result.as_dict()) == result
+
+
+def test_forecast_reuses_forecasts_only_once_the_values_it_extrapolates_from_exist():
+    schedule = full_steps_schedule(STEPS, [0, 4, 8])
+    f1 = forecast_reuses(schedule, 1)
+    assert f1[1:4] == [STEP] * 3 and f1[5:8] == [STEP.forecasting(1)] * 3 and f1[9:] == [STEP.forecasting(1)] * 3
+    assert [a for a in f1 if a == FULL] == [a for a in schedule if a == FULL] and valid(f1)
+    f2 = forecast_reuses(schedule, 2)
+    assert f2[5:8] == [STEP] * 3 and f2[9:] == [STEP.forecasting(2)] * 3 and valid(f2)
+
+
+def test_shared_search_keeps_one_schedule_no_worse_than_its_best_start(toy_pipe, pairs):
+    prompts, seeds, reference = pairs
+    budget = 0.35
+    uniform = list(FixedSchedule.uniform(STEPS, 4 / STEPS).actions)
+    starts = {"uniform": uniform, "late": full_steps_schedule(STEPS, [0, 1, 2, 3]), "over": [FULL] * STEPS}
+    result = search_shared(toy_pipe, prompts, seeds, reference, budget, starts, STEPS, 5.0, BLOCKS,
+                           SearchConfig(rounds=3, proposals=3), log=lambda *_: None)
+    assert result.start_psnr["over"] is None
+    assert np.mean(result.psnr) >= max(v for v in result.start_psnr.values() if v is not None)
+    assert schedule_cost(result.schedule, BLOCKS) <= budget + 1e-9 and valid(result.schedule)
+    assert result.history == sorted(result.history)  # a candidate is kept only when it raises the mean
+    replayed, *_ = replay(toy_pipe, [result.schedule] * 2, prompts, seeds, reference, STEPS, 5.0)
+    np.testing.assert_allclose(replayed, result.psnr, atol=1e-3)  # one schedule, every pair's score as stated
+    assert SharedSearchResult.from_dict(result.as_dict()) == result

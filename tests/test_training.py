@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -197,6 +198,25 @@ def test_rollout_scores_real_generations_of_per_sample_schedules(toy_pipe):
     assert alone.psnr == pytest.approx(results[1].psnr, abs=1e-3)  # per-sample schedules in one batch
 
 
+def test_teacher_follows_a_searched_schedule_within_what_is_valid():
+    from cachepilot.train.rollouts import OracleTeacher
+
+    actions = step_actions(4, (1,), (1,))
+    f1 = STEP.forecasting(1)
+    schedule = [FULL, STEP, FULL, f1, FULL, f1]
+    teacher = OracleTeacher({}, actions, STEPS, {0.5: schedule})
+    every = np.ones(len(actions), dtype=bool)
+    assert [actions[teacher.act(0, t, 0, None, 0.0, 0.5, valid=every)] for t in range(STEPS)] == schedule
+    no_forecast = every & np.array([not a.forecast for a in actions])  # one FULL so far: nothing to extrapolate
+    assert actions[teacher.act(0, 3, 2, None, 0.0, 0.5, valid=no_forecast)] == STEP
+    no_full = every & np.array([a != FULL for a in actions])  # the budget allows no more FULL: the next reuse
+    assert actions[teacher.act(0, 4, 2, 0, 2.0, 0.5, valid=no_full)] == f1
+    # another budget is the table's
+    table = random_table(n=STEPS, seed=1)
+    teacher = OracleTeacher({0: table}, actions, STEPS, {0.5: schedule})
+    assert actions[teacher.act(0, 2, 1, 0, 2.0, 0.34)] == table.act(2, 1, 0, math.floor(0.34 * STEPS - 2.0 + 1e-9))
+
+
 def test_budget_mask():
     actions = step_actions(6, (2, 4))  # FULL, STEP, CFG, BLOCK_2, BLOCK_4
     assert budget_mask(actions, 6, 0, 0.0, 0.1, 10).all()  # step 0 always computes
@@ -234,7 +254,7 @@ def trained(toy_pipe, tmp_path_factory):
     refs = root / "refs"
     config = DistillConfig(pairs=2, val_pairs=1, budgets=(0.3, 0.5), dagger_rounds=1, epochs=3, gain_pairs=1,
                            gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,), student_val_every=2,
-                           relabel="reached")
+                           relabel="reached", searched_budgets=(0.5,), search_rounds=1, search_proposals=2)
     distilled, table = distill(root / "distill", config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
     ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, pairs=2, val_pairs=1, batch_size=STEPS, eval_every=1,
                            eval_budgets=(0.5,), init_from=str(root / "distill"))
@@ -250,6 +270,10 @@ def test_distillation_end_to_end(trained):
     relabelled = card.training["rounds"][1]["relabelled_from_reached"]
     assert relabelled["labels"] == 2 * 2 * STEPS and 0 <= relabelled["labels_changed"] <= relabelled["labels"]
     assert card.results["learned"]["0.5"]["computed_fraction"] <= 0.5 + 1e-9
+    # budget 0.5 was taught by a schedule searched on the train pairs, no worse on them than any schedule it started from
+    searched = card.training["searched_schedules"]["0.5"]
+    assert searched["train_psnr"] >= max(v for v in searched["start_psnr"].values() if v is not None) - 0.01
+    assert sum(a == "FULL" for a in searched["schedule"]) <= 0.5 * STEPS
     assert (root / "distill.run" / "tensorboard").is_dir() and list((root / "distill.run" / "checkpoints").rglob("last.ckpt"))
     assert "| 0.50 |" in table
     # The kept student is the round with the best validation score, and the card says which and what it scored.
@@ -271,6 +295,26 @@ def test_distillation_logs_the_students_val_quality_per_epoch(trained):
     assert all(0 < e.value < 100 for e in psnr)  # a real score, not a placeholder
     assert {e.step for e in events.Scalars("student_val/computed_fraction@0.5")} == {2, 3, 5, 6}
     assert "val/accuracy" in events.Tags()["scalars"]
+
+
+def test_a_rerun_reuses_the_searched_schedule_and_other_settings_start_new_rounds(trained, toy_pipe, monkeypatch):
+    from dataclasses import replace
+
+    from cachepilot.envs.episodes import CacheEpisodes
+    from cachepilot.train import distill as distill_module
+
+    root, bundle = trained[0], trained[1]
+    run_dir = root / "distill.run"
+    config = distill_module.DistillConfig(**{k: v for k, v in bundle.card.training["config"].items()})
+    core = CacheEpisodes(pairs=config.pairs, steps=STEPS, budget=(0.3, 0.5), pipe=toy_pipe, references=root / "refs")
+    monkeypatch.setattr(distill_module, "search_shared", lambda *a, **k: pytest.fail("searched again"))
+    found = distill_module.searched_schedules(core, {}, run_dir, config, log=lambda *a: None)
+    assert [str(a) for a in found[0.5].schedule] == bundle.card.training["searched_schedules"]["0.5"]["schedule"]
+    # round files are named by the settings they were made with
+    key = distill_module.rounds_key(config, core)
+    assert sorted(p.name for p in run_dir.glob("round*.npz")) == [f"round0-{key}.npz", f"round1-{key}.npz"]
+    assert distill_module.rounds_key(replace(config, searched_budgets=()), core) != key
+    assert distill_module.rounds_key(replace(config, trainer={"devices": 2}), core) == key
 
 
 def test_ppo_end_to_end_warm_started(trained):

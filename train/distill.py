@@ -6,6 +6,8 @@ reached, then trains on everything gathered so far. The oracle's rule (`SegmentT
 student's last two FULL steps and the FULL steps it has left. The segment under way is costed from the table
 (measured from the reference trajectory), or, with `relabel="reached"`, from the student's own latents and
 caches (`measure_reached`: its trajectory replayed, with reuse runs forked after each of its FULL steps).
+At the lowest budgets (`searched_budgets`) the table's costs stop adding up, so there the teacher is one schedule
+searched with real rollouts on train pairs (`searched_schedules`), followed step by step.
 As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best validation score, not necessarily the last: a
 round's relabelled states can pull the student away from what the oracle does. TensorBoard gets the loss
 and oracle agreement per step and epoch, and every `student_val_every` epochs the student's real PSNR and
@@ -18,6 +20,8 @@ amplification profile, the segment tables, each round's data, Lightning's checkp
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +34,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cachepilot import checks
 from cachepilot.envs.episodes import CacheEpisodes
-from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, measure_segments,
-                                          reference_latents, stored_gain)
+from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, fulls_for_budget,
+                                          measure_segments, reference_latents, stored_gain)
+from cachepilot.evaluation.search import SearchConfig, SharedSearchResult, forecast_reuses, search_shared
 from cachepilot.evaluation.validation import evaluate_student
-from cachepilot.io import atomic_write_npz, read_or_set_aside
+from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
 from cachepilot.policies.learned import PolicyNet
+from cachepilot.policies.schedule import FixedSchedule
 
 from .export import make_run_dir, save_trained_policy
 from .rollouts import OracleTeacher, relabel_from_reached, run_episodes
@@ -48,6 +54,10 @@ class DistillConfig:
     budgets: tuple[float, ...] = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # per pair, one episode each per round
     dagger_rounds: int = 2  # rounds after the oracle's own round
     relabel: str = "reference"  # DAgger's segment under way costed from the table, or "reached": from the student's state
+    searched_budgets: tuple[float, ...] = (0.15,)  # those of `budgets` taught by a shared searched schedule, not the DP
+    search_pairs: int = 8  # train pairs that searched schedule is scored on
+    search_rounds: int = 6
+    search_proposals: int = 8  # candidate moves per round, each run on every search pair
     epochs: int = 30  # per round
     batch_size: int = 256
     lr: float = 3e-3
@@ -63,7 +73,7 @@ class DistillConfig:
 
     def __post_init__(self):
         for name in ("pairs", "val_pairs", "epochs", "batch_size", "gain_pairs", "gain_every", "max_gap", "num_envs",
-                     "student_val_every"):
+                     "student_val_every", "search_pairs", "search_rounds", "search_proposals"):
             setattr(self, name, checks.count(name, getattr(self, name)))
         self.dagger_rounds = checks.count("dagger_rounds", self.dagger_rounds, low=0)
         self.lr = checks.positive("lr", self.lr)
@@ -72,6 +82,9 @@ class DistillConfig:
         self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
         self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
         self.relabel = checks.choice("relabel", self.relabel, ("reached", "reference"))
+        searched = [checks.budget(b, "searched budget") for b in self.searched_budgets]
+        self.searched_budgets = tuple(b for b in self.budgets if any(abs(b - s) < 1e-9 for s in searched))
+        self.search_pairs = min(self.search_pairs, self.pairs)
 
 
 class ActionDataModule(L.LightningDataModule):
@@ -149,13 +162,14 @@ class StudentValidation(L.Callback):
 
 
 def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: DistillConfig, round_: int,
-        init: PolicyNet | None = None, logger=None, callbacks=(), log=print) -> PolicyNet:
-    """One round of supervised training (resumes this round's checkpoint if the run was interrupted)."""
+        init: PolicyNet | None = None, logger=None, callbacks=(), log=print, tag: str = "") -> PolicyNet:
+    """One round of supervised training (resumes this round's checkpoint if the run was interrupted; `tag` names
+    the settings the checkpoint belongs to)."""
     L.seed_everything(config.seed + round_, workers=True, verbose=False)
     module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
     if init is not None:
         module.net.load_state_dict(init.state_dict())
-    ckpt_dir = run_dir / "checkpoints" / f"round{round_}"
+    ckpt_dir = run_dir / "checkpoints" / f"round{round_}{tag}"
     callback = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
     flags = {"max_epochs": config.epochs, "enable_model_summary": False, "log_every_n_steps": 5,
              "enable_progress_bar": False, "accelerator": "cpu", "devices": 1, **config.trainer}
@@ -212,6 +226,47 @@ def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfi
     return tables
 
 
+SEARCHED_FILE = "searched_schedules.json"
+
+
+def searched_schedules(core, tables: dict[int, SegmentTable], run_dir: Path, config: DistillConfig,
+                       log=print) -> dict[float, SharedSearchResult]:
+    """Per budget of `config.searched_budgets`, one schedule searched with real rollouts for the best mean PSNR on
+    the first `search_pairs` train pairs (`search_shared`), from the uniform schedules and each pair's DP schedule.
+    At low budgets the DP's segment costs stop adding up (they compound) and its schedules sit near the uniform
+    one, while such a search finds schedules that carry over to other pairs. Cached in the run directory."""
+    if not config.searched_budgets:
+        return {}
+    pairs = core.pairs[: config.search_pairs]
+    search_config = SearchConfig(rounds=config.search_rounds, proposals=config.search_proposals, seed=config.seed)
+    inputs = json.loads(json.dumps({"model": core.store.model_hash, "steps": core.steps, "guidance": core.guidance,
+                                    "pairs": pairs, "search": asdict(search_config)}))  # as read back from the file
+    path = run_dir / SEARCHED_FILE
+    stored = read_or_set_aside(path, lambda p: json.loads(p.read_text()), log) or {}
+    found = stored.get("budgets", {}) if stored.get("inputs") == inputs else {}
+    reference = None
+    for budget in config.searched_budgets:
+        if f"{budget:g}" in found:
+            continue
+        if reference is None:
+            reference = np.stack([r.output.numpy() for r in core.store.get_many(pairs, progress=False)])
+        fulls = fulls_for_budget(budget, core.steps)
+        uniform = list(FixedSchedule.uniform(core.steps, fulls / core.steps).actions)
+        starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
+        for i in range(len(pairs)):
+            try:
+                starts[f"oracle-dp-pair{i}"] = tables[i].schedule(fulls)
+            except ValueError:  # the DP's gaps cannot span the generation with this few FULL steps
+                continue
+        result = search_shared(core.pipe, [p for p, _ in pairs], [s for _, s in pairs], reference, budget, starts,
+                               core.steps, core.guidance, core.num_blocks, search_config, log)
+        log(f"shared schedule, budget {budget:g}: {np.mean(result.psnr):.2f} dB on {len(pairs)} train pairs "
+            f"({result.cpu_seconds / 60:.1f} CPU minutes)")
+        found[f"{budget:g}"] = result.as_dict()
+        atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
+    return {b: SharedSearchResult.from_dict(found[f"{b:g}"]) for b in config.searched_budgets}
+
+
 def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
             guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print):
     """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report).
@@ -225,12 +280,14 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
     val = CacheEpisodes(model=model, prompts=val_prompts, pairs=config.val_pairs, steps=steps, guidance=guidance,
                         budget=budgets, pipe=core.pipe, references=core.store)
     tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, val.pairs, log)
-    teacher = OracleTeacher(tables, core.actions, steps)
+    searched = searched_schedules(core, tables, run_dir, config, log)
+    teacher = OracleTeacher(tables, core.actions, steps, {b: r.schedule for b, r in searched.items()})
     jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
     logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
     gathered, net, history, best, reference = [], None, [], None, None
+    tag = "-" + rounds_key(config, core)
     for round_ in range(config.dagger_rounds + 1):
-        path = run_dir / f"round{round_}.npz"
+        path = run_dir / f"round{round_}{tag}.npz"
         arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
         relabelled = None
         if arrays is None:
@@ -253,7 +310,7 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
         student_val = StudentValidation(val, config.eval_budgets, config.student_val_every, round_ * config.epochs)
         net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger, callbacks=[student_val],
-                  log=log)
+                  log=log, tag=tag)
         scores = student_val.last or evaluate_student(val, net, config.eval_budgets)  # None: round resumed finished
         history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
                         **({"relabelled_from_reached": relabelled} if relabelled else {})})
@@ -268,8 +325,22 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
     training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs,
                 "split": prompts if isinstance(prompts, str) else "prompts file",
                 "rounds": history, "selected_round": selected, "wall_minutes": round(minutes, 1),
-                "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle)"}
+                "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the searched "
+                          "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search)",
+                "searched_schedules": {f"{b:g}": {"schedule": [str(a) for a in r.schedule],
+                                                  "train_psnr": round(float(np.mean(r.psnr)), 2),
+                                                  "start_psnr": r.start_psnr, "cpu_minutes": round(r.cpu_seconds / 60, 1)}
+                                       for b, r in searched.items()}}
     return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)
+
+
+def rounds_key(config: DistillConfig, core) -> str:
+    """A short digest of what a round's data and checkpoint depend on, in their file names: a rerun with other
+    settings (budgets, teacher, network, pairs) starts its rounds afresh instead of resuming another run's."""
+    kept = {k: v for k, v in asdict(config).items() if k not in ("trainer", "student_val_every", "dagger_rounds")}
+    about = {"config": kept, "model": core.store.model_hash, "steps": core.steps, "guidance": core.guidance,
+             "pairs": core.pairs[: config.pairs]}
+    return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def mean_psnr(scores: dict[float, dict]) -> float:

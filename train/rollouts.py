@@ -15,23 +15,42 @@ import torch
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.evaluation.oracle import ReachedSegments, SegmentTable, measure_reached
 from cachepilot.policies.learned import PolicyNet, masked_argmax, within_budget
-from cachepilot.runtime import FULL, STEP
+from cachepilot.runtime import FULL, STEP, Action
 
 
 class OracleTeacher:
     """The oracle's action from any state of an episode, by `SegmentTable.act`: FULL, or the reuse its plan
-    continues with (STEP, or STEP_F1 where the action set has it)."""
+    continues with (STEP, or STEP_F1 where the action set has it). At a budget in `schedules` it follows that
+    budget's searched shared schedule instead (`follow`), the teacher where the table's costs stop adding up."""
 
-    def __init__(self, tables: dict[int, SegmentTable], actions, steps: int):
+    def __init__(self, tables: dict[int, SegmentTable], actions, steps: int,
+                 schedules: dict[float, list[Action]] | None = None):
         self.tables, self.steps, self.actions = tables, steps, tuple(actions)
+        self.schedules = dict(schedules or {})
+
+    def schedule_for(self, budget: float) -> list[Action] | None:
+        return next((s for b, s in self.schedules.items() if abs(b - budget) < 1e-9), None)
 
     def act(self, pair: int, step: int, last_full: int, previous_full: int | None, spent: float, budget: float,
-            reached: ReachedSegments | None = None) -> int:
+            reached: ReachedSegments | None = None, valid: np.ndarray | None = None) -> int:
+        schedule = self.schedule_for(budget)
+        if schedule is not None:
+            return self.follow(schedule, step, valid)
         if step == 0:
             return self.actions.index(FULL)
         fulls_left = math.floor(budget * self.steps - spent + 1e-9)
         action = self.tables[pair].act(step, last_full, previous_full, fulls_left, reached)
         return self.actions.index(action if action in self.actions else STEP)
+
+    def follow(self, schedule: list[Action], step: int, valid: np.ndarray | None) -> int:
+        """The schedule's action at `step` where it is valid here; else its plain reuse (no forecast history yet)
+        or the reuse the schedule takes next (a FULL the budget no longer allows); else STEP."""
+        wanted = schedule[step]
+        after = next((a for a in schedule[step + 1 :] if a.reuses), STEP)
+        for action in (wanted, wanted.forecasting(0) if wanted.reuses else after, after.forecasting(0), STEP):
+            if action in self.actions and (valid is None or valid[self.actions.index(action)]):
+                return self.actions.index(action)
+        return self.actions.index(STEP)
 
 
 @dataclass
@@ -85,8 +104,8 @@ def run_episodes(core: CacheEpisodes, jobs: list[tuple[int, float]], teacher: Or
         out.taken += [[] for _ in episodes]
         for step in range(core.steps):
             masks = np.stack(core.masks)
-            labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget)
-                      for i, e in enumerate(episodes)]
+            labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget,
+                                  valid=masks[i]) for i, e in enumerate(episodes)]
             out.labels += labels
             out.obs += list(obs)
             out.masks += list(masks)
@@ -117,7 +136,7 @@ def relabel_from_reached(core: CacheEpisodes, rollouts: Rollouts, teacher: Oracl
     for n, visit in enumerate(rollouts.visits):
         pair, budget = rollouts.jobs[visit.episode]
         label = teacher.act(pair, visit.step, visit.last_full, visit.previous_full, visit.spent, budget,
-                            reached[visit.episode])
+                            reached[visit.episode], valid=rollouts.masks[n])
         changed += label != rollouts.labels[n]
         rollouts.labels[n] = label
     return changed
