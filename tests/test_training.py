@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -310,6 +311,14 @@ def test_a_rerun_reuses_the_searched_schedule_and_other_settings_start_new_round
     monkeypatch.setattr(distill_module, "search_shared", lambda *a, **k: pytest.fail("searched again"))
     found = distill_module.searched_schedules(core, {}, run_dir, config, log=lambda *a: None)
     assert [str(a) for a in found[0.5].schedule] == bundle.card.training["searched_schedules"]["0.5"]["schedule"]
+    # a damaged file is set aside and searched again
+    (run_dir / distill_module.SEARCHED_FILE).write_text('{"inputs": {}, "budgets": [1, 2')
+    searched = []
+    monkeypatch.setattr(distill_module, "search_shared", lambda *a, **k: searched.append(a[4]) or found[0.5])
+    tables = {i: SimpleNamespace(schedule=lambda fulls: [FULL] * STEPS) for i in range(config.pairs)}
+    again = distill_module.searched_schedules(core, tables, run_dir, config, log=lambda *a: None)
+    assert searched == [0.5] and again[0.5] == found[0.5]
+    assert (run_dir / (distill_module.SEARCHED_FILE + ".damaged")).is_file()
     # round files are named by the settings they were made with
     key = distill_module.rounds_key(config, core)
     assert sorted(p.name for p in run_dir.glob("round*.npz")) == [f"round0-{key}.npz", f"round1-{key}.npz"]

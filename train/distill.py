@@ -242,8 +242,8 @@ def searched_schedules(core, tables: dict[int, SegmentTable], run_dir: Path, con
     inputs = json.loads(json.dumps({"model": core.store.model_hash, "steps": core.steps, "guidance": core.guidance,
                                     "pairs": pairs, "search": asdict(search_config)}))  # as read back from the file
     path = run_dir / SEARCHED_FILE
-    stored = read_or_set_aside(path, lambda p: json.loads(p.read_text()), log) or {}
-    found = stored.get("budgets", {}) if stored.get("inputs") == inputs else {}
+    stored = read_or_set_aside(path, _searched_file, log) or {}
+    found = stored["budgets"] if stored.get("inputs") == inputs else {}
     reference = None
     for budget in config.searched_budgets:
         if f"{budget:g}" in found:
@@ -265,6 +265,15 @@ def searched_schedules(core, tables: dict[int, SegmentTable], run_dir: Path, con
         found[f"{budget:g}"] = result.as_dict()
         atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
     return {b: SharedSearchResult.from_dict(found[f"{b:g}"]) for b in config.searched_budgets}
+
+
+def _searched_file(path: Path) -> dict:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("budgets"), dict):
+        raise ValueError("not a file of searched schedules")
+    for entry in data["budgets"].values():
+        SharedSearchResult.from_dict(entry)  # every entry reads back, or the file is damaged
+    return data
 
 
 def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
