@@ -145,12 +145,15 @@ class Setting:
         self.lpips_note: str | None = None
         self.policy_digests: dict[str, str] = {}  # learned method -> digest of its weights (learned_policies)
 
-    def best_learned(self, budget: float) -> Run | None:
-        """The learned policy's stored run with the best mean PSNR at `budget` among those within it: the learned
-        start of the searched oracle there."""
-        runs = [self.stored(Entry(name, budget, "learned", "budget")) for name in self.policy_digests]
+    def best_within(self, entries: list[Entry], budget: float) -> Run | None:
+        """Of these entries' stored runs, the one with the best mean PSNR among those within `budget`."""
+        runs = [self.stored(e) for e in entries]
         runs = [r for r in runs if r is not None and np.mean(r.computed_fraction) <= budget + 1e-9]
         return max(runs, key=lambda r: np.mean(r.psnr), default=None)
+
+    def best_learned(self, budget: float) -> Run | None:
+        """The best learned policy's stored run at `budget`: the learned start of the searched oracle there."""
+        return self.best_within([Entry(name, budget, "learned", "budget") for name in self.policy_digests], budget)
 
     def search_inputs(self, budget: float) -> str:
         """Digest of what the searched oracle at `budget` depends on: its settings, the gain profile and the learned
@@ -379,7 +382,8 @@ class Runner:
                         c.guidance, num_blocks(s.pipe.transformer), c.oracle_search, s.log)
         s.log(f"oracle search, budget {budget:g}: {result.cpu_seconds / 60:.1f} CPU minutes, "
               f"{result.wall_seconds / 60:.1f} minutes")
-        atomic_write_text(path, json.dumps({"inputs": s.search_inputs(budget), "result": result.as_dict()}, allow_nan=False))
+        atomic_write_text(path, json.dumps({"inputs": s.search_inputs(budget), "result": result.as_dict()},
+                                           allow_nan=False))
         return result
 
     def search_starts(self, budget: float) -> dict[str, list[list[Action]]]:
@@ -394,9 +398,7 @@ class Runner:
             starts["oracle-dp"] = [t.schedule(fulls) for t in self.oracle_tables()]
         for name in ("uniform", "uniform-f1", "uniform-f2"):
             starts[name] = realise(s.pipe, self.policy(Entry(name, budget, "schedule", "budget")), *pairs)
-        taylorseer = [s.stored(e) for e in sweep_entries(BASELINES["taylorseer"], "baseline", True)]
-        taylorseer = [r for r in taylorseer if r is not None and np.mean(r.computed_fraction) <= budget + 1e-9]
-        best = [max(taylorseer, key=lambda r: np.mean(r.psnr), default=None), s.best_learned(budget)]
+        best = [s.best_within(sweep_entries(BASELINES["taylorseer"], "baseline", True), budget), s.best_learned(budget)]
         for run in filter(None, best):
             starts[run.entry.key] = realise(s.pipe, self.policy(run.entry), *pairs)
         return starts
