@@ -16,7 +16,7 @@ import argparse
 import numpy as np
 
 from cachepilot.envs.episodes import CacheEpisodes
-from cachepilot.evaluation.harness import generate_with, score
+from cachepilot.evaluation.harness import run_method
 from cachepilot.evaluation.oracle import fulls_for_budget
 from cachepilot.evaluation.search import forecast_reuses, replay
 from cachepilot.models.registry import weights_path
@@ -51,11 +51,12 @@ def main() -> None:
                                  budget=(budget, budget), pipe=pipe)
             pipe = core.pipe
             prompts, seeds = [p for p, _ in core.pairs], [s for _, s in core.pairs]
-            reference = np.stack([r.output.numpy() for r in core.store.get_many(core.pairs, progress=False)])
+            reference = core.store.outputs(core.pairs)
             scores = [replay(pipe, [s] * n, prompts, seeds, reference, steps, guidance)[0].mean()
                       for s in (schedule, uniform, forecast_reuses(uniform, 1))]
-            frames, fractions, _ = generate_with(pipe, bundle.policy(budget), prompts, seeds, steps, guidance)
-            learned = np.mean([r.psnr for r in score(frames, reference, prompts, seeds, fractions, "learned", budget)])
+            results, _ = run_method(pipe, bundle.policy(budget), prompts, seeds, reference, steps, guidance, "learned",
+                                    budget)
+            learned = np.mean([r.psnr for r in results])
             print(f"| {key} | {n} {split} | " + " | ".join(f"{v:.2f}" for v in (*scores, learned)) + " |")
 
 

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
@@ -228,6 +229,10 @@ class ReferenceStore:
             bar.update(len(chunk))
         bar.close()
         return [found[pair] for pair in pairs]
+
+    def outputs(self, pairs) -> np.ndarray:
+        """The full-compute frames of (prompt, seed) pairs, stacked (what a generation's frames are scored against)."""
+        return np.stack([r.output.numpy() for r in self.get_many(pairs, progress=False)])
 
     def put(self, prompt: str, seed: int, output) -> Reference:
         """Store a full-compute output computed elsewhere (e.g. by the oracle's reference pass)."""

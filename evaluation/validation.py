@@ -12,10 +12,6 @@ from .harness import run_method
 from .oracle import fulls_for_budget
 
 
-def _references(episodes: CacheEpisodes) -> np.ndarray:
-    return np.stack([r.output.numpy() for r in episodes.store.get_many(episodes.pairs, progress=False)])
-
-
 def _score(episodes: CacheEpisodes, reference: np.ndarray, policy, method: str, knob: float) -> dict:
     prompts, seeds = [p for p, _ in episodes.pairs], [s for _, s in episodes.pairs]
     results, _ = run_method(episodes.pipe, policy, prompts, seeds, reference, episodes.steps, episodes.guidance,
@@ -26,7 +22,7 @@ def _score(episodes: CacheEpisodes, reference: np.ndarray, policy, method: str, 
 
 def evaluate_student(episodes: CacheEpisodes, net: PolicyNet, budgets) -> dict[float, dict]:
     """The network as a LearnedPolicy at each budget, on the pairs of `episodes` (one batched generation per budget)."""
-    reference = _references(episodes)
+    reference = episodes.store.outputs(episodes.pairs)
     return {float(b): _score(episodes, reference, LearnedPolicy(net, episodes.spec, episodes.actions,
                                                                 episodes.num_blocks, b, steps=episodes.steps),
                              "learned", b)
@@ -35,7 +31,7 @@ def evaluate_student(episodes: CacheEpisodes, net: PolicyNet, budgets) -> dict[f
 
 def evaluate_uniform(episodes: CacheEpisodes, budgets) -> dict[float, dict]:
     """The static baseline's schedule family at the number of FULL steps each budget allows."""
-    reference = _references(episodes)
+    reference = episodes.store.outputs(episodes.pairs)
     steps = episodes.steps
     return {float(b): _score(episodes, reference, FixedSchedule.uniform(steps, fulls_for_budget(b, steps) / steps),
                              "uniform", b) for b in budgets}

@@ -26,6 +26,7 @@ def test_round_trip_matches_an_uncached_generation(store, toy_pipe):
     again = store.load(PROMPT, 3, trajectory=True)
     assert torch.equal(again.output, ref.output) and torch.equal(again.trajectory, ref.trajectory)
     assert again.signals == ref.signals
+    assert np.array_equal(store.outputs([(PROMPT, 3)] * 2), np.stack([ref.output.numpy()] * 2))  # stacked, in order
 
 
 def test_reuse_across_store_instances_without_recomputing(store, toy_pipe, monkeypatch):

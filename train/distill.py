@@ -249,7 +249,7 @@ def searched_schedules(core, tables: dict[int, SegmentTable], run_dir: Path, con
         if f"{budget:g}" in found:
             continue
         if reference is None:
-            reference = np.stack([r.output.numpy() for r in core.store.get_many(pairs, progress=False)])
+            reference = core.store.outputs(pairs)
         fulls = fulls_for_budget(budget, core.steps)
         uniform = list(FixedSchedule.uniform(core.steps, fulls / core.steps).actions)
         starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
