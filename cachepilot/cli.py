@@ -407,8 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--searched-budgets", type=_budgets_or_none, default="0.15",
                    help="distill: those of --budgets taught by one schedule searched with real rollouts on train pairs "
                    "instead of the DP (about 4 minutes each on 2 cores for toy-wan; none: the DP everywhere)")
-    p.add_argument("--epochs", type=_COUNT, default=30, help="distill: epochs per round")
-    p.add_argument("--val-every", type=_COUNT, default=10, help="distill: epochs between real-generation scores of "
+    p.add_argument("--epochs", type=_COUNT, default=200, help="distill: epochs per round")
+    p.add_argument("--val-every", type=_COUNT, default=50, help="distill: epochs between real-generation scores of "
                    "the student on the val pairs (1: every epoch; each costs a few seconds)")
     p.add_argument("--timesteps", type=_COUNT, default=12_000, help="ppo: environment steps in total")
     p.add_argument("--init-from", help="ppo: warm-start the actor from this policy file (e.g. the distilled one)")

@@ -205,16 +205,20 @@ def test_teacher_follows_a_searched_schedule_within_what_is_valid():
     actions = step_actions(4, (1,), (1,))
     f1 = STEP.forecasting(1)
     schedule = [FULL, STEP, FULL, f1, FULL, f1]
-    teacher = OracleTeacher({}, actions, STEPS, {0.5: schedule})
+    spent = [0.0, 1.0, 1.0, 2.0, 2.0, 3.0]  # the schedule's own spending before each step, in full steps
+    teacher = OracleTeacher({}, actions, STEPS, {0.5: schedule}, num_blocks=4)
     every = np.ones(len(actions), dtype=bool)
-    assert [actions[teacher.act(0, t, 0, None, 0.0, 0.5, valid=every)] for t in range(STEPS)] == schedule
+    assert [actions[teacher.act(0, t, 0, None, spent[t], 0.5, valid=every)] for t in range(STEPS)] == schedule
     no_forecast = every & np.array([not a.forecast for a in actions])  # one FULL so far: nothing to extrapolate
-    assert actions[teacher.act(0, 3, 2, None, 0.0, 0.5, valid=no_forecast)] == STEP
+    assert actions[teacher.act(0, 3, 2, None, 2.0, 0.5, valid=no_forecast)] == STEP
     no_full = every & np.array([a != FULL for a in actions])  # the budget allows no more FULL: the next reuse
     assert actions[teacher.act(0, 4, 2, 0, 2.0, 0.5, valid=no_full)] == f1
+    # off the schedule's spending: a FULL missed at step 2 is taken at step 3; one taken early is not taken again
+    assert actions[teacher.act(0, 3, 0, None, 1.0, 0.5, valid=every)] == FULL
+    assert actions[teacher.act(0, 4, 3, 0, 3.0, 0.5, valid=every)] == f1
     # another budget is the table's
     table = random_table(n=STEPS, seed=1)
-    teacher = OracleTeacher({0: table}, actions, STEPS, {0.5: schedule})
+    teacher = OracleTeacher({0: table}, actions, STEPS, {0.5: schedule}, num_blocks=4)
     assert actions[teacher.act(0, 2, 1, 0, 2.0, 0.34)] == table.act(2, 1, 0, math.floor(0.34 * STEPS - 2.0 + 1e-9))
 
 

@@ -2,12 +2,14 @@
 
 Round 0 rolls the oracle itself out through the environment and records (observation, oracle action);
 every later round rolls the current student out and has the oracle relabel the states the student
-reached, then trains on everything gathered so far. The oracle's rule (`SegmentTable.act`) answers from the
+reached, then trains a fresh network on everything gathered so far (as DAgger does; a round's training is seconds
+next to its rollouts, so each round trains long enough to copy sharp decisions). The oracle's rule (`SegmentTable.act`) answers from the
 student's last two FULL steps and the FULL steps it has left. The segment under way is costed from the table
 (measured from the reference trajectory), or, with `relabel="reached"`, from the student's own latents and
 caches (`measure_reached`: its trajectory replayed, with reuse runs forked after each of its FULL steps).
 At the lowest budgets (`searched_budgets`) the table's costs stop adding up, so there the teacher is one schedule
-searched with real rollouts on train pairs (`searched_schedules`), followed step by step.
+searched with real rollouts on train pairs (`searched_schedules`), followed step by step and kept in step with its
+spending (`OracleTeacher.follow`).
 As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best validation score, not necessarily the last: a
 round's relabelled states can pull the student away from what the oracle does. TensorBoard gets the loss
 and oracle agreement per step and epoch, and every `student_val_every` epochs the student's real PSNR and
@@ -58,7 +60,7 @@ class DistillConfig:
     search_pairs: int = 8  # train pairs that searched schedule is scored on
     search_rounds: int = 6
     search_proposals: int = 8  # candidate moves per round, each run on every search pair
-    epochs: int = 30  # per round
+    epochs: int = 200  # per round, each training a fresh network on everything gathered so far
     batch_size: int = 256
     lr: float = 3e-3
     hidden: tuple[int, ...] = (64, 64)
@@ -68,7 +70,7 @@ class DistillConfig:
     num_envs: int = 8
     seed: int = 0
     eval_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)
-    student_val_every: int = 10  # epochs between real-generation scores of the student on the val pairs
+    student_val_every: int = 50  # epochs between real-generation scores of the student on the val pairs
     trainer: dict = field(default_factory=dict)  # Lightning Trainer flags: accelerator, devices, strategy, ...
 
     def __post_init__(self):
@@ -162,13 +164,11 @@ class StudentValidation(L.Callback):
 
 
 def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: DistillConfig, round_: int,
-        init: PolicyNet | None = None, logger=None, callbacks=(), log=print, tag: str = "") -> PolicyNet:
+        logger=None, callbacks=(), log=print, tag: str = "") -> PolicyNet:
     """One round of supervised training (resumes this round's checkpoint if the run was interrupted; `tag` names
     the settings the checkpoint belongs to)."""
     L.seed_everything(config.seed + round_, workers=True, verbose=False)
     module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
-    if init is not None:
-        module.net.load_state_dict(init.state_dict())
     ckpt_dir = run_dir / "checkpoints" / f"round{round_}{tag}"
     callback = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
     flags = {"max_epochs": config.epochs, "enable_model_summary": False, "log_every_n_steps": 5,
@@ -290,7 +290,8 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
                         budget=budgets, pipe=core.pipe, references=core.store)
     tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, val.pairs, log)
     searched = searched_schedules(core, tables, run_dir, config, log)
-    teacher = OracleTeacher(tables, core.actions, steps, {b: r.schedule for b, r in searched.items()})
+    teacher = OracleTeacher(tables, core.actions, steps, {b: r.schedule for b, r in searched.items()},
+                            core.num_blocks)
     jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
     logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
     gathered, net, history, best, reference = [], None, [], None, None
@@ -318,8 +319,8 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
         student_val = StudentValidation(val, config.eval_budgets, config.student_val_every, round_ * config.epochs)
-        net = fit(merged, len(core.actions), run_dir, config, round_, init=net, logger=logger, callbacks=[student_val],
-                  log=log, tag=tag)
+        net = fit(merged, len(core.actions), run_dir, config, round_, logger=logger, callbacks=[student_val], log=log,
+                  tag=tag)
         scores = student_val.last or evaluate_student(val, net, config.eval_budgets)  # None: round resumed finished
         history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
                         **({"relabelled_from_reached": relabelled} if relabelled else {})})
