@@ -335,6 +335,7 @@ def test_ppo_end_to_end_warm_started(trained):
     assert ppo.card.training["algorithm"] == "ppo" and ppo.card.training["timesteps"] >= 2 * STEPS
     assert (root / "ppo.run" / "ppo_resume.pt").exists()
     assert ppo.card.actions == distilled.card.actions and ppo.net.hidden == distilled.net.hidden
+    assert ppo.card.training["init_weights_sha256"] == distilled.weights_sha256  # which weights it started from
 
 
 def test_policy_file_round_trip_gives_identical_decisions(trained, toy_pipe, tmp_path):

@@ -212,5 +212,6 @@ def train_ppo(out, config: PPOConfig | None = None, model="toy-wan", run_dir=Non
     training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
                 "train_pairs": config.pairs,
                 "split": prompts if isinstance(prompts, str) else "prompts file", "timesteps": int(agent.num_timesteps),
-                "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1)}
+                "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1),
+                **({"init_weights_sha256": warm_start.weights_sha256} if warm_start else {})}  # a path may not last
     return save_trained_policy(out, net, env.episodes, val, config.budgets, training, config.eval_budgets, log)
