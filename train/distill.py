@@ -1,19 +1,18 @@
 """Distillation: teach the policy network the oracle's decisions, with DAgger rounds, in Lightning.
 
-Round 0 rolls the oracle itself out through the environment and records (observation, oracle action);
-every later round rolls the current student out and has the oracle relabel the states the student
-reached, then trains a fresh network on everything gathered so far (as DAgger does; a round's training is seconds
-next to its rollouts, so each round trains long enough to copy sharp decisions). The oracle's rule (`SegmentTable.act`) answers from the
+Round 0 rolls the oracle itself out through the environment and records (observation, oracle action); every later
+round rolls the current student out and has the oracle relabel the states the student reached, then trains a fresh
+network on everything gathered so far (as DAgger does; a round's training is seconds next to its rollouts, so each
+round trains long enough to copy sharp decisions). The oracle's rule (`SegmentTable.act`) answers from the
 student's last two FULL steps and the FULL steps it has left. The segment under way is costed from the table
-(measured from the reference trajectory), or, with `relabel="reached"`, from the student's own latents and
-caches (`measure_reached`: its trajectory replayed, with reuse runs forked after each of its FULL steps).
-At the lowest budgets (`searched_budgets`) the table's costs stop adding up, so there the teacher is one schedule
-searched with real rollouts on train pairs (`searched_schedules`), followed step by step and kept in step with its
-spending (`OracleTeacher.follow`).
-As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best validation score, not necessarily the last: a
-round's relabelled states can pull the student away from what the oracle does. TensorBoard gets the loss
-and oracle agreement per step and epoch, and every `student_val_every` epochs the student's real PSNR and
-computed fraction per budget on validation pairs (`StudentValidation`).
+(measured from the reference trajectory), or, with `relabel="reached"`, from the student's own latents and caches
+(`measure_reached`: its trajectory replayed, with reuse runs forked after each of its FULL steps). At the lowest
+budgets (`searched_budgets`) the table's costs stop adding up, so there the teacher is one schedule searched with
+real rollouts on train pairs (`searched_schedules`), followed step by step and kept in step with its spending
+(`OracleTeacher.follow`). As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best
+validation score, not necessarily the last: a round's relabelled states can pull the student away from what the
+oracle does. TensorBoard gets the loss and oracle agreement per step and epoch, and every `student_val_every`
+epochs the student's real PSNR and computed fraction per budget on validation pairs (`StudentValidation`).
 
 Everything a run produces lives in its run directory and is reused when the run is started again: the
 amplification profile, the segment tables, each round's data, Lightning's checkpoints.
