@@ -206,7 +206,7 @@ def test_teacher_follows_a_searched_schedule_within_what_is_valid():
     f1 = STEP.forecasting(1)
     schedule = [FULL, STEP, FULL, f1, FULL, f1]
     spent = [0.0, 1.0, 1.0, 2.0, 2.0, 3.0]  # the schedule's own spending before each step, in full steps
-    teacher = OracleTeacher({}, actions, STEPS, {0.5: schedule}, num_blocks=4)
+    teacher = OracleTeacher({}, actions, STEPS, 4, {0.5: schedule})
     every = np.ones(len(actions), dtype=bool)
     assert [actions[teacher.act(0, t, 0, None, spent[t], 0.5, valid=every)] for t in range(STEPS)] == schedule
     no_forecast = every & np.array([not a.forecast for a in actions])  # one FULL so far: nothing to extrapolate
@@ -218,7 +218,7 @@ def test_teacher_follows_a_searched_schedule_within_what_is_valid():
     assert actions[teacher.act(0, 4, 3, 0, 3.0, 0.5, valid=every)] == f1
     # another budget is the table's
     table = random_table(n=STEPS, seed=1)
-    teacher = OracleTeacher({0: table}, actions, STEPS, {0.5: schedule}, num_blocks=4)
+    teacher = OracleTeacher({0: table}, actions, STEPS, 4, {0.5: schedule})
     assert actions[teacher.act(0, 2, 1, 0, 2.0, 0.34)] == table.act(2, 1, 0, math.floor(0.34 * STEPS - 2.0 + 1e-9))
 
 

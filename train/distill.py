@@ -289,8 +289,7 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
                         budget=budgets, pipe=core.pipe, references=core.store)
     tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, val.pairs, log)
     searched = searched_schedules(core, tables, run_dir, config, log)
-    teacher = OracleTeacher(tables, core.actions, steps, {b: r.schedule for b, r in searched.items()},
-                            core.num_blocks)
+    teacher = OracleTeacher(tables, core.actions, steps, core.num_blocks, {b: r.schedule for b, r in searched.items()})
     jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
     logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
     gathered, net, history, best, reference = [], None, [], None, None

@@ -24,8 +24,8 @@ class OracleTeacher:
     budget's searched shared schedule instead (`follow`), the teacher where the table's costs stop adding up.
     `num_blocks` prices a schedule's actions, so an episode off the schedule is steered back to its spending."""
 
-    def __init__(self, tables: dict[int, SegmentTable], actions, steps: int,
-                 schedules: dict[float, list[Action]] | None = None, num_blocks: int = 1):
+    def __init__(self, tables: dict[int, SegmentTable], actions, steps: int, num_blocks: int,
+                 schedules: dict[float, list[Action]] | None = None):
         self.tables, self.steps, self.actions = tables, steps, tuple(actions)
         self.schedules = dict(schedules or {})
         self._spending = {b: np.cumsum([0.0] + [a.step_cost(num_blocks) for a in s]) for b, s in self.schedules.items()}
