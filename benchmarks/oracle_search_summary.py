@@ -42,8 +42,8 @@ def main() -> None:
     if not paths:
         raise SystemExit(f"no searched oracle in {setting.dir}; run `cachepilot ablate` first")
     print(f"machine: {machine_summary()}; toy-wan, {args.pairs} test pairs (stored searches)")
-    print("| budget | CPU minutes | rounds | start kept (pairs) | mean of each pair's best start, dB | after the search, "
-          "dB | least gain on a pair, dB | moves accepted per pair | gain of the last round, dB |")
+    print("| budget | CPU minutes | rounds | start kept (pairs) | mean of each pair's best start, dB | "
+          "after the search, dB | least gain on a pair, dB | moves accepted per pair | gain of the last round, dB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in paths:
         result = SearchResult.from_dict(json.loads(path.read_text())["result"])
