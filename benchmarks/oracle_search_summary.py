@@ -11,13 +11,11 @@ round. A last round that still gains says the limit is a local search stopped by
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from cachepilot.evaluation.search import SearchResult
 from cachepilot.infer.ablate import AblationConfig, Setting
 from cachepilot.provenance import machine_summary
 
@@ -38,20 +36,20 @@ def main() -> None:
     parser.add_argument("--out", default="results/ablation")
     args = parser.parse_args()
     setting = Setting(AblationConfig(pairs=args.pairs), Path(args.out))
-    paths = sorted(setting.dir.glob("oracle-search@*.json"), key=lambda p: -float(p.stem.split("@")[1]))
-    if not paths:
+    budgets = sorted((float(p.stem.split("@")[1]) for p in setting.dir.glob("oracle-search@*.json")), reverse=True)
+    searches = {b: stored[1] for b in budgets if (stored := setting.stored_search(b)) is not None}
+    if not searches:
         raise SystemExit(f"no searched oracle in {setting.dir}; run `cachepilot ablate` first")
     print(f"machine: {machine_summary()}; toy-wan, {args.pairs} test pairs (stored searches)")
     print("| budget | CPU minutes | rounds | start kept (pairs) | mean of each pair's best start, dB | "
           "after the search, dB | least gain on a pair, dB | moves accepted per pair | gain of the last round, dB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in paths:
-        result = SearchResult.from_dict(json.loads(path.read_text())["result"])
+    for budget, result in searches.items():
         starts = np.array([[np.nan if v is None else v for v in psnr] for psnr in result.start_psnr.values()])
         best_start = np.nanmax(starts, axis=0)
         kept = Counter(short_name(s) for s in result.start).most_common()
         last_gain = result.history[-1] - result.history[-2] if len(result.history) > 1 else float("nan")
-        print(f"| {path.stem.split('@')[1]} | {result.cpu_seconds / 60:.1f} | {result.rounds} | "
+        print(f"| {budget:g} | {result.cpu_seconds / 60:.1f} | {result.rounds} | "
               f"{', '.join(f'{name} {count}' for name, count in kept)} | {best_start.mean():.2f} | "
               f"{np.mean(result.psnr):.2f} | {np.min(np.asarray(result.psnr) - best_start):+.2f} | "
               f"{np.mean(result.accepted):.1f} | {last_gain:+.2f} |")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cachepilot.evaluation.search import SearchResult, replay
+from cachepilot.evaluation.search import replay
 from cachepilot.infer.ablate import AblationConfig, Setting
 from cachepilot.provenance import machine_summary
 
@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--out", default="results/ablation")
     args = parser.parse_args()
     setting = Setting(AblationConfig(pairs=args.pairs), Path(args.out))
-    path = setting.dir / f"oracle-search@{args.budget:g}.json"
-    if not path.is_file():
+    stored = setting.stored_search(args.budget)
+    if stored is None:
         raise SystemExit(f"no searched oracle at budget {args.budget:g} in {setting.dir}; run `cachepilot ablate` first")
-    result = SearchResult.from_dict(json.loads(path.read_text())["result"])
+    result = stored[1]
     setting.load_reference()
     n = len(result.schedules)
     psnr = np.zeros((n, n))  # psnr[k, p]: pair k's schedule on pair p

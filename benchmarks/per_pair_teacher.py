@@ -14,7 +14,6 @@ the pairs it was not taught. A probe, not a training recipe: it teaches on test 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -23,7 +22,6 @@ import numpy as np
 
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.evaluation.harness import run_method
-from cachepilot.evaluation.search import SearchResult
 from cachepilot.infer.ablate import AblationConfig, Setting
 from cachepilot.policies.learned import LearnedPolicy
 from cachepilot.provenance import machine_summary
@@ -54,10 +52,10 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     setting = Setting(AblationConfig(pairs=args.pairs), Path(args.out))
     budget, steps, guidance = args.budget, setting.config.steps, setting.config.guidance
-    path = setting.dir / f"oracle-search@{budget:g}.json"
-    if not path.is_file():
+    stored_search = setting.stored_search(budget)
+    if stored_search is None:
         raise SystemExit(f"no searched oracle at budget {budget:g} in {setting.dir}; run `cachepilot ablate` first")
-    search = SearchResult.from_dict(json.loads(path.read_text())["result"])
+    search = stored_search[1]
     core = CacheEpisodes(model=setting.config.model, prompts="test", pairs=args.pairs, steps=steps,
                          guidance=guidance, budget=(budget, budget), pipe=setting.pipe)
     if core.pairs != list(zip(setting.prompts, setting.seeds)):

@@ -199,6 +199,15 @@ class Setting:
         """A stored file of this setting, or None (missing, or damaged and set aside: see `read_or_set_aside`)."""
         return read_or_set_aside(path, reader, self.log, also)
 
+    def stored_search(self, budget: float) -> tuple[str, SearchResult] | None:
+        """The searched oracle stored at `budget`, with the digest of the inputs it was searched for, or None."""
+
+        def read(p: Path) -> tuple[str, SearchResult]:
+            data = json.loads(p.read_text())
+            return data["inputs"], SearchResult.from_dict(data["result"])
+
+        return self.read(self.dir / f"oracle-search@{budget:g}.json", read)
+
     def stored(self, entry: Entry) -> Run | None:
         path, frames_path = self._paths(entry)
 
@@ -369,21 +378,15 @@ class Runner:
     def searched(self, budget: float) -> SearchResult:
         """The searched oracle's schedules at `budget` (searched once, stored with the runs)."""
         s, c = self.setting, self.setting.config
-        path = s.dir / f"oracle-search@{budget:g}.json"
-
-        def read(p: Path) -> tuple[str, SearchResult]:
-            data = json.loads(p.read_text())
-            return data["inputs"], SearchResult.from_dict(data["result"])
-
-        stored = s.read(path, read)
+        stored = s.stored_search(budget)
         if stored is not None and stored[0] == s.search_inputs(budget):
             return stored[1]
         result = search(s.pipe, s.prompts, s.seeds, s.reference, budget, self.search_starts(budget), c.steps,
                         c.guidance, num_blocks(s.pipe.transformer), c.oracle_search, s.log)
         s.log(f"oracle search, budget {budget:g}: {result.cpu_seconds / 60:.1f} CPU minutes, "
               f"{result.wall_seconds / 60:.1f} minutes")
-        atomic_write_text(path, json.dumps({"inputs": s.search_inputs(budget), "result": result.as_dict()},
-                                           allow_nan=False))
+        atomic_write_text(s.dir / f"oracle-search@{budget:g}.json",
+                          json.dumps({"inputs": s.search_inputs(budget), "result": result.as_dict()}, allow_nan=False))
         return result
 
     def search_starts(self, budget: float) -> dict[str, list[list[Action]]]:
