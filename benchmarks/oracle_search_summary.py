@@ -19,15 +19,10 @@ import numpy as np
 from cachepilot.infer.ablate import AblationConfig, Setting
 from cachepilot.provenance import machine_summary
 
-SHORT = {"oracle-dp": "DP", "uniform": "uniform", "uniform-f1": "uniform-f1", "uniform-f2": "uniform-f2"}
-
-
 def short_name(start: str) -> str:
-    """`learned-ppo@0.35` -> `PPO`, `taylorseer@4` -> `TaylorSeer`."""
-    name = start.split("@")[0]
-    if name.startswith("learned-"):
-        return {"ppo": "PPO", "distill": "distill"}.get(name[len("learned-"):], name[len("learned-"):])
-    return SHORT.get(name, "TaylorSeer" if name.startswith("taylorseer") else name)
+    """`learned-ppo@0.35` -> `PPO`, `taylorseer@4` -> `TaylorSeer`, `oracle-dp` -> `DP`."""
+    name = start.split("@")[0].removeprefix("learned-")
+    return {"ppo": "PPO", "taylorseer": "TaylorSeer", "oracle-dp": "DP"}.get(name, name)
 
 
 def main() -> None:

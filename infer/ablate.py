@@ -199,6 +199,10 @@ class Setting:
         """A stored file of this setting, or None (missing, or damaged and set aside: see `read_or_set_aside`)."""
         return read_or_set_aside(path, reader, self.log, also)
 
+    def search_path(self, budget: float) -> Path:
+        """Where the searched oracle at `budget` is stored."""
+        return self.dir / f"oracle-search@{budget:g}.json"
+
     def stored_search(self, budget: float) -> tuple[str, SearchResult] | None:
         """The searched oracle stored at `budget`, with the digest of the inputs it was searched for, or None."""
 
@@ -206,7 +210,7 @@ class Setting:
             data = json.loads(p.read_text())
             return data["inputs"], SearchResult.from_dict(data["result"])
 
-        return self.read(self.dir / f"oracle-search@{budget:g}.json", read)
+        return self.read(self.search_path(budget), read)
 
     def stored(self, entry: Entry) -> Run | None:
         path, frames_path = self._paths(entry)
@@ -385,8 +389,8 @@ class Runner:
                         c.guidance, num_blocks(s.pipe.transformer), c.oracle_search, s.log)
         s.log(f"oracle search, budget {budget:g}: {result.cpu_seconds / 60:.1f} CPU minutes, "
               f"{result.wall_seconds / 60:.1f} minutes")
-        atomic_write_text(s.dir / f"oracle-search@{budget:g}.json",
-                          json.dumps({"inputs": s.search_inputs(budget), "result": result.as_dict()}, allow_nan=False))
+        atomic_write_text(s.search_path(budget), json.dumps({"inputs": s.search_inputs(budget),
+                                                             "result": result.as_dict()}, allow_nan=False))
         return result
 
     def search_starts(self, budget: float) -> dict[str, list[list[Action]]]:
