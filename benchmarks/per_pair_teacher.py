@@ -4,7 +4,7 @@
 
 The searched oracle (`cachepilot ablate`) fits one schedule to each (prompt, seed). A policy sees only the
 runtime's signals, so the question is whether those signals say enough about a pair to pick its schedule. This
-teaches a fresh student to follow each pair's own searched schedule (`OracleTeacher.follow`, one episode per pair
+teaches a fresh student to follow each pair's own searched schedule (`ScheduleFollower`, one episode per pair
 and round, DAgger rounds as in distillation) on one half of the test pairs, and scores it on both halves; then
 the halves swap. Beside it: the oracle, the best learned policy and the uniform schedule from the ablation's
 stored runs on the same halves. A student that learned the adaptation would close the gap to the oracle on
@@ -26,20 +26,17 @@ from cachepilot.infer.ablate import AblationConfig, Setting
 from cachepilot.policies.learned import LearnedPolicy
 from cachepilot.provenance import machine_summary
 from cachepilot.train.distill import DistillConfig, fit
-from cachepilot.train.rollouts import OracleTeacher, run_episodes
+from cachepilot.train.rollouts import ScheduleFollower, run_episodes
 
 
 class PerPairTeacher:
-    """Follows each pair's own schedule, kept in step with its spending, as the distillation teacher does with
-    one shared schedule."""
+    """Follows each pair's own schedule, as the distillation teacher follows one shared schedule."""
 
     def __init__(self, schedules, core: CacheEpisodes):
-        self.schedules = schedules
-        self.follower = OracleTeacher({}, core.actions, core.steps, core.num_blocks)
-        self.spending = [np.cumsum([0.0] + [a.step_cost(core.num_blocks) for a in s]) for s in schedules]
+        self.followers = [ScheduleFollower(s, core.actions, core.num_blocks) for s in schedules]
 
     def act(self, pair, step, last_full, previous_full, spent, budget, reached=None, valid=None) -> int:
-        return self.follower.follow(self.schedules[pair], step, spent - self.spending[pair][step], valid)
+        return self.followers[pair].act(step, spent, valid)
 
 
 def main() -> None:

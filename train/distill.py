@@ -9,7 +9,7 @@ student's last two FULL steps and the FULL steps it has left. The segment under 
 (`measure_reached`: its trajectory replayed, with reuse runs forked after each of its FULL steps). At the lowest
 budgets (`searched_budgets`) the table's costs stop adding up, so there the teacher is one schedule searched with
 real rollouts on train pairs (`searched_schedules`), followed step by step and kept in step with its spending
-(`OracleTeacher.follow`). As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best
+(`ScheduleFollower`). As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best
 validation score, not necessarily the last: a round's relabelled states can pull the student away from what the
 oracle does. TensorBoard gets the loss and oracle agreement per step and epoch, and every `student_val_every`
 epochs the student's real PSNR and computed fraction per budget on validation pairs (`StudentValidation`).

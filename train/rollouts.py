@@ -18,40 +18,20 @@ from cachepilot.policies.learned import PolicyNet, masked_argmax, within_budget
 from cachepilot.runtime import FULL, STEP, Action
 
 
-class OracleTeacher:
-    """The oracle's action from any state of an episode, by `SegmentTable.act`: FULL, or the reuse its plan
-    continues with (STEP, or STEP_F1 where the action set has it). At a budget in `schedules` it follows that
-    budget's searched shared schedule instead (`follow`), the teacher where the table's costs stop adding up.
-    `num_blocks` prices a schedule's actions, so an episode off the schedule is steered back to its spending."""
+class ScheduleFollower:
+    """One schedule as a teacher, kept in step with its spending rather than its step indices, so a student that
+    took a FULL late or early is taught to catch up. `num_blocks` prices the schedule's actions."""
 
-    def __init__(self, tables: dict[int, SegmentTable], actions, steps: int, num_blocks: int,
-                 schedules: dict[float, list[Action]] | None = None):
-        self.tables, self.steps, self.actions = tables, steps, tuple(actions)
-        self.schedules = dict(schedules or {})
-        self._spending = {b: np.cumsum([0.0] + [a.step_cost(num_blocks) for a in s]) for b, s in self.schedules.items()}
+    def __init__(self, schedule: list[Action], actions, num_blocks: int):
+        self.schedule, self.actions = list(schedule), tuple(actions)
+        self.spending = np.cumsum([0.0] + [a.step_cost(num_blocks) for a in self.schedule])
 
-    def schedule_for(self, budget: float) -> float | None:
-        """The key of the searched schedule for `budget`, if there is one."""
-        return next((b for b in self.schedules if abs(b - budget) < 1e-9), None)
-
-    def act(self, pair: int, step: int, last_full: int, previous_full: int | None, spent: float, budget: float,
-            reached: ReachedSegments | None = None, valid: np.ndarray | None = None) -> int:
-        key = self.schedule_for(budget)
-        if key is not None:
-            return self.follow(self.schedules[key], step, spent - self._spending[key][step], valid)
-        if step == 0:
-            return self.actions.index(FULL)
-        fulls_left = math.floor(budget * self.steps - spent + 1e-9)
-        action = self.tables[pair].act(step, last_full, previous_full, fulls_left, reached)
-        return self.actions.index(action if action in self.actions else STEP)
-
-    def follow(self, schedule: list[Action], step: int, lead: float, valid: np.ndarray | None) -> int:
-        """The schedule's action at `step`, kept in step with its spending: `lead` is what the episode has computed
-        so far minus what the schedule had (in full steps). Half a FULL or more behind, it computes now; as far
-        ahead, it reuses where the schedule computes. So a student that took a FULL late or early is taught to
-        catch up, not to keep the schedule's step indices. An action not valid here falls back to its plain reuse
-        (no forecast history yet) or to the reuse the schedule takes next (a FULL the budget no longer allows),
-        else STEP."""
+    def act(self, step: int, spent: float, valid: np.ndarray | None = None) -> int:
+        """The schedule's action at `step`. Half a FULL or more behind what the schedule had computed by now, it
+        computes; as far ahead, it reuses where the schedule computes. An action not valid here falls back to its
+        plain reuse (no forecast history yet) or to the reuse the schedule takes next (a FULL the budget no
+        longer allows), else STEP."""
+        schedule, lead = self.schedule, spent - self.spending[step]
         wanted, after = schedule[step], next((a for a in schedule[step + 1 :] if a.reuses), STEP)
         if wanted.reuses and lead <= -0.5:
             wanted = FULL
@@ -61,6 +41,29 @@ class OracleTeacher:
             if action in self.actions and (valid is None or valid[self.actions.index(action)]):
                 return self.actions.index(action)
         return self.actions.index(STEP)
+
+
+class OracleTeacher:
+    """The oracle's action from any state of an episode, by `SegmentTable.act`: FULL, or the reuse its plan
+    continues with (STEP, or STEP_F1 where the action set has it). At a budget in `schedules` it follows that
+    budget's searched shared schedule instead (`ScheduleFollower`), the teacher where the table's costs stop
+    adding up."""
+
+    def __init__(self, tables: dict[int, SegmentTable], actions, steps: int, num_blocks: int,
+                 schedules: dict[float, list[Action]] | None = None):
+        self.tables, self.steps, self.actions = tables, steps, tuple(actions)
+        self.followers = {b: ScheduleFollower(s, self.actions, num_blocks) for b, s in (schedules or {}).items()}
+
+    def act(self, pair: int, step: int, last_full: int, previous_full: int | None, spent: float, budget: float,
+            reached: ReachedSegments | None = None, valid: np.ndarray | None = None) -> int:
+        follower = next((f for b, f in self.followers.items() if abs(b - budget) < 1e-9), None)
+        if follower is not None:
+            return follower.act(step, spent, valid)
+        if step == 0:
+            return self.actions.index(FULL)
+        fulls_left = math.floor(budget * self.steps - spent + 1e-9)
+        action = self.tables[pair].act(step, last_full, previous_full, fulls_left, reached)
+        return self.actions.index(action if action in self.actions else STEP)
 
 
 @dataclass
