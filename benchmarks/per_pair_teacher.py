@@ -1,6 +1,7 @@
 """Can a student learn the searched oracle's per-pair adaptation from its signals? Cross-fitted on the test pairs.
 
-    python benchmarks/per_pair_teacher.py [--budget 0.5] [--pairs 16] [--rounds 2] [--out results/ablation]
+    python benchmarks/per_pair_teacher.py [--budget 0.5] [--pairs 16] [--rounds 2] [--signals a,b]
+                                          [--out results/ablation]
 
 The searched oracle (`cachepilot ablate`) fits one schedule to each (prompt, seed). A policy sees only the
 runtime's signals, so the question is whether those signals say enough about a pair to pick its schedule. This
@@ -8,7 +9,8 @@ teaches a fresh student to follow each pair's own searched schedule (`ScheduleFo
 and round, DAgger rounds as in distillation) on one half of the test pairs, and scores it on both halves; then
 the halves swap. Beside it: the oracle, the best learned policy and the uniform schedule from the ablation's
 stored runs on the same halves. A student that learned the adaptation would close the gap to the oracle on
-the pairs it was not taught. A probe, not a training recipe: it teaches on test pairs.
+the pairs it was not taught. `--signals` adds registered signals to the student's observation, to ask whether
+they would say enough. A probe, not a training recipe: it teaches on test pairs.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="DAgger rounds after the teacher's own")
+    parser.add_argument("--signals", default="", help="extra signals for the observation, comma-separated")
     parser.add_argument("--out", default="results/ablation")
     args = parser.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -54,7 +57,8 @@ def main() -> None:
         raise SystemExit(f"no searched oracle at budget {budget:g} in {setting.dir}; run `cachepilot ablate` first")
     search = stored_search[1]
     core = CacheEpisodes(model=setting.config.model, prompts="test", pairs=args.pairs, steps=steps,
-                         guidance=guidance, budget=(budget, budget), pipe=setting.pipe)
+                         guidance=guidance, budget=(budget, budget), pipe=setting.pipe,
+                         extra_signals=tuple(n for n in args.signals.split(",") if n))
     if core.pairs != list(zip(setting.prompts, setting.seeds)):
         raise SystemExit("the environment's test pairs are not the ablation's")
     reference = core.store.outputs(core.pairs)
@@ -70,7 +74,8 @@ def main() -> None:
     stored = {name: np.asarray(scores, dtype=float) for name, scores in search.start_psnr.items()}
     learned = max((n for n in stored if n.startswith("learned-")), key=lambda n: np.nanmean(stored[n]))
     learned_name = learned.split("@")[0].removeprefix("learned-")
-    print(f"machine: {machine_summary()}; toy-wan, budget {budget:g}, {args.pairs} test pairs in two halves")
+    print(f"machine: {machine_summary()}; toy-wan, budget {budget:g}, {args.pairs} test pairs in two halves; "
+          f"observation: {', '.join(core.spec.names)}")
     print(f"| taught on | scored on | oracle | {learned_name} (the ablation's run) | uniform | "
           + " | ".join(f"student, round {r}" for r in range(args.rounds + 1)) + " |")
     print("|---" * (5 + args.rounds + 1) + "|")

@@ -65,7 +65,7 @@ class CacheEpisodes:
     def __init__(self, model: str = "toy-wan", prompts="train", pairs: int | None = 64, steps: int = 50,
                  guidance: float = 5.0, budget=(0.2, 0.6), quality: str = "psnr", block_ks=None,
                  forecasts: tuple[int, ...] = DEFAULT_FORECASTS, reward: RewardConfig | None = None, model_path=None,
-                 pipe=None, references=None, budget_guard: bool = False):
+                 pipe=None, references=None, budget_guard: bool = False, extra_signals: tuple[str, ...] = ()):
         if quality not in QUALITY_METRICS:
             raise InvalidInputError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
         self.pairs = make_pairs(model, prompts, pairs)
@@ -83,7 +83,10 @@ class CacheEpisodes:
         self.actions: tuple[Action, ...] = step_actions(
             num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks,
             tuple(checks.count("forecast order", o) for o in forecasts))
-        self.spec = ObservationSpec.for_pipeline(pipe)
+        try:
+            self.spec = ObservationSpec.for_pipeline(pipe, tuple(extra_signals))
+        except ValueError as err:
+            raise InvalidInputError(str(err)) from None
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.spec.size,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))
         self.store = references if isinstance(references, ReferenceStore) else ReferenceStore(

@@ -67,9 +67,15 @@ class ObservationSpec:
     version: int = 1
 
     @classmethod
-    def for_pipeline(cls, pipe) -> "ObservationSpec":
-        """The default observation, plus which expert runs where the pipeline has two (Wan2.2)."""
-        return cls(DEFAULT_FEATURES + ((Feature.of_signal("expert"),) if experts_of(pipe) else ()))
+    def for_pipeline(cls, pipe, extra_signals: tuple[str, ...] = ()) -> "ObservationSpec":
+        """The default observation, plus which expert runs where the pipeline has two (Wan2.2), plus any extra
+        registered signals asked for (appended, so a default observation stays a prefix)."""
+        unknown = [n for n in extra_signals if n not in SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown signals {unknown}; registered: {', '.join(sorted(SIGNALS))}")
+        extra = tuple(dict.fromkeys(n for n in extra_signals if n not in {f.name for f in DEFAULT_FEATURES}))
+        return cls(DEFAULT_FEATURES + ((Feature.of_signal("expert"),) if experts_of(pipe) else ())
+                   + tuple(map(Feature.of_signal, extra)))
 
     @property
     def names(self) -> tuple[str, ...]:

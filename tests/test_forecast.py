@@ -12,6 +12,7 @@ from cachepilot.models.adapters import adapter_for
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import CFG, FULL, STEP, Action, InvalidActionError, attach_runtime, cache_summary, remove_cache
 from cachepilot.runtime.forecast import extrapolate
+from cachepilot.runtime.signals import rel_l1
 
 
 @pytest.fixture(params=list(TINY))
@@ -189,3 +190,26 @@ def test_the_history_kept_is_what_the_declared_order_needs():
     for order in (1, 2):
         assert sizes[order]["cond"] - sizes[0]["cond"] == order * residual
         assert sizes[order]["uncond"] - sizes[0]["uncond"] == order * 2 * residual  # residual and CFG difference
+
+
+def test_the_forecast_error_signal_compares_a_full_with_the_line_through_the_two_fulls_before():
+    tiny = TINY["wan"]()
+    model, residuals = copy.deepcopy(tiny.model), []
+    probe = Probe(tiny, model)
+    for step in range(3):
+        denoise_step(tiny, model, step)
+        cond = _records_by_branch(tiny, probe, probe.records)["cond"]
+        residuals.append(_sub(cond["out"], cond[0])[0])
+        probe.records.clear()
+
+    class Reader(FixedSchedule):
+        signals = frozenset({"forecast_rel_l1"})
+
+    attach_runtime(tiny.model, Reader([FULL] * 3, forecast=1))
+    for step in range(3):
+        denoise_step(tiny, tiny.model, step)
+    measured = [s["forecast_rel_l1"] for s in cache_summary(tiny.model).full_stats if s["branch"] == "cond"]
+    assert measured[:2] == [None, None]  # fewer than two FULLs before: no forecast to compare with
+    line = 2 * residuals[1] - residuals[0]  # steps 0 and 1 extrapolated to step 2
+    assert measured[2] == pytest.approx(rel_l1(residuals[2], line), rel=1e-4)
+    assert measured[2] != pytest.approx(rel_l1(residuals[2], residuals[1]), rel=1e-2)

@@ -55,3 +55,13 @@ def test_shipped_policies_observe_the_default_features():
 
     for name in ("policy-distill", "policy-ppo"):
         assert load_policy(embedded_path("toy-wan") / name).card.observation == ObservationSpec()
+
+
+def test_extra_signals_are_appended_to_the_default_observation_and_travel_with_it():
+    spec = ObservationSpec.for_pipeline(None, ("forecast_rel_l1", "step_fraction", "forecast_rel_l1"))
+    assert spec.features == DEFAULT_FEATURES + (Feature.of_signal("forecast_rel_l1"),)  # defaults not repeated
+    assert spec.signals_read - ObservationSpec().signals_read == {"forecast_rel_l1"}  # the runtime now computes it
+    assert ObservationSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert ObservationSpec.for_pipeline(None) == ObservationSpec()
+    with pytest.raises(ValueError, match="unknown signals \\['colour_of_the_sky'\\]"):
+        ObservationSpec.for_pipeline(None, ("colour_of_the_sky",))

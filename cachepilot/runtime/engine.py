@@ -340,9 +340,20 @@ class CacheRuntime:
     def _refresh(self, state: BranchState, name: str, sample: int, value: Streams, gap: int | None) -> None:
         """Keep a new value of a quantity, measuring the signals declared on its refresh first."""
         for signal in self.refresh_signals.get(name, ()):
-            old = state.get(name, sample)[0] if state.holds(name, sample) else None
+            old = self._forecast(state, name, sample) if signal.against == "forecast" else (
+                state.get(name, sample)[0] if state.holds(name, sample) else None)
             state.set_value(signal.name, sample, signal.measure(value[0][0], old, gap, self.call.frames))
         state.put(name, sample, value, (self.call.step, self.call.sigma), self._depth(name))
+
+    def _forecast(self, state: BranchState, name: str, sample: int) -> torch.Tensor | None:
+        """The first-order forecast of a kept quantity's first stream at this call (None without two values)."""
+        if not state.holds(name, sample, 2):
+            return None
+        times = [self._time(w) for w in state.times[name][sample][:2]]
+        at = self._time((self.call.step, self.call.sigma))
+        if None in times or at is None or times[0] == times[1]:
+            return None
+        return extrapolate([state.get(name, sample, ago)[0] for ago in range(2)], times, at)
 
     def _added_back(self, state: BranchState, sample: int, action: Action) -> Streams:
         """What a reuse adds back: the kept value of its quantity, or its forecast at this step."""

@@ -10,8 +10,9 @@ How a signal is measured (`Signal.source`):
   call     by the runtime from the call itself (step, noise level, compute spent, ...)
   change   rel-L1 change of a quantity captured this call against its kept value (from the branch's previous
            call, or from its last FULL, as the quantity's `refreshed` says)
-  refresh  `measure(new, old, gap, frames)` each time the quantity is refreshed (old: its previous value, gap:
-           calls since the previous FULL); the value holds until the next refresh
+  refresh  `measure(new, old, gap, frames)` each time the quantity is refreshed (old: its previous value, or with
+           `against="forecast"` what the first-order forecast from its last two values predicted; gap: calls since
+           the previous FULL); the value holds until the next refresh
   magcache MagCache's accumulated error of a per-call ratio signal over the calls since the last FULL
 
 All "rel-L1" values are mean|x - x_prev| / mean|x_prev| (dimensionless, >= 0). A value is None where it is not
@@ -95,6 +96,7 @@ class Signal:
     source: str = "call"  # call | change | refresh | magcache (module docstring)
     quantity: str | None = None  # the quantity it is measured on (magcache: the ratio signal it accumulates)
     measure: Measure | None = None  # refresh signals only
+    against: str = "last"  # refresh signals: measure against the last value, or its "forecast" at this call
     optional: bool = False  # computed only for policies that read it (it costs a pass over a residual)
     # how an observation normalises it: clip((f(x) - center) / scale), f = log10(x + 1e-4) when log; missing: None
     center: float = 0.0
@@ -122,6 +124,8 @@ def register_signal(signal: Signal) -> Signal:
         raise ValueError(f"signal {signal.name!r} is measured on unknown {signal.quantity!r}")
     if (signal.source == "refresh") != (signal.measure is not None):
         raise ValueError(f"signal {signal.name!r}: a measure goes with source 'refresh', and only there")
+    if signal.against not in ("last", "forecast") or (signal.against != "last" and signal.source != "refresh"):
+        raise ValueError(f"signal {signal.name!r}: against is 'last', or 'forecast' for a refresh signal")
     SIGNALS[signal.name] = signal
     if signal.optional:
         OPTIONAL_SIGNALS.add(signal.name)
@@ -206,6 +210,9 @@ for _signal in (
            "refresh", "residual", _ratio_per_call, optional=True, center=1.0, scale=0.1),
     Signal("residual_rel_l1", "rel-L1 change of the block-stack residual between the last two FULLs, per call",
            "refresh", "residual", _rel_l1_per_call, optional=True, **_REL),
+    Signal("forecast_rel_l1", "rel-L1 error of the first-order forecast of the block-stack residual (the line "
+           "through the two FULLs before) against the residual computed at the last FULL", "refresh", "residual",
+           _rel_l1, optional=True, against="forecast", **_REL),
     Signal("motion_energy", "MoReg score of the last FULL residual (0 = static, larger = more motion; AdaCache)",
            "refresh", "residual", _motion, optional=True, center=0.5, scale=0.5),
     Signal("mid_block_change", "rel-L1 change of the middle block's residual between the last two FULLs, per call "
