@@ -226,15 +226,10 @@ class CacheRuntime:
 
     def _can_reuse(self, states: list[BranchState], action: Action, sample: int) -> bool:
         """Every branch in `states` keeps what `action` adds back, with the history its forecast needs."""
-        name, count = self._kept_for(action), action.forecast + 1
-        if not all(s.holds(name, sample, count) for s in states):
-            return False
+        name = self._kept_for(action)
         if not action.forecast:
-            return True
-        times = [self._time((self.call.step, self.call.sigma))] + [
-            self._time(w) for s in states for w in s.times[name][sample][:count]]
-        return None not in times and all(len({self._time(w) for w in s.times[name][sample][:count]}) == count
-                                         for s in states)
+            return all(s.holds(name, sample) for s in states)
+        return all(self._forecast_times(s, name, sample, action.forecast) is not None for s in states)
 
     def _reuses(self, states: list[BranchState], sample: int) -> list[Action]:
         """STEP and the BLOCK actions (a probing policy reuses blocks only), and their forecasts, that `states` can
@@ -340,30 +335,37 @@ class CacheRuntime:
     def _refresh(self, state: BranchState, name: str, sample: int, value: Streams, gap: int | None) -> None:
         """Keep a new value of a quantity, measuring the signals declared on its refresh first."""
         for signal in self.refresh_signals.get(name, ()):
-            old = self._forecast(state, name, sample) if signal.against == "forecast" else (
-                state.get(name, sample)[0] if state.holds(name, sample) else None)
+            if signal.against == "forecast":
+                forecast = self._extrapolated(state, name, sample, 1)
+                old = forecast[0] if forecast is not None else None
+            else:
+                old = state.get(name, sample)[0] if state.holds(name, sample) else None
             state.set_value(signal.name, sample, signal.measure(value[0][0], old, gap, self.call.frames))
         state.put(name, sample, value, (self.call.step, self.call.sigma), self._depth(name))
 
-    def _forecast(self, state: BranchState, name: str, sample: int) -> torch.Tensor | None:
-        """The first-order forecast of a kept quantity's first stream at this call (None without two values)."""
-        if not state.holds(name, sample, 2):
+    def _forecast_times(self, state: BranchState, name: str, sample: int, order: int) -> tuple[list[float], float] | None:
+        """The times of a kept quantity's last `order` + 1 values and of this call, where a forecast of that order
+        from them is defined (that many values kept, at distinct known times); None where it is not."""
+        if not state.holds(name, sample, order + 1):
             return None
-        times = [self._time(w) for w in state.times[name][sample][:2]]
+        times = [self._time(w) for w in state.times[name][sample][: order + 1]]
         at = self._time((self.call.step, self.call.sigma))
-        if None in times or at is None or times[0] == times[1]:
+        if at is None or None in times or len(set(times)) != order + 1:
             return None
-        return extrapolate([state.get(name, sample, ago)[0] for ago in range(2)], times, at)
+        return times, at
+
+    def _extrapolated(self, state: BranchState, name: str, sample: int, order: int) -> Streams | None:
+        """A kept quantity's forecast of order `order` at this call (None where `_forecast_times` has none)."""
+        found = self._forecast_times(state, name, sample, order)
+        if found is None:
+            return None
+        history = [state.get(name, sample, ago) for ago in range(order + 1)]
+        return tuple(extrapolate([h[i] for h in history], *found) for i in range(len(history[0])))
 
     def _added_back(self, state: BranchState, sample: int, action: Action) -> Streams:
         """What a reuse adds back: the kept value of its quantity, or its forecast at this step."""
         name = self._kept_for(action)
-        if not action.forecast:
-            return state.get(name, sample)
-        history = [state.get(name, sample, ago) for ago in range(action.forecast + 1)]
-        times = [self._time(w) for w in state.times[name][sample][: action.forecast + 1]]
-        at = self._time((self.call.step, self.call.sigma))
-        return tuple(extrapolate([h[i] for h in history], times, at) for i in range(len(history[0])))
+        return self._extrapolated(state, name, sample, action.forecast) if action.forecast else state.get(name, sample)
 
     # ---- execution ------------------------------------------------------------------------
     def _capture(self, block: torch.nn.Module, args: tuple, kwargs: dict, hidden: torch.Tensor) -> None:
