@@ -73,9 +73,9 @@ class ObservationSpec:
         unknown = [n for n in extra_signals if n not in SIGNALS]
         if unknown:
             raise ValueError(f"unknown signals {unknown}; registered: {', '.join(sorted(SIGNALS))}")
-        extra = tuple(dict.fromkeys(n for n in extra_signals if n not in {f.name for f in DEFAULT_FEATURES}))
-        return cls(DEFAULT_FEATURES + ((Feature.of_signal("expert"),) if experts_of(pipe) else ())
-                   + tuple(map(Feature.of_signal, extra)))
+        base = DEFAULT_FEATURES + ((Feature.of_signal("expert"),) if experts_of(pipe) else ())
+        extra = dict.fromkeys(n for n in extra_signals if n not in {f.name for f in base})
+        return cls(base + tuple(map(Feature.of_signal, extra)))
 
     @property
     def names(self) -> tuple[str, ...]:
