@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import tempfile
+from pathlib import Path
 
 from cachepilot.errors import InvalidInputError
 
@@ -74,3 +76,67 @@ def prompt(text) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError(f"the prompt is empty ({text!r}); say what the video should show")
     return text
+
+
+def device(value: str | None) -> str | None:
+    """A torch device this machine has (cpu, cuda, cuda:1, mps, ...); None: where the pipeline loads."""
+    if value is None:
+        return None
+    import torch  # only where a device is named: listing models needs no torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidInputError(f"device {value!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cpu":
+        return value
+    backend = getattr(torch, dev.type, None) if dev.type != "mps" else torch.backends.mps
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        raise InvalidInputError(f"device {value!r}: this machine has no {dev.type} device that torch "
+                                f"{torch.__version__} can use; run on cpu, or install a torch build for it")
+    count = getattr(backend, "device_count", None)
+    if dev.index is not None and count is not None and dev.index >= count():
+        raise InvalidInputError(f"device {value!r}: this machine has {count()} {dev.type} device(s)")
+    return value
+
+
+def folder(value) -> Path:
+    """A folder to write into: it may not exist yet, but neither it nor any folder above it may be a file."""
+    path = Path(value)
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise InvalidInputError(f"{value} cannot be a folder: {part} is a file")
+            break
+    return path
+
+
+def output_file(value) -> Path:
+    """A file to write, in folders that may not exist yet: not a folder, and nothing above it a file."""
+    path = Path(value)
+    if path.is_dir():
+        raise InvalidInputError(f"{value} is a folder; name a file")
+    folder(path.parent)
+    return path
+
+
+def writable_file(value) -> Path:
+    """A file that can really be written (tried now: permission bits say nothing for root, and /proc or a
+    read-only mount refuse anyway), in a folder that exists."""
+    path = Path(value)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InvalidInputError(f"cannot write to {path}: the folder {parent} does not exist")
+    if path.is_dir():
+        raise InvalidInputError(f"cannot write to {path}: it is a folder")
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.stem}.", suffix=path.suffix):
+                pass
+    except OSError as err:
+        raise InvalidInputError(f"cannot write to {path}: {(err.strerror or str(err)).lower()}") from None
+    return path

@@ -36,8 +36,19 @@ def _print_table(title: str, columns: list[str], rows: list[list]) -> None:
 
 
 def _read_prompts(path: str) -> list[str]:
-    """One prompt per non-empty line."""
-    return [p.strip() for p in Path(path).read_text().splitlines() if p.strip()]
+    """One prompt per non-empty line of a UTF-8 text file; an error names the file where there are none."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(f"--prompts-file {path}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"--prompts-file {path} is a folder; give a text file, one prompt per line") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInputError(f"--prompts-file {path} cannot be read as UTF-8 text ({err})") from None
+    prompts = [p.strip() for p in text.splitlines() if p.strip()]
+    if not prompts:
+        raise InvalidInputError(f"--prompts-file {path} holds no prompts; write one prompt per line")
+    return prompts
 
 
 def _source(args):
@@ -79,13 +90,14 @@ def cmd_generate(args) -> int:
     # the command's own code (module docstring)
     from cachepilot.infer.generate import generate
     from cachepilot.infer.plugin import apply_cache
+    from cachepilot.models.limits import check_generation, video_size
     from cachepilot.models.registry import weights_path
     from cachepilot.models.stepping import generation_options
     from cachepilot.policies.calibration import find_calibration, load_calibration
     from cachepilot.policies.policy_file import load_policy
     from cachepilot.policies.registry import get_baseline
     from cachepilot.runtime import cache_summary
-    from cachepilot.video import check_writable, save_video
+    from cachepilot.video import check_output_size, check_writable, save_video
 
     check_writable(args.out)
     if args.budget is not None and args.cache != "learned":
@@ -93,10 +105,14 @@ def cmd_generate(args) -> int:
     if args.knob is not None and args.cache in ("none", "learned"):
         raise InvalidInputError(f"--knob applies to the baselines; --cache {args.cache} takes none")
     pipe = _source(args).load()
+    size = video_size(pipe, generation_options(pipe))
+    check_generation(pipe, 1, args.steps, generation_options(pipe))
+    check_output_size(size["num_frames"] or 1, size["height"] or 1, size["width"] or 1, args.scale)
     if args.cache == "learned":
         policy = args.policy or weights_path(args.model, args.model_path) / "policy-distill"
         budget = 0.35 if args.budget is None else args.budget
-        apply_cache(pipe, load_policy(policy), num_inference_steps=args.steps, budget=budget)
+        apply_cache(pipe, load_policy(policy), num_inference_steps=args.steps, guidance_scale=args.guidance,
+                    budget=budget)
     elif args.cache != "none":
         knobs = {} if args.knob is None else {get_baseline(args.cache).knob: args.knob}
         calibration = load_calibration(args.calibration) if args.calibration else find_calibration(pipe, args.model)
@@ -152,28 +168,52 @@ def toy_wan_card_sections() -> dict:
     }
 
 
+def _card_to_update(args) -> Path:
+    """The model folder whose card a check may record into: never a shipped one, and never over a record made on
+    more videos or steps unless `--force`."""
+    from cachepilot.models.card import read_card  # command's own code (module docstring)
+    from cachepilot.models.registry import shipped_folder, weights_path
+
+    folder = weights_path(args.model, args.model_path)
+    if folder.resolve().is_relative_to(shipped_folder().resolve()):
+        raise InvalidInputError(f"{folder} ships with cachepilot and its card is not written; check a copy or an "
+                                "export of the model instead (--model-path DIR)")
+    recorded = read_card(folder).get("quality", {})
+    weaker = [f"{key} {asked} < {recorded[key]}" for key, asked in (("videos", args.pairs), ("steps", args.steps))
+              if isinstance(recorded.get(key), int) and asked < recorded[key]]
+    if weaker and not args.force:
+        raise InvalidInputError(f"{folder / 'card.json'} records a check on more ({', '.join(weaker)}); pass --force to "
+                                "replace it with this one")
+    return folder
+
+
 def cmd_check_model(args) -> int:
     # the command's own code (module docstring)
     from cachepilot.io import atomic_write_text
     from cachepilot.models.card import update_card
-    from cachepilot.models.registry import get_spec, load_pipeline, weights_path
+    from cachepilot.models.registry import get_spec, load_pipeline
     from cachepilot.models.toy_wan import checker
 
     if get_spec(args.model).family != "toy-wan":
         raise CachepilotError("check-model judges toy-wan videos (synthetic shapes); real models have no such checker")
+    if args.force and not args.update_card:
+        raise InvalidInputError("--force applies to --update-card")
+    json_path = checks.writable_file(args.json) if args.json else None  # before the check, not after it
+    card_folder = _card_to_update(args) if args.update_card else None
     pipe = load_pipeline(args.model, args.model_path)
     summary, verdicts = checker.evaluate(pipe, split=args.split, pairs=args.pairs, steps=args.steps, guidance=args.guidance)
     _print_table(f"toy-wan checker on {args.pairs} {args.split} pairs", ["metric", "value"],
                  [["colour accuracy", f"{summary['colour_accuracy']:.1%}"], ["motion accuracy", f"{summary['motion_accuracy']:.1%}"]])
-    if args.json:
+    if json_path is not None:
         details = [{"prompt": v.prompt, "colour_ok": v.colour_ok, "motion_ok": v.motion_ok,
                     "colours_found": v.colours_found, "directions_found": v.directions_found} for v in verdicts]
-        atomic_write_text(args.json, json.dumps({"summary": summary, "videos": details}, indent=2) + "\n")
+        atomic_write_text(json_path, json.dumps({"summary": summary, "videos": details}, indent=2) + "\n")
     verdict = checker.bar_verdict(summary)
     print(verdict)
-    if args.update_card:
-        quality = summary | {"bar": verdict, "command": "cachepilot check-model toy-wan --update-card"}
-        update_card(weights_path(args.model, args.model_path), quality=quality)
+    if card_folder is not None:
+        quality = summary | {"bar": verdict, "command": "cachepilot check-model toy-wan --model-path DIR --update-card"}
+        update_card(card_folder, quality=quality)
+        print(f"recorded in {card_folder / 'card.json'}")
     return 0
 
 
@@ -252,6 +292,22 @@ _POSITIVE = _checked(lambda v: checks.positive("value", v))
 _SHARE = _checked(lambda v: checks.number("value", v, low=0.0, high=1.0))
 
 
+def _path_check(check):
+    """An argparse type: a path that `check` accepts, refused in one line where it does not."""
+    def path(text: str) -> str:
+        try:
+            check(text)
+        except InvalidInputError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        return text
+    return path
+
+
+_FOLDER = _path_check(checks.folder)
+_OUTPUT_FILE = _path_check(checks.output_file)
+_DEVICE = _path_check(checks.device)
+
+
 def _budgets(text: str) -> tuple[float, ...]:
     """Comma-separated fractions of full compute."""
     return tuple(_BUDGET(v.strip()) for v in text.split(","))
@@ -261,10 +317,34 @@ def _budgets_or_none(text: str) -> tuple[float, ...]:
     return () if text.strip().lower() in ("", "none") else _budgets(text)
 
 
+def _one_line(message: str) -> str:
+    """An error as one line: a newline it quotes (a path can hold one) is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, as every other error of the command line
-        print(f"cachepilot: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"cachepilot: error: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+# Flags of one algorithm only, with their defaults: given with the other algorithm they are refused, not ignored.
+ALGORITHM_FLAGS = {
+    "distill": {"rounds": 2, "relabel": "reference", "searched_budgets": (0.15,), "epochs": 200, "val_every": 50,
+                "accelerator": "cpu", "devices": "1", "strategy": "auto"},
+    "ppo": {"timesteps": 12_000, "init_from": None, "fresh": False},
+}
+
+
+def _algorithm_flags(args) -> None:
+    """Refuse the flags of the other algorithm; fill in the defaults of this one's."""
+    for algo, flags in ALGORITHM_FLAGS.items():
+        for name, default in flags.items():
+            given = getattr(args, name)
+            if algo != args.algo and given is not None:
+                raise InvalidInputError(f"--{name.replace('_', '-')} applies to --algo {algo}, not {args.algo}")
+            if given is None:
+                setattr(args, name, default)
 
 
 def cmd_train(args) -> int:
@@ -274,6 +354,7 @@ def cmd_train(args) -> int:
     from cachepilot.train.distill import DistillConfig, distill
     from cachepilot.train.rl import PPOConfig, train_ppo
 
+    _algorithm_flags(args)
     prompts, val_prompts = _prompt_pairs(args, get_spec(args.model).family, args.pairs, args.val_pairs)
     source = _source(args)
     out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force,
@@ -293,7 +374,7 @@ def cmd_train(args) -> int:
                            seed=args.seed)
         bundle, _ = train_ppo(out, config, model=source, run_dir=args.run_dir, steps=args.steps,
                               guidance=args.guidance, references=args.references, prompts=prompts,
-                              val_prompts=val_prompts)
+                              val_prompts=val_prompts, fresh=args.fresh)
     print(f"policy saved to {out} ({bundle.net.num_parameters} parameters, "
           f"{bundle.card.training['wall_minutes']} min)")
     return 0
@@ -333,7 +414,7 @@ def _model_arguments(p, prompts_file: str | None = None) -> None:
     """Which model, from where, on which device and in which dtype, and the video size it generates."""
     p.add_argument("--model", default="toy-wan")
     p.add_argument("--model-path", help="local diffusers folder with the model's weights")
-    p.add_argument("--device", help="torch device to run on, e.g. cuda (default: cpu)")
+    p.add_argument("--device", type=_DEVICE, help="torch device to run on, e.g. cuda (default: cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="weights' dtype (default: as saved)")
     p.add_argument("--height", type=_COUNT, help="video height in pixels (default: the pipeline's)")
     p.add_argument("--width", type=_COUNT, help="video width in pixels (default: the pipeline's)")
@@ -370,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-model", help="train (or resume training) the toy-wan testbed model and export it")
     p.add_argument("model", help="toy-wan")
-    p.add_argument("--run-dir", default="runs/toy-wan", help="Lightning checkpoints and TensorBoard logs")
-    p.add_argument("--out", help="where the exported pipeline folder goes (default: runs/<model>/model)")
+    p.add_argument("--run-dir", type=_FOLDER, default="runs/toy-wan", help="Lightning checkpoints and TensorBoard logs")
+    p.add_argument("--out", type=_FOLDER, help="where the exported pipeline folder goes (default: runs/<model>/model)")
     p.add_argument("--force", action="store_true", help="replace a shipped model folder (e.g. the installed toy-wan)")
     p.add_argument("--max-steps", type=_COUNT, default=20_000, help="total optimiser steps (counting resumed ones)")
     p.add_argument("--batch-size", type=_COUNT, default=8)
@@ -390,9 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a cache policy (distillation from the oracle, or PPO) and save it")
     _model_arguments(p, "one prompt per line (real models): the first --pairs train, the next --val-pairs validate")
     p.add_argument("--algo", choices=["distill", "ppo"], default="distill")
-    p.add_argument("--out", help="policy directory (default: runs/<model>/policy-<algo>)")
+    p.add_argument("--out", type=_FOLDER, help="policy directory (default: runs/<model>/policy-<algo>)")
     p.add_argument("--force", action="store_true", help="replace a shipped policy (one beside the model's weights)")
-    p.add_argument("--run-dir", help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: <out>.run); "
+    p.add_argument("--run-dir", type=_FOLDER, help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: "
+                   "<out>.run); "
                    "a rerun resumes from it")
     p.add_argument("--steps", type=_COUNT, default=50)
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
@@ -400,24 +482,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-pairs", type=_COUNT, default=8)
     p.add_argument("--budgets", type=_budgets, default="0.15,0.2,0.3,0.4,0.5,0.6",
                    help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
-    p.add_argument("--rounds", type=_COUNT0, default=2, help="distill: DAgger rounds after the oracle's own")
-    p.add_argument("--relabel", choices=["reference", "reached"], default="reference",
-                   help="distill: DAgger costs the segment under way from the oracle's table (default) or measures it "
-                   "from the state the student reached (real forks of its trajectory; slower)")
-    p.add_argument("--searched-budgets", type=_budgets_or_none, default="0.15",
+    p.add_argument("--rounds", type=_COUNT0, help="distill: DAgger rounds after the oracle's own (default 2)")
+    p.add_argument("--relabel", choices=["reference", "reached"],
+                   help="distill: DAgger costs the segment under way from the oracle's table (reference, the default) "
+                   "or measures it from the state the student reached (real forks of its trajectory; slower)")
+    p.add_argument("--searched-budgets", type=_budgets_or_none,
                    help="distill: those of --budgets taught by one schedule searched with real rollouts on train pairs "
-                   "instead of the DP (about 4 minutes each on 2 cores for toy-wan; none: the DP everywhere)")
-    p.add_argument("--epochs", type=_COUNT, default=200, help="distill: epochs per round")
-    p.add_argument("--val-every", type=_COUNT, default=50, help="distill: epochs between real-generation scores of "
-                   "the student on the val pairs (1: every epoch; each costs a few seconds)")
-    p.add_argument("--timesteps", type=_COUNT, default=12_000, help="ppo: environment steps in total")
+                   "instead of the DP (default 0.15; about 4 minutes each on 2 cores for toy-wan; none: the DP "
+                   "everywhere)")
+    p.add_argument("--epochs", type=_COUNT, help="distill: epochs per round (default 200)")
+    p.add_argument("--val-every", type=_COUNT, help="distill: epochs between real-generation scores of the student on "
+                   "the val pairs (default 50; 1: every epoch; each costs a few seconds)")
+    p.add_argument("--timesteps", type=_COUNT, help="ppo: environment steps in total (default 12000); a rerun may ask "
+                   "for more to train on")
     p.add_argument("--init-from", help="ppo: warm-start the actor from this policy file (e.g. the distilled one)")
+    p.add_argument("--fresh", action="store_true", default=None, help="ppo: delete the run folder's checkpoint and "
+                   "start over (a rerun otherwise resumes it, and refuses other settings than it was made with)")
     p.add_argument("--num-envs", type=_COUNT, default=8, help="episodes run in one batch")
-    p.add_argument("--references", help="reference store folder (default: $CACHEPILOT_REFERENCES or ~/.cache)")
+    p.add_argument("--references", type=_FOLDER, help="reference store folder (default: $CACHEPILOT_REFERENCES or "
+                   "~/.cache)")
     p.add_argument("--seed", type=_SEED, default=0)
-    p.add_argument("--accelerator", default="cpu", help="distill: Lightning Trainer flag")
-    p.add_argument("--devices", default="1", help="distill: Lightning Trainer flag (e.g. 2 with --strategy ddp)")
-    p.add_argument("--strategy", default="auto", help="distill: Lightning Trainer flag (ddp, ddp_spawn, ...)")
+    p.add_argument("--accelerator", help="distill: Lightning Trainer flag (default cpu)")
+    p.add_argument("--devices", help="distill: Lightning Trainer flag (default 1; e.g. 2 with --strategy ddp)")
+    p.add_argument("--strategy", help="distill: Lightning Trainer flag (default auto; ddp, ddp_spawn, ...)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ablate", help="run every cache method on the same prompts and seeds; tables, Pareto plot, GIF")
@@ -435,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "--quick: 2)")
     p.add_argument("--policies", help="comma list of policy folders (default: every policy-* beside the weights)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pairs, default knobs, one budget")
-    p.add_argument("--out", default="results/ablation", help="output folder; its runs/ are reused on a rerun")
+    p.add_argument("--out", type=_FOLDER, default="results/ablation", help="output folder; its runs/ are reused on a "
+                   "rerun")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("calibrate", help="fit TeaCache / MagCache / AdaCache / MixCache statistics for a model")
@@ -443,7 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=_COUNT, default=16, help="how many prompts (toy-wan: sampled from the train split)")
     p.add_argument("--steps", type=_COUNT, default=50)
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
-    p.add_argument("--out", help="default: runs/<model>/calibration.json")
+    p.add_argument("--out", type=_OUTPUT_FILE, help="default: runs/<model>/calibration.json")
     p.add_argument("--force", action="store_true", help="replace a shipped calibration (one beside the model's weights)")
     p.set_defaults(func=cmd_calibrate)
 
@@ -455,7 +543,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_COUNT, default=50)
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--json", help="write per-video verdicts here")
-    p.add_argument("--update-card", action="store_true", help="store the scores in the model card")
+    p.add_argument("--update-card", action="store_true", help="store the scores in the card of the model folder given "
+                   "by --model-path (never in a shipped one)")
+    p.add_argument("--force", action="store_true", help="with --update-card: replace a record made on more videos or "
+                   "steps")
     p.set_defaults(func=cmd_check_model)
 
     p = sub.add_parser("references", help="the store of full-compute reference outputs used by the environments")
@@ -468,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=_GUIDANCE, default=5.0)
     p.add_argument("--trajectory", action="store_true", help="also store per-step latents and signals")
     p.add_argument("--batch-size", type=_COUNT, default=16)
-    p.add_argument("--root", help="store folder (default: $CACHEPILOT_REFERENCES or ~/.cache/cachepilot/references)")
+    p.add_argument("--root", type=_FOLDER, help="store folder (default: $CACHEPILOT_REFERENCES or "
+                   "~/.cache/cachepilot/references)")
     p.set_defaults(func=cmd_references_build)
     return parser
 
@@ -478,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CachepilotError as err:
-        print(f"cachepilot: error: {err}", file=sys.stderr)
+        print(f"cachepilot: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cachepilot: interrupted", file=sys.stderr)

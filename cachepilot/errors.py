@@ -23,3 +23,7 @@ class InvalidInputError(CachepilotError, ValueError):
 
 class NonFiniteLatentsError(CachepilotError):
     pass
+
+
+class IntegrityError(CachepilotError):
+    """A file is missing, altered or not what it claims to be."""

@@ -14,15 +14,11 @@ import hashlib
 import json
 from pathlib import Path
 
-from cachepilot.errors import CachepilotError
+from cachepilot.errors import IntegrityError
 from cachepilot.io import atomic_write_text
 
 MANIFEST = "checksums.json"
 CHECKSUM = "checksum"  # the field a sealed JSON record keeps its own checksum in
-
-
-class IntegrityError(CachepilotError):
-    """A file is missing, altered or not what it claims to be."""
 
 
 def file_digest(path: Path) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cachepilot.errors import CachepilotError
+from cachepilot.errors import CachepilotError, IntegrityError
 
 
 def _umask() -> int:
@@ -21,22 +21,30 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it."""
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """A temporary file beside `path`, with its suffix and the permissions a plain `open` would give, for a writer
+    that takes a file name; it replaces `path` when the block ends without an error, and is removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes the file private (0600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -63,20 +71,23 @@ def set_aside(path: str | Path) -> Path:
 
 def read_or_set_aside(path: str | Path, reader, log=print, also=()):
     """`reader(path)`, or None when the file is missing. A file the reader cannot read (whatever it raises: a
-    truncated zip, broken JSON, a pickle cut short) is damaged: it and the files `also` written with it are set
-    aside, one line says so, and the caller computes it again."""
+    truncated zip, broken JSON, a checksum that does not match) is damaged: it and the files `also` written with it
+    are set aside, one line says so, and the caller computes it again."""
     path = Path(path)
     if not path.exists():
         return None
     try:
         return reader(path)
+    except IntegrityError as err:  # altered, truncated or unverifiable: damaged, like a file that does not parse
+        damage = err
     except CachepilotError:  # the file is whole but does not fit what is asked of it: the user's to decide
         raise
     except Exception as err:  # noqa: BLE001 - any other failure to read a stored file means it is damaged
-        moved = [set_aside(p).name for p in (path, *map(Path, also)) if p.exists()]
-        log(f"{path.name} is damaged ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); set "
-            f"aside as {', '.join(moved)}, computing it again")
-        return None
+        damage = err
+    moved = [set_aside(p).name for p in (path, *map(Path, also)) if p.exists()]
+    log(f"{path.name} is damaged ({type(damage).__name__}: {str(damage).splitlines()[0] if str(damage) else ''}); "
+        f"set aside as {', '.join(moved)}, computing it again")
+    return None
 
 
 @contextlib.contextmanager

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import torch
 
 from cachepilot import checks
 from cachepilot.errors import InvalidInputError
+from cachepilot.io import atomic_output
+from cachepilot.models.limits import available_memory
 
 FORMATS = (".gif", ".mp4")
 
@@ -20,21 +21,23 @@ def check_writable(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise InvalidInputError(f"output must end in {' or '.join(FORMATS)}: {path}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InvalidInputError(f"output folder does not exist: {parent}")
-    if path.is_dir():
-        raise InvalidInputError(f"cannot write to {path}: it is a folder")
-    try:  # try it: permission bits say nothing for root, and /proc or a read-only mount refuse anyway
-        if path.exists():
-            with open(path, "ab"):
-                pass
-        else:
-            with tempfile.NamedTemporaryFile(dir=parent, prefix=f".{path.stem}.", suffix=path.suffix):
-                pass
-    except OSError as err:
-        raise InvalidInputError(f"cannot write to {path}: {(err.strerror or str(err)).lower()}") from None
-    return path
+    return checks.writable_file(path)
+
+
+MAX_SIDE = 65_535  # the largest frame side a GIF can hold
+
+
+def check_output_size(frames: int, height: int, width: int, scale: int) -> None:
+    """Refuse, before anything is generated or allocated, an upscale whose frames no video file or memory holds."""
+    scale = checks.count("scale", scale)
+    side = max(height, width) * scale
+    if side > MAX_SIDE:
+        raise InvalidInputError(f"scale {scale} makes frames {side} pixels wide; a video file takes at most {MAX_SIDE} "
+                                f"(use a scale of at most {max(1, MAX_SIDE // max(height, width))})")
+    needed, free = frames * height * width * 3 * scale * scale, available_memory(torch.device("cpu"))
+    if free is not None and needed > free // 2:
+        raise InvalidInputError(f"scale {scale} makes a {needed / 2**30:.1f} GiB video; this machine has "
+                                f"{free / 2**30:.1f} GiB free")
 
 
 def to_uint8(frames: np.ndarray, scale: int = 1) -> np.ndarray:
@@ -48,16 +51,11 @@ def to_uint8(frames: np.ndarray, scale: int = 1) -> np.ndarray:
 def save_video(frames: np.ndarray, path: str | Path, fps: int = 8, scale: int = 8) -> Path:
     fps, scale = checks.count("fps", fps), checks.count("scale", scale)
     path = check_writable(path)
+    check_output_size(*np.shape(frames)[:3], scale)
     data = to_uint8(frames, scale)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         if path.suffix.lower() == ".gif":
             iio.imwrite(tmp, data, extension=".gif", duration=1000 / fps, loop=0)
         else:
             iio.imwrite(tmp, data, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

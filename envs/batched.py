@@ -13,12 +13,15 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env import VecEnv
 
+from cachepilot import checks
+
 from .episodes import CacheEpisodes, Episode
 
 
 class BatchedCacheEnv(VecEnv):
     render_mode = None
     def __init__(self, num_envs: int = 8, model: str = "toy-wan", **kwargs):
+        num_envs = checks.count("num_envs", num_envs)
         self.episodes = CacheEpisodes(model=model, **kwargs)
         self.actions = self.episodes.actions
         self.observation_spec = self.episodes.spec

@@ -44,7 +44,8 @@ def make_pairs(model, prompts, pairs: int | None) -> list[tuple[str, int]]:
     model = ModelSource.of(model).name
     if isinstance(prompts, str):
         if model != "toy-wan":
-            raise ValueError(f"prompt split {prompts!r} exists for toy-wan only; pass a list of prompts for {model!r}")
+            raise InvalidInputError(f"prompt split {prompts!r} exists for toy-wan only; pass a list of prompts for "
+                                    f"{model!r}")
         prompts = load_split(prompts)
     prompts = [checks.prompt(p) for p in prompts]
     if not prompts:
@@ -54,7 +55,12 @@ def make_pairs(model, prompts, pairs: int | None) -> list[tuple[str, int]]:
 
 
 def _budget_range(budget) -> tuple[float, float]:
-    lo, hi = (budget, budget) if isinstance(budget, numbers.Real) else tuple(budget)
+    if isinstance(budget, numbers.Real):
+        lo, hi = budget, budget
+    elif isinstance(budget, (tuple, list)) and len(budget) == 2:
+        lo, hi = budget
+    else:
+        raise InvalidInputError(f"budget must be a fraction of full compute or a (low, high) range, got {budget!r}")
     lo, hi = checks.budget(lo, "budget range start"), checks.budget(hi, "budget range end")
     if lo > hi:
         raise InvalidInputError(f"budget range [{lo}, {hi}] is empty")

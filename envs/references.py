@@ -25,6 +25,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from cachepilot import checks
 from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.models.stepping import generate, generation_options
 from cachepilot.provenance import identifying_config
@@ -122,7 +123,7 @@ class _Recorder(BasePolicy):
 class ReferenceStore:
     def __init__(self, pipe, model: str, steps: int = 50, guidance: float = 5.0, root: str | Path | None = None):
         self.pipe, self.model, self.steps, self.guidance = pipe, model, int(steps), float(guidance)
-        self.root = Path(root) if root is not None else default_root()
+        self.root = checks.folder(root) if root is not None else default_root()
         self.model_hash = model_hash(pipe)
         self.scheduler = scheduler_id(pipe)
         options = generation_options(pipe)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cachepilot import checks
 from cachepilot.envs.references import model_hash
 from cachepilot.errors import CachepilotError
 from cachepilot.evaluation.harness import generate_with, timed_reference
@@ -34,6 +35,7 @@ from cachepilot.models.adapters import num_blocks
 from cachepilot.models.registry import ModelSource, get_spec, weights_path
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.calibration import find_calibration
+from cachepilot.policies.learned import lowest_budget
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
 from cachepilot.policies.registry import BASELINES, calibration_covers, make_baseline
 from cachepilot.policies.schedule import FixedSchedule
@@ -140,8 +142,7 @@ class Setting:
         called = ("-" + _digest(json.dumps([config.options, config.device], default=str).encode())[:8]
                   if config.options or config.device else "")  # another video size or device: other runs
         self.dir = root / "runs" / (f"{config.model}-{self.model_hash[:12]}-{name}-pairs{config.pairs}"
-                                    f"-steps{config.steps}-guidance{config.guidance:g}{called}")
-        self.dir.mkdir(parents=True, exist_ok=True)
+                                    f"-steps{config.steps}-guidance{config.guidance:g}{called}")  # made at its first file
         self.lpips_note: str | None = None
         self.policy_digests: dict[str, str] = {}  # learned method -> digest of its weights (learned_policies)
 
@@ -217,8 +218,13 @@ class Setting:
 
         def run_of(p: Path) -> tuple[Run, str]:
             data = json.loads(p.read_text())
-            if len(data["psnr"]) != self.config.pairs:
-                raise ValueError(f"it scores {len(data['psnr'])} pairs, not {self.config.pairs}")
+            for key in ("computed_fraction", "psnr", "ssim", *(("lpips",) if data["lpips"] is not None else ())):
+                if len(data[key]) != self.config.pairs:
+                    raise ValueError(f"it scores {len(data[key])} pairs by {key}, not {self.config.pairs}")
+                if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in data[key]):
+                    raise ValueError(f"its {key} holds a value that is not a finite number")
+            if not math.isfinite(float(data["wall"])):
+                raise ValueError("its wall time is not a finite number")
             if np.load(frames_path)["frames"].shape[0] != min(self.config.gif_pairs, self.config.pairs):
                 raise ValueError(f"{frames_path.name} holds frames of other pairs")
             return Run(entry, list(data["computed_fraction"]), list(data["psnr"]), list(data["ssim"]), data["lpips"],
@@ -283,12 +289,13 @@ def _split_prompts(model: str, split: str) -> list[str]:
 
 # ---- which runs ---------------------------------------------------------------------------------
 def learned_policies(setting: Setting) -> dict[str, object]:
-    """name -> PolicyBundle for each policy folder that fits this pipeline and step count (others are
+    """name -> PolicyBundle for each policy folder named in `config.policies`, each of which must load and fit this
+    pipeline and step count; without names, for each policy-* folder beside the weights that does (the others are
     reported and skipped)."""
     config = setting.config
-    folders = config.policies
-    if folders is None:
-        folders = sorted(str(p) for p in setting.weights.glob("policy-*") if p.is_dir()) if setting.weights else []
+    named = config.policies is not None
+    folders = config.policies if named else (
+        sorted(str(p) for p in setting.weights.glob("policy-*") if p.is_dir()) if setting.weights else [])
     bundles = {}
     for folder in folders:
         name = "learned-" + Path(folder).name.removeprefix("policy-")
@@ -296,8 +303,12 @@ def learned_policies(setting: Setting) -> dict[str, object]:
             bundle = load_policy(folder)
             bundle.check_pipeline(setting.pipe, config.steps)
         except (PolicyFileError, CachepilotError) as error:
+            if named:
+                raise CachepilotError(f"policy {folder} cannot be ablated: {error}") from None
             setting.log(f"skipping policy {folder}: {error}")
             continue
+        if name in bundles:
+            raise CachepilotError(f"two policies are named {name}: give folders with different names")
         bundles[name] = bundle
         setting.policy_digests[name] = bundle.weights_sha256[:16]
     return bundles
@@ -314,11 +325,18 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     if unknown:
         raise CachepilotError(f"unknown method(s) {', '.join(unknown)}; choose from all, {', '.join(known)}")
     entries = []
+
+    def skip(name: str, reason: str) -> None:
+        """A method that cannot run here: skipped from "all", an error where it was named."""
+        if config.methods != "all":
+            raise CachepilotError(f"{name} cannot run on this model: {reason}")
+        setting.log(f"skipping {name}: {reason}")
+
     for name in baselines:
         if name in wanted:
             b = BASELINES[name]
             if not calibration_covers(setting.calibration, b):
-                setting.log(f"skipping {name}: no calibration.json beside the weights (`cachepilot calibrate`)")
+                skip(name, "no calibration.json beside the weights (`cachepilot calibrate`)")
                 continue
             entries += sweep_entries(b, "baseline", config.sweeps)
     for name in PEERS:
@@ -327,20 +345,26 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
         if name in wanted and name in peers:
             p = PEERS[name]
             reason = unsupported_reason(name, setting.pipe)
+            if reason is None and not calibration_covers(setting.calibration, p):
+                reason = "no calibration.json beside the weights"
             if reason is not None:
-                setting.log(f"skipping {name}: {reason}")
-                continue
-            if not calibration_covers(setting.calibration, p):
-                setting.log(f"skipping {name}: no calibration.json beside the weights")
+                skip(name, reason)
                 continue
             entries += sweep_entries(p, "peer", config.sweeps)
     for name in UNIFORM:  # the oracle's FULL count, evenly spaced: what the oracle's placement is worth
         if name in wanted:
             entries += [Entry(name, float(b), "schedule", "budget") for b in config.oracle_budgets]
+    floor = lowest_budget(config.steps)
+    if bundles and any(b < floor for b in config.budgets):
+        setting.log(f"learned policies skip budgets under {floor:.3g}: a {config.steps}-step generation computes its "
+                    "first step in full")
     for name, bundle in bundles.items():
         if name in wanted or "learned" in wanted:
             lo, hi = bundle.card.budget_range
-            entries += [Entry(name, float(b), "learned", "budget") for b in config.budgets if lo <= b <= hi]
+            entries += [Entry(name, float(b), "learned", "budget") for b in config.budgets
+                        if lo <= b <= hi and b >= floor - 1e-9]
+    if "learned" in wanted and not any(e.kind == "learned" for e in entries):
+        skip("learned", "no policy beside the weights fits this model, step count and --budgets")
     if "oracle-dp" in wanted or "oracle" in wanted:  # last: the search starts from the runs above
         entries += [Entry("oracle-dp", float(b), "dp", "budget") for b in config.oracle_budgets]
     if "oracle" in wanted:
@@ -455,7 +479,7 @@ class Ablation:
 
 def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Ablation:
     """Run (or reuse) every entry, then write the report into `out`."""
-    out = Path(out)
+    out = checks.folder(out)
     setting = Setting(config, out, log)
     bundles = learned_policies(setting)
     entries = plan(setting, bundles)

@@ -7,6 +7,7 @@ import torch
 
 from cachepilot import checks
 from cachepilot.errors import NonFiniteLatentsError
+from cachepilot.models.limits import check_generation
 
 
 def _stop_on_non_finite(pipe, step: int, timestep, tensors: dict) -> dict:
@@ -30,6 +31,7 @@ def generate(
     a batch uses seed + i)."""
     prompts = [checks.prompt(p) for p in ([prompt] if isinstance(prompt, str) else list(prompt))]
     steps, guidance, seed = checks.count("steps", steps), checks.guidance(guidance), checks.seed(seed, len(prompts))
+    check_generation(pipe, len(prompts), steps, pipe_kwargs)
     if hasattr(pipe.text_encoder, "tokenize"):
         pipe.text_encoder.tokenize(prompts)  # fail on unknown words before any compute
     pipe.set_progress_bar_config(disable=not progress)

@@ -76,6 +76,11 @@ def within_budget(valid: np.ndarray, actions: Sequence[Action], num_blocks: int,
     return kept if kept.any() else valid
 
 
+def lowest_budget(steps: int) -> float:
+    """The least a `steps`-step generation can spend under a learned policy: its first step computes in full."""
+    return 1.0 / steps
+
+
 def masked_argmax(logits: torch.Tensor | np.ndarray, masks: np.ndarray) -> list[int]:
     """The best allowed action per row (first one on ties)."""
     if isinstance(logits, torch.Tensor):
@@ -84,17 +89,20 @@ def masked_argmax(logits: torch.Tensor | np.ndarray, masks: np.ndarray) -> list[
 
 
 class LearnedPolicy(StepLevelPolicy):
-    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it. `steps`: the
-    step count it was trained at; a generation with another one is refused at its first decision."""
+    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it. `steps` and
+    `guidance`: the step count and guidance scale it was trained at; a generation with others is refused at its
+    first decision, as is a budget under what the step count allows (`lowest_budget`)."""
 
     name = "learned"
 
     def __init__(self, net: PolicyNet, spec: ObservationSpec, actions: Sequence[Action], num_blocks: int,
-                 budget: float, budget_guard: bool = True, steps: int | None = None):
+                 budget: float, budget_guard: bool = True, steps: int | None = None, guidance: float | None = None):
         super().__init__(actions)
         self.net, self.spec, self.num_blocks = net.eval(), spec, int(num_blocks)
         self.budget, self.budget_guard = checks.budget(budget), budget_guard
-        self.steps = steps
+        self.steps, self.guidance = steps, guidance
+        if steps is not None:
+            self._check_budget(steps)
         self.signals = spec.signals_read
         # the network's weights as numpy arrays, read once: at batch 1 a numpy forward of this small MLP takes a
         # fraction of torch's per-op dispatch time, and it runs once per denoising step
@@ -111,14 +119,32 @@ class LearnedPolicy(StepLevelPolicy):
         return np.stack([within_budget(m, self.actions, self.num_blocks, s.step, s.compute_spent * s.step, self.budget,
                                        s.num_steps) for m, s in zip(valid, signals)])
 
-    def check_steps(self, steps: int | None) -> None:
-        """Refuse a generation whose step count is unknown (the budget is spread over it) or not the trained one."""
+    def _check_budget(self, steps: int) -> None:
+        if self.budget < lowest_budget(steps) - 1e-9:
+            raise InvalidInputError(f"budget {self.budget:g} cannot be kept in a {steps}-step generation: its first step "
+                                    f"computes in full, {lowest_budget(steps):.3g} of the compute; ask for at least that, "
+                                    "or run more steps")
+
+    def check_generation(self, signals: Signals) -> None:
+        """Refuse a generation whose step count is unknown (the budget is spread over it), not the trained one, or
+        too short for the budget, and one run at another guidance scale than the trained one."""
+        steps = signals.num_steps
         if steps is None:
             raise InvalidInputError("a learned policy needs the generation's step count, and this pipeline does not "
                                     "say it: pass num_inference_steps to apply_cache")
         if self.steps is not None and steps != self.steps:
             raise InvalidInputError(f"this policy was trained for {self.steps}-step generations and this one has "
                                     f"{steps} steps; run it at {self.steps} steps or train one for {steps}")
+        self._check_budget(steps)
+        if self.guidance is None:
+            return
+        if signals.guidance is None:
+            raise InvalidInputError("this policy was trained at one guidance scale and this pipeline does not say "
+                                    "its own: pass guidance_scale to apply_cache")
+        if abs(signals.guidance - self.guidance) > 1e-6:
+            raise InvalidInputError(f"this policy was trained at guidance {self.guidance:g} and this generation runs "
+                                    f"at {signals.guidance:g}; run it at guidance {self.guidance:g} or train one for "
+                                    f"{signals.guidance:g}")
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """The network's forward (`PolicyNet.forward`) on the weights read at construction."""
@@ -129,5 +155,5 @@ class LearnedPolicy(StepLevelPolicy):
         return x @ weight + bias
 
     def choose(self, signals, masks):
-        self.check_steps(signals[0].num_steps)
+        self.check_generation(signals[0])
         return masked_argmax(self.logits(self.observe(signals)), self.allowed(signals, masks))

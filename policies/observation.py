@@ -33,6 +33,18 @@ class Feature:
     log: bool = False
     missing: float = 0.0
 
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise ValueError(f"a feature name is a string, got {self.name!r}")
+        if not isinstance(self.log, bool):
+            raise ValueError(f"feature {self.name!r}: log is true or false, got {self.log!r}")
+        for field_name in ("center", "scale", "missing"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"feature {self.name!r}: {field_name} must be a finite number, got {value!r}")
+        if self.scale <= 0:
+            raise ValueError(f"feature {self.name!r}: scale must be > 0, got {self.scale}")
+
     def normalise(self, value: float | None) -> float:
         if value is None or not math.isfinite(value):
             return self.missing
@@ -103,8 +115,12 @@ class ObservationSpec:
         if data.get("version") != 1 or data.get("clip") != CLIP or data.get("log_eps") != LOG_EPS:
             raise ValueError(f"unsupported observation spec (version {data.get('version')!r}); this cachepilot reads version 1")
         known = set(SIGNALS) | {f.name for f in BUDGET_FEATURES}
+        if not isinstance(data.get("features"), list) or not data["features"]:
+            raise ValueError("an observation spec lists its features")
         features = tuple(Feature(**f) for f in data["features"])
         unknown = [f.name for f in features if f.name not in known]
         if unknown:
             raise ValueError(f"observation spec names unknown features {unknown}")
+        if len({f.name for f in features}) != len(features):
+            raise ValueError("observation spec names a feature twice")
         return cls(features=features)

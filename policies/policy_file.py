@@ -26,7 +26,7 @@ from cachepilot.integrity import IntegrityError, seal, unseal
 from cachepilot.io import atomic_directory
 from cachepilot.models.adapters import num_blocks
 from cachepilot.provenance import identifying_config
-from cachepilot.runtime import Action
+from cachepilot.runtime import FULL, Action
 
 from .learned import LearnedPolicy, PolicyNet
 from .observation import ObservationSpec
@@ -75,18 +75,43 @@ class PolicyCard:
         if data.get("schema") != SCHEMA:
             raise ValueError(f"policy schema {data.get('schema')!r}; this cachepilot reads schema {SCHEMA}")
         network = data["network"]
-        if network.get("type") != "mlp" or network.get("activation") != "tanh":
+        if not isinstance(network, dict) or network.get("type") != "mlp" or network.get("activation") != "tanh":
             raise ValueError(f"unsupported network {network}")
+        if not isinstance(network.get("hidden"), list):
+            raise ValueError(f"network hidden widths must be a list, got {network.get('hidden')!r}")
+        if not isinstance(data["budget_range"], list) or len(data["budget_range"]) != 2:
+            raise ValueError(f"budget range must be [low, high], got {data['budget_range']!r}")
         lo, hi = (checks.budget(b, "budget range bound") for b in data["budget_range"])
         if lo > hi:
             raise ValueError(f"budget range [{lo}, {hi}] is empty")
-        return cls(model=str(data["model"]), model_config_hash=str(data["model_config_hash"]),
-                   actions=tuple(Action.parse(a) for a in data["actions"]),
-                   num_blocks=checks.count("num_blocks", data["num_blocks"]),
+        for name in ("model", "model_config_hash"):
+            if not isinstance(data[name], str) or not data[name]:
+                raise ValueError(f"{name} must be a non-empty string, got {data[name]!r}")
+        for name in ("training", "results"):
+            if not isinstance(data.get(name, {}), dict):
+                raise ValueError(f"{name} must be a JSON object, got {data[name]!r}")
+        num_blocks = checks.count("num_blocks", data["num_blocks"])
+        return cls(model=data["model"], model_config_hash=data["model_config_hash"],
+                   actions=_action_set(data["actions"], num_blocks), num_blocks=num_blocks,
                    observation=ObservationSpec.from_dict(data["observation"]), budget_range=(lo, hi),
                    steps=checks.count("steps", data["steps"]), guidance=checks.guidance(data["guidance"]),
                    hidden=tuple(checks.count("hidden width", h) for h in network["hidden"]),
                    training=data.get("training", {}), results=data.get("results", {}))
+
+
+def _action_set(names, num_blocks: int) -> tuple[Action, ...]:
+    """A card's actions: FULL first, each once, each one the model's blocks can take."""
+    if not isinstance(names, list) or not all(isinstance(a, str) for a in names):
+        raise ValueError(f"actions must be a list of action names, got {names!r}")
+    actions = tuple(Action.parse(a) for a in names)
+    if not actions or actions[0] != FULL:
+        raise ValueError(f"the action set must start with FULL, got {', '.join(map(str, actions)) or 'none'}")
+    if len(set(actions)) != len(actions):
+        raise ValueError("the action set names an action twice")
+    unfit = [str(a) for a in actions if not a.fits(num_blocks)]
+    if unfit:
+        raise ValueError(f"{', '.join(unfit)} do not fit a model of {num_blocks} blocks")
+    return actions
 
 
 @dataclass
@@ -99,14 +124,16 @@ class PolicyBundle:
     weights_sha256: str = ""  # checked against the card on load: identifies these weights
 
     def policy(self, budget: float, budget_guard: bool = True) -> LearnedPolicy:
+        budget = checks.budget(budget)
         lo, hi = self.card.budget_range
         if not lo - 1e-9 <= budget <= hi + 1e-9:
             raise PolicyFileError(f"budget {budget} is outside this policy's trained range [{lo}, {hi}]")
         return LearnedPolicy(self.net, self.card.observation, self.card.actions, self.card.num_blocks, budget,
-                             budget_guard, steps=self.card.steps)
+                             budget_guard, steps=self.card.steps, guidance=self.card.guidance)
 
-    def check_pipeline(self, pipe, steps: int | None = None) -> None:
-        """Refuse a pipeline (or transformer) of another model, or another step count than the trained one."""
+    def check_pipeline(self, pipe, steps: int | None = None, guidance: float | None = None) -> None:
+        """Refuse a pipeline (or transformer) of another model, or another step count or guidance scale than the
+        trained ones (where they are given)."""
         actual = model_config_hash(pipe)
         if actual != self.card.model_config_hash:
             raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
@@ -119,6 +146,9 @@ class PolicyBundle:
         if steps is not None and steps != self.card.steps:
             raise PolicyFileError(f"this policy was trained for {self.card.steps}-step generations, not {steps}; run it "
                                   f"at {self.card.steps} steps or train one for {steps}")
+        if guidance is not None and abs(checks.guidance(guidance) - self.card.guidance) > 1e-6:
+            raise PolicyFileError(f"this policy was trained at guidance {self.card.guidance:g}, not {guidance:g}; run it "
+                                  f"at guidance {self.card.guidance:g} or train one for {guidance:g}")
 
 
 def save_policy(path, net: PolicyNet, card: PolicyCard) -> Path:
@@ -156,6 +186,15 @@ def readme(card: PolicyCard, net: PolicyNet) -> str:
     return "\n".join(lines) + "\n"
 
 
+def network_shapes(obs_size: int, num_actions: int, hidden) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes of `PolicyNet(obs_size, num_actions, hidden)`, by state-dict key."""
+    shapes, width = {}, obs_size
+    for i, size in enumerate(hidden):
+        shapes[f"body.{2 * i}.weight"], shapes[f"body.{2 * i}.bias"] = (size, width), (size,)
+        width = size
+    return shapes | {"head.weight": (num_actions, width), "head.bias": (num_actions,)}
+
+
 def load_policy(path) -> PolicyBundle:
     path = Path(path)
     if not path.is_dir():
@@ -175,11 +214,17 @@ def load_policy(path) -> PolicyBundle:
         raise PolicyFileError(f"{path} has no {WEIGHTS}") from None
     if hashlib.sha256(blob).hexdigest() != data.get("weights_sha256"):
         raise PolicyFileError(f"{path / WEIGHTS} does not match the checksum in its card (truncated or altered)")
-    net = PolicyNet(card.observation.size, len(card.actions), card.hidden)
     try:
-        net.load_state_dict(load_safetensors(blob))
-    except (RuntimeError, KeyError, SafetensorError) as err:
+        tensors = load_safetensors(blob)
+    except (RuntimeError, SafetensorError) as err:
         raise PolicyFileError(f"{path / WEIGHTS} does not fit the network its card describes: {err}") from None
+    expected = network_shapes(card.observation.size, len(card.actions), card.hidden)
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if found != expected:  # compared before the network is built: a card cannot make it allocate what it likes
+        raise PolicyFileError(f"{path / WEIGHTS} does not fit the network its card describes: it holds "
+                              f"{', '.join(f'{k} {list(v)}' for k, v in sorted(found.items()))}")
+    net = PolicyNet(card.observation.size, len(card.actions), card.hidden)
+    net.load_state_dict(tensors)
     if any(not torch.isfinite(p).all() for p in net.parameters()):
         raise PolicyFileError(f"{path / WEIGHTS} holds NaN or Inf weights")
     return PolicyBundle(net.eval(), card, path, data["weights_sha256"])

@@ -227,3 +227,268 @@ def test_step_refuses_an_action_that_is_not_a_whole_index(toy_pipe, tmp_path):
     with pytest.raises(InvalidInputError, match=r"action must be >= 0 and <= 12, got 13"):
         env.step(13)
     env.close()
+
+
+# ---- the command line: inputs named on it that cannot be used ---------------------------------------
+GENERATE = ["generate", "--prompt", PROMPT]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"), ("", "holds no prompts"), ("\n  \n", "holds no prompts"), ("folder", "is a folder"),
+    (b"\xff\xfe\x00", "cannot be read as UTF-8 text"),
+])
+def test_a_prompts_file_that_cannot_be_used_is_one_line(content, message, capsys, tmp_path):
+    path = tmp_path / "prompts.txt"
+    if content == "folder":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    for argv in (["train", "--out", str(tmp_path / "p")], ["ablate", "--out", str(tmp_path / "a")],
+                 ["calibrate", "--out", str(tmp_path / "c.json")], ["references", "build", "--root", str(tmp_path / "r")]):
+        err = _one_line_error([*argv, "--prompts-file", str(path)], capsys)
+        assert f"--prompts-file {path}" in err and message in err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("device, message", [
+    ("bogus", "device 'bogus' is not a torch device"), ("cuda:7x", "is not a torch device"),
+    ("cuda", "this machine has no cuda device"), ("mps", "this machine has no mps device"),
+])
+def test_a_device_this_machine_does_not_have_is_one_line(device, message, capsys, tmp_path):
+    if torch.cuda.is_available() and device == "cuda":
+        pytest.skip("this machine has CUDA")
+    err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), "--device", device], capsys)
+    assert message in err
+    from cachepilot.models.registry import ModelSource
+
+    with pytest.raises(InvalidInputError, match=message):
+        ModelSource("toy-wan", device=device)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--height", "7", "--width", "9"], "height 7 does not suit this model: video sizes must be multiples of 2"),
+    (["--width", "15"], "width 15 does not suit this model"),
+    (["--height", "512"], "the video's height spans 256 patches; this model's rotary embedding covers at most 64"),
+    (["--num-frames", "100000"], "the video's frames spans 100000 patches"),
+    (["--steps", str(10**12)], "steps must be <= 1000 for this model"),
+    (["--scale", str(10**6)], "a video file takes at most 65535"),
+    (["--scale", "4000"], "GiB video; this machine has"),
+])
+def test_sizes_and_counts_the_model_cannot_take_are_refused_before_any_allocation(extra, message, capsys, tmp_path,
+                                                                                   monkeypatch):
+    from cachepilot.models import stepping
+    from cachepilot.models.toy_wan import ToyWanPipeline
+
+    monkeypatch.setattr(stepping.Stepper, "prepare", lambda *a, **k: pytest.fail("a generation was prepared"))
+    monkeypatch.setattr(ToyWanPipeline, "prepare_latents", lambda *a, **k: pytest.fail("latents were allocated"))
+    err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), *extra], capsys)
+    assert message in err
+
+
+def test_counts_are_bounded_in_the_python_api_too(toy_pipe):
+    from cachepilot.infer.generate import generate
+    from cachepilot.models.stepping import generate as step_generate
+
+    with pytest.raises(InvalidInputError, match="steps must be <= 1000"):
+        generate(toy_pipe, PROMPT, steps=10**9)
+    with pytest.raises(InvalidInputError, match="steps must be <= 1000"):
+        step_generate(toy_pipe, [PROMPT], [0], 10**9, 5.0)
+    with pytest.raises(InvalidInputError, match="height 7 does not suit"):
+        generate(toy_pipe, PROMPT, steps=2, height=7)
+
+
+@pytest.mark.parametrize("argv", [
+    ["references", "build", "--root", "{file}"], ["ablate", "--out", "{file}"], ["train", "--out", "{file}/policy"],
+    ["train", "--run-dir", "{file}"], ["train", "--references", "{file}"], ["train-model", "toy-wan", "--out", "{file}"],
+    ["calibrate", "--out", "{folder}"],
+])
+def test_a_folder_argument_naming_a_file_is_one_line(argv, capsys, tmp_path):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file", folder=tmp_path) for a in argv]
+    err = _one_line_error(argv, capsys)
+    assert "is a file" in err or "is a folder" in err
+
+
+def test_a_model_folder_whose_index_names_nothing_is_one_line(capsys, tmp_path, toy_copy):
+    folder = shutil.copytree(toy_copy, tmp_path / "wan")
+    (folder / "checksums.json").unlink()
+    (folder / "model_index.json").write_text("{}")
+    err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), "--model", "wan2.1-t2v-1.3b", "--model-path",
+                           str(folder)], capsys)
+    assert "names no pipeline class or no components" in err
+
+
+def test_check_model_refuses_an_unwritable_json_before_the_check(capsys, monkeypatch):
+    from cachepilot.models.toy_wan import checker
+
+    monkeypatch.setattr(checker, "evaluate", lambda *a, **k: pytest.fail("the check ran first"))
+    err = _one_line_error(["check-model", "toy-wan", "--pairs", "1", "--steps", "2", "--json", "/proc/verdicts.json"],
+                          capsys)
+    assert "cannot write to /proc/verdicts.json" in err
+
+
+def test_check_model_never_writes_a_shipped_card_nor_a_weaker_record(capsys, monkeypatch, toy_copy):
+    from cachepilot.models.card import read_card
+    from cachepilot.models.toy_wan import checker
+
+    shipped_card = (embedded_path("toy-wan") / "card.json").read_text()
+    monkeypatch.setattr(checker, "evaluate", lambda *a, **k: pytest.fail("the check ran first"))
+    for argv in (["check-model", "toy-wan", "--update-card"],
+                 ["check-model", "toy-wan", "--model-path", str(embedded_path("toy-wan")), "--update-card", "--force"]):
+        assert "ships with cachepilot and its card is not written" in _one_line_error(argv, capsys)
+    assert (embedded_path("toy-wan") / "card.json").read_text() == shipped_card
+    weaker = ["check-model", "toy-wan", "--model-path", str(toy_copy), "--pairs", "1", "--steps", "4", "--update-card"]
+    err = _one_line_error(weaker, capsys)
+    assert "records a check on more (videos 1 < 64, steps 4 < 50); pass --force" in err
+    assert read_card(toy_copy)["quality"]["videos"] == 64
+    monkeypatch.undo()
+    assert main([*weaker, "--force"]) == 0
+    assert read_card(toy_copy)["quality"]["videos"] == 1 and read_card(toy_copy)["quality"]["steps"] == 4
+
+
+@pytest.mark.parametrize("algo, flag", [
+    ("distill", ["--init-from", str(SHIPPED_POLICY)]), ("distill", ["--timesteps", "100"]), ("distill", ["--fresh"]),
+    ("ppo", ["--epochs", "3"]), ("ppo", ["--rounds", "1"]), ("ppo", ["--relabel", "reached"]),
+    ("ppo", ["--searched-budgets", "none"]), ("ppo", ["--val-every", "2"]), ("ppo", ["--devices", "2"]),
+])
+def test_train_refuses_the_flags_of_the_other_algorithm(algo, flag, capsys, tmp_path):
+    err = _one_line_error(["train", "--algo", algo, *flag, "--out", str(tmp_path / "p")], capsys)
+    assert f"{flag[0]} applies to --algo {'ppo' if algo == 'distill' else 'distill'}, not {algo}" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_training_refuses_budgets_its_step_count_cannot_keep(capsys, tmp_path):
+    err = _one_line_error(["train", "--steps", "4", "--budgets", "0.15,0.5", "--out", str(tmp_path / "p")], capsys)
+    assert "budgets 0.15 cannot be kept in 4-step generations: their first step computes in full, 0.25" in err
+    assert not list(tmp_path.iterdir())  # no run folder left behind
+
+
+def test_a_refused_run_leaves_no_folders_behind(capsys, tmp_path):
+    _one_line_error(["train", "--algo", "ppo", "--init-from", str(SHIPPED_POLICY), "--steps", "10", "--out",
+                     str(tmp_path / "policy"), "--references", str(tmp_path / "refs")], capsys)
+    assert not (tmp_path / "policy.run").exists() and not (tmp_path / "policy").exists()
+    _one_line_error(["ablate", "--methods", "static,nonsense", "--pairs", "1", "--steps", "2", "--out",
+                     str(tmp_path / "ablation")], capsys)
+    assert not (tmp_path / "ablation").exists()
+
+
+# ---- policies at settings they were not trained for ----------------------------------------------------
+def _policy_for(tmp_path, **card_changes):
+    from dataclasses import replace
+
+    from cachepilot.policies.policy_file import save_policy
+
+    bundle = load_policy(SHIPPED_POLICY)
+    return load_policy(save_policy(tmp_path / "policy", bundle.net, replace(bundle.card, **card_changes)))
+
+
+def test_a_budget_under_what_the_step_count_allows_is_refused(tmp_path, toy_pipe):
+    bundle = _policy_for(tmp_path, steps=4)
+    with pytest.raises(InvalidInputError, match="budget 0.15 cannot be kept in a 4-step generation: its first step "
+                                                "computes in full, 0.25 of the compute"):
+        bundle.policy(0.15)
+    with pytest.raises(InvalidInputError, match="cannot be kept in a 4-step generation"):
+        apply_cache(toy_pipe, bundle, budget=0.2)
+    bundle.policy(0.25)
+
+
+def test_a_policy_refuses_a_guidance_it_was_not_trained_at(toy_pipe, capsys, tmp_path):
+    err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--guidance", "3"], capsys)
+    assert "this policy was trained at guidance 5, not 3" in err
+    apply_cache(toy_pipe, load_policy(SHIPPED_POLICY), budget=0.35)
+    try:
+        with pytest.raises(InvalidInputError, match="trained at guidance 5 and this generation runs at 7"):
+            toy_pipe(PROMPT, num_inference_steps=50, guidance_scale=7.0, generator=torch.Generator().manual_seed(0))
+    finally:
+        remove_cache(toy_pipe)
+
+
+def test_a_bare_transformer_must_say_its_guidance(toy_pipe):
+    apply_cache(toy_pipe.transformer, load_policy(SHIPPED_POLICY), budget=0.35, num_inference_steps=50)
+    try:
+        with pytest.raises(InvalidInputError, match="pass guidance_scale to apply_cache"):
+            toy_pipe(PROMPT, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+    finally:
+        remove_cache(toy_pipe.transformer)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda card: card["observation"]["features"][0].__setitem__("scale", 0), "scale must be > 0, got 0"),
+    (lambda card: card["observation"]["features"][0].__setitem__("center", "x"), "center must be a finite number"),
+    (lambda card: card.__setitem__("actions", card["actions"][1:] + card["actions"][:1]),
+     "the action set must start with FULL"),
+    (lambda card: card["actions"].append(card["actions"][1]), "names an action twice"),
+    (lambda card: card["actions"].__setitem__(3, "BLOCK_99"), "BLOCK_99 do not fit a model of 6 blocks"),
+    (lambda card: card.__setitem__("training", []), "training must be a JSON object"),
+])
+def test_a_resigned_card_is_checked_for_what_it_says(edit, message, tmp_path):
+    from cachepilot.integrity import seal
+
+    folder = shutil.copytree(SHIPPED_POLICY, tmp_path / "policy")
+    card = json.loads((folder / "policy.json").read_text())
+    card.pop("checksum")
+    edit(card)
+    (folder / "policy.json").write_text(json.dumps(seal(card)))
+    with pytest.raises(PolicyFileError, match=message):
+        load_policy(folder)
+
+
+def test_ablate_refuses_a_named_policy_it_cannot_use(capsys, tmp_path):
+    folder = shutil.copytree(SHIPPED_POLICY, tmp_path / "policy-broken")
+    (folder / "policy.safetensors").write_bytes(b"damaged")
+    err = _one_line_error(["ablate", "--methods", "learned", "--policies", str(folder), "--pairs", "1", "--steps", "50",
+                           "--out", str(tmp_path / "ablation")], capsys)
+    assert f"policy {folder} cannot be ablated" in err and "does not match the checksum" in err
+    err = _one_line_error(["ablate", "--methods", "learned", "--pairs", "1", "--steps", "20", "--out",
+                           str(tmp_path / "ablation")], capsys)
+    assert "learned cannot run on this model: no policy beside the weights fits" in err
+
+
+# ---- the Python API ---------------------------------------------------------------------------------
+def test_the_api_names_the_argument_in_its_own_error_types(toy_pipe, tmp_path):
+    from cachepilot.envs import BatchedCacheEnv, CacheEnv
+    from cachepilot.policies.schedule import FixedSchedule
+    from cachepilot.runtime import Action
+
+    with pytest.raises(InvalidInputError, match="num_envs must be >= 1, got 0"):
+        BatchedCacheEnv(num_envs=0, pipe=toy_pipe, references=tmp_path)
+    with pytest.raises(InvalidInputError, match="budget must be a fraction of full compute or a .low, high. range"):
+        CacheEnv(pipe=toy_pipe, pairs=1, steps=2, budget="0.3", references=tmp_path)
+    with pytest.raises(InvalidInputError, match="budget must be a number, got '0.35'"):
+        apply_cache(toy_pipe, load_policy(SHIPPED_POLICY), budget="0.35")
+    with pytest.raises(InvalidInputError, match="unknown split 'bogus'; choose one of train, val, test"):
+        CacheEnv(pipe=toy_pipe, prompts="bogus", pairs=1, steps=2, references=tmp_path)
+    with pytest.raises(InvalidInputError, match="block_ks: BLOCK_99 out of range for a model with 6 blocks"):
+        CacheEnv(pipe=toy_pipe, pairs=1, steps=2, block_ks=(99,), references=tmp_path)
+    with pytest.raises(InvalidInputError, match="BLOCK_99 out of range for WanTransformer3DModel with 6 blocks"):
+        apply_cache(toy_pipe, FixedSchedule([Action.parse("FULL"), Action.parse("BLOCK_99")]))
+    with pytest.raises(InvalidInputError, match="an action is named by a string"):
+        Action.parse(3)
+
+
+def test_apply_cache_takes_a_policy_folder_given_as_a_string(toy_pipe):
+    runtime = apply_cache(toy_pipe, str(SHIPPED_POLICY), budget=0.35)
+    remove_cache(toy_pipe)
+    assert runtime.policy.name == "learned"
+    with pytest.raises(CachepilotError, match="unknown cache method 'no-such-method': neither a baseline .* nor a policy folder"):
+        apply_cache(toy_pipe, "no-such-method")
+
+
+# ---- what users notice ------------------------------------------------------------------------------
+def test_videos_get_the_permissions_of_every_other_file(tmp_path):
+    import os
+    import stat
+
+    import numpy as np
+
+    from cachepilot.video import save_video
+
+    old = os.umask(0o022)
+    try:
+        for name in ("clip.gif", "clip.mp4"):
+            save_video(np.zeros((2, 4, 4, 3)), tmp_path / name, scale=2)
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)

@@ -91,7 +91,8 @@ def test_policy_for_another_model_is_refused(wan_pipe, toy_pipe, wan_policy):
 
 
 def test_policy_with_an_action_set_for_other_blocks_is_refused(wan_pipe, wan_policy, tmp_path):
-    """Same model config (hash) but a card whose action set names blocks the transformer does not have."""
+    """Same model config (hash) but a card whose action set names blocks the transformer does not have: refused when
+    the card is read, and, where the card's own block count was edited to match, when it meets the transformer."""
     import json
     import shutil
 
@@ -101,7 +102,12 @@ def test_policy_with_an_action_set_for_other_blocks_is_refused(wan_pipe, wan_pol
     copy = tmp_path / "policy-edited"
     shutil.copytree(wan_policy, copy)
     card = json.loads((copy / "policy.json").read_text())
+    card.pop("checksum")
     card["actions"][-1] = str(Action.block(7))
+    (copy / "policy.json").write_text(json.dumps(seal(card)))
+    with pytest.raises(PolicyFileError, match="BLOCK_7 do not fit a model of 4 blocks"):
+        load_policy(copy)
+    card["num_blocks"] = 8
     (copy / "policy.json").write_text(json.dumps(seal(card)))  # consistent with itself, wrong for the model
     with pytest.raises(PolicyFileError, match="does not fit a transformer of 4 blocks"):
         apply_cache(wan_pipe, load_policy(copy), budget=0.4)

@@ -112,7 +112,7 @@ def test_an_ablation_killed_midway_finishes_as_an_uninterrupted_one(tmp_path):
 
 # ---- PPO ----------------------------------------------------------------------------------------------
 PPO = ["--algo", "ppo", "--steps", "3", "--pairs", "2", "--val-pairs", "1", "--num-envs", "2", "--timesteps", "30",
-       "--budgets", "0.3,0.6"]
+       "--budgets", "0.4,0.6"]
 
 
 def _weights(policy: Path) -> str:
@@ -124,7 +124,7 @@ def test_ppo_killed_midway_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pa
     _run(["train", *PPO, "--out", str(tmp_path / "whole"), "--references", refs], cwd=tmp_path)
     out = tmp_path / "killed"
     argv = ["train", *PPO, "--out", str(out), "--references", refs]
-    _kill_at_a_random_point(argv, lambda: (tmp_path / "killed.run" / "ppo_resume.pt").exists(), seed=3, cwd=tmp_path)
+    _kill_at_a_random_point(argv, lambda: (tmp_path / "killed.run" / "ppo_resume.json").exists(), seed=3, cwd=tmp_path)
     assert not out.exists()  # it was stopped midway
     _run(argv, cwd=tmp_path)
     assert _weights(out) == _weights(tmp_path / "whole")
@@ -135,11 +135,11 @@ def test_a_damaged_ppo_checkpoint_is_set_aside_and_training_starts_over(tmp_path
 
     run_dir = tmp_path / "policy.run"
     run_dir.mkdir()
-    (run_dir / "ppo_resume.pt").write_bytes(b"\x00 half a checkpoint")
+    (run_dir / "ppo_resume.json").write_bytes(b"\x00 half a checkpoint")
     assert main(["train", *PPO, "--timesteps", "6", "--out", str(tmp_path / "policy"),
                  "--references", str(tmp_path / "refs")]) == 0
-    assert "ppo_resume.pt is damaged" in capsys.readouterr().out
-    assert (run_dir / "ppo_resume.pt.damaged").read_bytes() == b"\x00 half a checkpoint"
+    assert "ppo_resume.json is damaged" in capsys.readouterr().out
+    assert (run_dir / "ppo_resume.json.damaged").read_bytes() == b"\x00 half a checkpoint"
 
 
 # ---- permissions ----------------------------------------------------------------------------------
@@ -180,3 +180,56 @@ def test_a_file_a_run_resumes_from_is_read_or_set_aside(tmp_path):
     with pytest.raises(CachepilotError, match="made for something else"):
         read_or_set_aside(tmp_path / "other.json", refuse, said.append)
     assert (tmp_path / "other.json").is_file()  # not damaged: left where it is
+
+
+def test_a_ppo_rerun_with_other_settings_is_refused_and_fresh_starts_over(tmp_path, capsys):
+    from cachepilot.cli import main
+
+    refs = str(tmp_path / "refs")
+    argv = ["train", *PPO, "--timesteps", "6", "--out", str(tmp_path / "policy"), "--references", refs]
+    assert main(argv) == 0
+    card = (tmp_path / "policy" / "policy.json").read_text()
+    capsys.readouterr()
+    for changed, message in ((["--budgets", "0.5,0.6"], "made with --budgets 0.4,0.6, not 0.5,0.6"),
+                             (["--seed", "1"], "made with --seed 0, not 1"),
+                             (["--guidance", "3"], "made with --guidance 5, not 3"),
+                             (["--pairs", "1"], "made with other --pairs / --prompts-file"),
+                             (["--timesteps", "3"], "already trained for 6 steps, more than --timesteps 3")):
+        assert main([*argv, *changed]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "pass --fresh to start over" in err and "\n" not in err, changed
+    assert (tmp_path / "policy" / "policy.json").read_text() == card  # the refused reruns exported nothing
+    assert main([*argv, "--budgets", "0.5,0.6", "--fresh"]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "policy" / "policy.json").read_text())["budget_range"] == [0.5, 0.6]
+
+
+def test_a_stored_ablation_run_that_is_not_finite_is_set_aside_and_computed_again(tmp_path):
+    config = AblationConfig.quick(methods="static", pairs=1, steps=3)
+    ablate(config, tmp_path, log=lambda m: None, progress=False)
+    before = _scores(tmp_path)
+    run_file = next(tmp_path.glob("runs/*/static@2.json"))
+    run_file.write_text(_with_nan_psnr(run_file.read_text()))
+    said = []
+    ablate(config, tmp_path, log=said.append, progress=False)
+    assert any(m.startswith("static@2.json is damaged (ValueError: its psnr holds a value that is not a finite number)")
+               for m in said), said
+    assert _scores(tmp_path) == before
+
+
+def _with_nan_psnr(text: str) -> str:
+    data = json.loads(text)
+    data["psnr"][0] = float("nan")
+    return json.dumps(data)
+
+
+def test_the_main_job_prints_nothing_a_user_cannot_act_on(tmp_path):
+    """Lightning's advert for its cloud logger and a deprecation inside Lightning stay out of the output."""
+    proc = subprocess.run([str(EXE), "train", "--algo", "distill", "--steps", "4", "--pairs", "2", "--val-pairs", "1",
+                           "--epochs", "1", "--rounds", "0", "--searched-budgets", "none", "--budgets", "0.3,0.6",
+                           "--out", str(tmp_path / "policy"), "--references", str(tmp_path / "refs")],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    output = proc.stdout + proc.stderr
+    assert "policy saved to" in output
+    assert "litlogger" not in output and "LeafSpec" not in output and "deprecated" not in output.lower()

@@ -262,7 +262,7 @@ def trained(toy_pipe, tmp_path_factory):
                            relabel="reached", searched_budgets=(0.5,), search_rounds=1, search_proposals=2)
     distilled, table = distill(root / "distill", config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
     ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, pairs=2, val_pairs=1, batch_size=STEPS, eval_every=1,
-                           eval_budgets=(0.5,), init_from=str(root / "distill"))
+                           budgets=(0.3, 0.5), eval_budgets=(0.5,), init_from=str(root / "distill"))
     ppo, _ = train_ppo(root / "ppo", ppo_config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
     return root, distilled, ppo, table
 
@@ -333,7 +333,7 @@ def test_a_rerun_reuses_the_searched_schedule_and_other_settings_start_new_round
 def test_ppo_end_to_end_warm_started(trained):
     root, distilled, ppo, _ = trained
     assert ppo.card.training["algorithm"] == "ppo" and ppo.card.training["timesteps"] >= 2 * STEPS
-    assert (root / "ppo.run" / "ppo_resume.pt").exists()
+    assert (root / "ppo.run" / "ppo_resume.json").exists()
     assert ppo.card.actions == distilled.card.actions and ppo.net.hidden == distilled.net.hidden
     assert ppo.card.training["init_weights_sha256"] == distilled.weights_sha256  # which weights it started from
 

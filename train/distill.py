@@ -44,7 +44,9 @@ from cachepilot.models.registry import pipeline_folder
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.schedule import FixedSchedule
 
-from .export import make_run_dir, save_trained_policy
+from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
+from .export import feasible_budgets, run_folder, save_trained_policy
+from .quiet import silence_third_party_notices
 from .rollouts import OracleTeacher, relabel_from_reached, run_episodes
 
 
@@ -166,18 +168,19 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
         logger=None, callbacks=(), log=print, tag: str = "") -> PolicyNet:
     """One round of supervised training (resumes this round's checkpoint if the run was interrupted; `tag` names
     the settings the checkpoint belongs to)."""
+    silence_third_party_notices()
     L.seed_everything(config.seed + round_, workers=True, verbose=False)
     module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
     ckpt_dir = run_dir / "checkpoints" / f"round{round_}{tag}"
-    callback = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
+    callback = VerifiedCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
     flags = {"max_epochs": config.epochs, "enable_model_summary": False, "log_every_n_steps": 5,
              "enable_progress_bar": False, "accelerator": "cpu", "devices": 1, **config.trainer}
     trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback, *callbacks], logger=logger if logger is not None else False,
                         **flags)
     last = ckpt_dir / "last.ckpt"
-    resumable = read_or_set_aside(last, lambda p: torch.load(p, map_location="cpu", weights_only=False), log) is not None
+    resumable = resumable_checkpoint(last, log) is not None
     trainer.fit(module, datamodule=ActionDataModule(arrays, config.batch_size, config.seed),
-                ckpt_path=str(last) if resumable else None)
+                ckpt_path=str(last) if resumable else None, weights_only=True)
     return module.net.cpu().eval()
 
 
@@ -281,7 +284,8 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
     `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts."""
     config = config or DistillConfig()
     started = time.perf_counter()
-    run_dir = make_run_dir(out, run_dir)
+    run_dir = run_folder(out, run_dir)
+    eval_budgets = feasible_budgets(config.budgets, config.eval_budgets, steps, log)
     budgets = (min(config.budgets), max(config.budgets))
     core = CacheEpisodes(model=model, prompts=prompts, pairs=config.pairs, steps=steps, guidance=guidance,
                          budget=budgets, pipe=pipe, references=references)
@@ -316,10 +320,10 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
             atomic_write_npz(path, **arrays)
         gathered.append(arrays)
         merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
-        student_val = StudentValidation(val, config.eval_budgets, config.student_val_every, round_ * config.epochs)
+        student_val = StudentValidation(val, eval_budgets, config.student_val_every, round_ * config.epochs)
         net = fit(merged, len(core.actions), run_dir, config, round_, logger=logger, callbacks=[student_val], log=log,
                   tag=tag)
-        scores = student_val.last or evaluate_student(val, net, config.eval_budgets)  # None: round resumed finished
+        scores = student_val.last or evaluate_student(val, net, eval_budgets)  # None: round resumed finished
         history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
                         **({"relabelled_from_reached": relabelled} if relabelled else {})})
         log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
@@ -339,7 +343,7 @@ def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=N
                                                   "train_psnr": round(float(np.mean(r.psnr)), 2),
                                                   "start_psnr": r.start_psnr, "cpu_minutes": round(r.cpu_seconds / 60, 1)}
                                        for b, r in searched.items()}}
-    return save_trained_policy(out, net, core, val, budgets, training, config.eval_budgets, log, student=scores)
+    return save_trained_policy(out, net, core, val, budgets, training, eval_budgets, log, student=scores)
 
 
 def rounds_key(config: DistillConfig, core) -> str:

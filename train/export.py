@@ -4,16 +4,33 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cachepilot import checks
+from cachepilot.errors import InvalidInputError
+
 from cachepilot.evaluation.validation import evaluate_student, evaluate_uniform, summary_table
-from cachepilot.policies.learned import PolicyNet
+from cachepilot.policies.learned import PolicyNet, lowest_budget
 from cachepilot.policies.policy_file import PolicyCard, load_policy, model_config_hash, save_policy
 
 
-def make_run_dir(out, run_dir=None) -> Path:
-    """Where a training run keeps what it reuses on a rerun (default: beside the policy, `<out>.run`)."""
-    path = Path(run_dir or Path(out).with_name(Path(out).name + ".run"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def run_folder(out, run_dir=None) -> Path:
+    """Where a training run keeps what it reuses on a rerun (default: beside the policy, `<out>.run`); made by the
+    first file the run writes, so a run refused before it starts leaves nothing behind."""
+    return checks.folder(run_dir or Path(out).with_name(Path(out).name + ".run"))
+
+
+def feasible_budgets(budgets, eval_budgets, steps: int, log=print) -> tuple[float, ...]:
+    """Refuse training budgets that a `steps`-step generation cannot keep (its first step computes in full); of the
+    validation budgets, those it can keep (the others are left out, said in one line)."""
+    floor = lowest_budget(checks.count("steps", steps))
+    low = [f"{b:g}" for b in budgets if b < floor - 1e-9]
+    if low:
+        raise InvalidInputError(f"budgets {', '.join(low)} cannot be kept in {steps}-step generations: their first step "
+                                f"computes in full, {floor:.3g} of the compute; train for budgets of at least that, or "
+                                "for more steps")
+    kept = tuple(b for b in eval_budgets if b >= floor - 1e-9)
+    if len(kept) < len(eval_budgets):
+        log(f"validation leaves out budgets under {floor:.3g}, which {steps}-step generations cannot keep")
+    return kept or tuple(sorted(set(budgets)))
 
 
 def save_trained_policy(out, net: PolicyNet, core, val, budget_range, training: dict, eval_budgets, log=print,

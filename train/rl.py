@@ -6,15 +6,17 @@ with `budget_guard`, those that would overrun the episode's budget (as the polic
 Episode PSNR, computed fraction, reward and the action histogram go to TensorBoard; the validation score
 (through the real inference path, on a second pipeline) is logged every `eval_every` rollouts.
 
-After every update the run keeps a checkpoint (written atomically): the agent, every random state, and the
-episodes the environment has begun. A rerun resumes from it exactly where the update left off, so an
-interrupted run ends with the weights an uninterrupted one would have. A damaged checkpoint is set aside,
-reported in one line, and training starts over.
+After every update the run keeps a checkpoint (`cachepilot.state_file`: safetensors and sealed JSON, no pickle, so
+nothing in a run folder can run code): the actor-critic and its optimiser, every random state, and the episodes
+the environment has begun, with the settings of the run. A rerun with the same settings resumes from it exactly
+where the update left off, so an interrupted run ends with the weights an uninterrupted one would have; a rerun
+with other settings is refused. A damaged checkpoint is set aside, reported in one line, and training starts over.
+SB3's own `save` / `load` (a zip of pickled objects) is not used.
 """
 
 from __future__ import annotations
 
-import io
+import json
 import random
 import time
 from collections import Counter
@@ -32,13 +34,14 @@ from cachepilot import checks
 from cachepilot.envs import BatchedCacheEnv, CacheEpisodes
 from cachepilot.errors import InvalidInputError
 from cachepilot.evaluation.validation import evaluate_student
-from cachepilot.io import atomic_write_bytes, read_or_set_aside
+from cachepilot.io import read_or_set_aside
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import load_policy
+from cachepilot.state_file import read_state, remove_state, write_state
 
-from .export import make_run_dir, save_trained_policy
+from .export import feasible_budgets, run_folder, save_trained_policy
 
-CHECKPOINT = "ppo_resume.pt"
+CHECKPOINT = "ppo_resume.json"  # and its tensors beside it, ppo_resume.json.<digest>.safetensors
 
 
 @dataclass
@@ -84,35 +87,76 @@ def net_to_actor(net: PolicyNet, model) -> None:
     model.policy.action_net.load_state_dict(net.head.state_dict())
 
 
-def save_checkpoint(path: Path, agent, env: BatchedCacheEnv) -> None:
-    """Everything a resume needs to go on exactly: taken between an update and the next rollout."""
-    agent_zip = io.BytesIO()
-    agent.save(agent_zip)
-    state = {"agent": agent_zip.getvalue(), "timesteps": agent.num_timesteps, "num_envs": env.num_envs,
+def run_settings(config: PPOConfig, env: BatchedCacheEnv, warm_start) -> dict:
+    """Everything that changes what a run trains, as stored with its checkpoint: a rerun resumes only a run made
+    with the same (its length, `total_timesteps`, may grow)."""
+    episodes = env.episodes
+    return json.loads(json.dumps({
+        "model": episodes.store.model_hash, "steps": episodes.steps, "guidance": episodes.guidance,
+        "pairs": episodes.pairs, "budgets": config.budgets, "num_envs": env.num_envs, "lr": config.lr,
+        "n_epochs": config.n_epochs, "batch_size": config.batch_size, "ent_coef": config.ent_coef,
+        "gamma": config.gamma, "hidden": config.hidden, "seed": config.seed,
+        "init_from": warm_start.weights_sha256 if warm_start is not None else None,
+        "actions": [str(a) for a in env.actions], "observation": list(env.observation_spec.names)}))
+
+
+# the command-line flag that sets each setting, for the message that refuses a rerun with another one
+SETTING_FLAGS = {"model": "--model / --model-path", "steps": "--steps", "guidance": "--guidance",
+                 "pairs": "--pairs / --prompts-file", "budgets": "--budgets", "num_envs": "--num-envs",
+                 "seed": "--seed", "init_from": "--init-from"}
+
+
+def save_checkpoint(path: Path, agent, env: BatchedCacheEnv, settings: dict) -> None:
+    """Everything a resume needs to go on exactly, taken between an update and the next rollout: the actor-critic
+    and its optimiser, the counters, every random state and the episodes the environments have begun."""
+    state = {"policy": agent.policy.state_dict(), "optimizer": agent.policy.optimizer.state_dict(),
+             "num_timesteps": agent.num_timesteps, "n_updates": agent._n_updates, "episode_num": agent._episode_num,
              "random": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
              "env": env.snapshot()}
-    blob = io.BytesIO()
-    torch.save(state, blob)
-    atomic_write_bytes(path, blob.getvalue())
+    write_state(path, state, {"settings": settings, "timesteps": int(agent.num_timesteps)})
 
 
-def resume(path: Path, env: BatchedCacheEnv, tensorboard_log: str, log):
-    """The agent of a checkpoint, with the random states and the environments' episodes restored; None without
-    one, or when it is damaged (then it is set aside and training starts over)."""
+def _shown(value) -> str:
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, list) else \
+        f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _check_same_run(path: Path, meta: dict, settings: dict, config: PPOConfig) -> None:
+    """Refuse to resume a run made with other settings, or already longer than asked."""
+    stored = meta.get("settings", {})
+    for name, value in settings.items():
+        if stored.get(name) != value:
+            flag = SETTING_FLAGS.get(name, name)
+            shown = f"other {flag}" if name in ("pairs", "model", "actions", "observation") else \
+                f"{flag} {_shown(stored.get(name))}, not {_shown(value)}"
+            raise InvalidInputError(f"{path.parent} holds a PPO run made with {shown}; rerun with its settings to "
+                                    "resume it, or pass --fresh to start over")
+    if meta.get("timesteps", 0) > config.total_timesteps:
+        raise InvalidInputError(f"{path.parent} holds a PPO run already trained for {meta['timesteps']} steps, more "
+                                f"than --timesteps {config.total_timesteps}; ask for at least that many, or pass "
+                                "--fresh to start over")
+
+
+def resume(path: Path, build_agent, env: BatchedCacheEnv, settings: dict, config: PPOConfig, log):
+    """The agent of a checkpoint (built by `build_agent` as a fresh run builds it, then loaded), with the random
+    states and the environments' episodes restored; None without one, or when it is damaged (then it is set aside
+    and training starts over). Refused when it was made with other settings."""
 
     def load(p: Path):
-        state = torch.load(p, map_location="cpu", weights_only=False)
-        if state["num_envs"] != env.num_envs:
-            raise InvalidInputError(f"{p} was made with {state['num_envs']} environments, not {env.num_envs}; keep "
-                                    "--num-envs, or start over with another --run-dir")
-        agent = MaskablePPO.load(io.BytesIO(state["agent"]), env=env, tensorboard_log=tensorboard_log)
-        agent._last_obs = env.restore(state["env"])  # loading reseeded the environments: they go back to where they were
+        state, meta = read_state(p)
+        _check_same_run(p, meta, settings, config)
+        agent = build_agent()
+        agent.policy.load_state_dict(state["policy"])
+        agent.policy.optimizer.load_state_dict(state["optimizer"])
+        agent._last_obs = env.restore(state["env"])  # building the agent seeded the environments: put them back
         return state, agent
 
     found = read_or_set_aside(path, load, log)
     if found is None:
         return None
     state, agent = found
+    agent.num_timesteps, agent._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+    agent._episode_num = int(state["episode_num"])
     agent._last_episode_starts = np.ones(env.num_envs, dtype=bool)
     random.setstate(state["random"]["python"])
     np.random.set_state(state["random"]["numpy"])
@@ -121,7 +165,7 @@ def resume(path: Path, env: BatchedCacheEnv, tensorboard_log: str, log):
     return agent
 
 
-def _callback(run_dir: Path, val, config: PPOConfig, actions, env, log):
+def _callback(checkpoint: Path, settings: dict, val, eval_budgets, config: PPOConfig, env, log):
     class Monitor(BaseCallback):
         """Episode metrics and action histogram to TensorBoard; validation per rollout; the checkpoint after each
         update (at the start of the next rollout)."""
@@ -136,7 +180,7 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, env, log):
 
         def _on_rollout_start(self) -> None:
             if self.num_timesteps and self.saved_at is not None and self.num_timesteps != self.saved_at:
-                save_checkpoint(run_dir / CHECKPOINT, self.model, env)
+                save_checkpoint(checkpoint, self.model, env, settings)
             self.saved_at = self.num_timesteps
 
         def _on_step(self) -> bool:
@@ -154,11 +198,11 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, env, log):
                     f"{np.mean([f['psnr'] for f in self.finals]):.2f} dB at "
                     f"{np.mean([f['computed_fraction'] for f in self.finals]):.3f} compute")
             total = sum(self.picks.values()) or 1
-            for index, action in enumerate(actions):
+            for index, action in enumerate(env.actions):
                 self.logger.record(f"actions/{action}", self.picks[index] / total)
             self.picks, self.finals = Counter(), []
             if config.eval_every and self.rollouts % config.eval_every == 0:
-                scores = evaluate_student(val, actor_to_net(self.model, config.hidden), config.eval_budgets)
+                scores = evaluate_student(val, actor_to_net(self.model, config.hidden), eval_budgets)
                 for budget, score in scores.items():
                     self.logger.record(f"val/psnr@{budget}", score["psnr"])
                     self.logger.record(f"val/computed_fraction@{budget}", score["computed_fraction"])
@@ -167,12 +211,16 @@ def _callback(run_dir: Path, val, config: PPOConfig, actions, env, log):
 
 
 def train_ppo(out, config: PPOConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
-              guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print):
+              guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print,
+              fresh: bool = False):
     """Train with MaskablePPO and save the actor as a policy file at `out`. Returns (bundle, summary table).
-    `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts."""
+    `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts. A run
+    resumes from the checkpoint in its run folder when it was made with the same settings (and is refused when it was
+    not), unless `fresh`: then that checkpoint is deleted and training starts over."""
     config = config or PPOConfig()
     started = time.perf_counter()
-    run_dir = make_run_dir(out, run_dir)
+    run_dir = run_folder(out, run_dir)
+    eval_budgets = feasible_budgets(config.budgets, config.eval_budgets, steps, log)
     warm_start = load_policy(config.init_from) if config.init_from else None
     env = BatchedCacheEnv(config.num_envs, model=model, prompts=prompts, pairs=config.pairs, steps=steps,
                           guidance=guidance, budget=config.budgets, pipe=pipe, references=references, budget_guard=True)
@@ -187,25 +235,31 @@ def train_ppo(out, config: PPOConfig | None = None, model="toy-wan", run_dir=Non
     # training env keeps its pipeline hooked between rollouts
     val = CacheEpisodes(model=model, prompts=val_prompts, pairs=config.val_pairs, steps=steps, guidance=guidance,
                         budget=config.budgets, pipe=env.episodes.source.load(), references=env.episodes.store.root)
-    checkpoint = run_dir / CHECKPOINT
-    agent = resume(checkpoint, env, str(run_dir / "tensorboard"), log)
-    if agent is None:
-        agent = MaskablePPO(
+    checkpoint, settings = run_dir / CHECKPOINT, run_settings(config, env, warm_start)
+    if fresh:
+        remove_state(checkpoint)
+
+    def build_agent():
+        return MaskablePPO(
             MaskableActorCriticPolicy, env, learning_rate=config.lr, n_steps=steps, batch_size=config.batch_size,
             n_epochs=config.n_epochs, gamma=config.gamma, ent_coef=config.ent_coef, seed=config.seed, verbose=0,
-            policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)}, "activation_fn": nn.Tanh},
+            policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)},
+                           "activation_fn": nn.Tanh},
             tensorboard_log=str(run_dir / "tensorboard"))
+
+    agent = resume(checkpoint, build_agent, env, settings, config, log)
+    if agent is None:
+        agent = build_agent()
         if warm_start is not None:
             net_to_actor(warm_start.net, agent)
             log(f"actor warm-started from {config.init_from}")
     remaining = config.total_timesteps - agent.num_timesteps
     if remaining > 0:
-        agent.learn(remaining, callback=_callback(run_dir, val, config, env.actions, env, log),
+        agent.learn(remaining, callback=_callback(checkpoint, settings, val, eval_budgets, config, env, log),
                     reset_num_timesteps=False, tb_log_name="ppo")
-        save_checkpoint(checkpoint, agent, env)  # the last update too: a rerun exports it without training
+        save_checkpoint(checkpoint, agent, env, settings)  # the last update too: a rerun exports it without training
     else:
-        log(f"{checkpoint} is already at {agent.num_timesteps} steps (asked: {config.total_timesteps}); exporting it "
-            "without training (another --run-dir starts over)")
+        log(f"{checkpoint} holds a finished run of {agent.num_timesteps} steps; exporting it without training")
     env.close()
     net = actor_to_net(agent, config.hidden)
     minutes = (time.perf_counter() - started) / 60
@@ -214,4 +268,4 @@ def train_ppo(out, config: PPOConfig | None = None, model="toy-wan", run_dir=Non
                 "split": prompts if isinstance(prompts, str) else "prompts file", "timesteps": int(agent.num_timesteps),
                 "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1),
                 **({"init_weights_sha256": warm_start.weights_sha256} if warm_start else {})}  # a path may not last
-    return save_trained_policy(out, net, env.episodes, val, config.budgets, training, config.eval_budgets, log)
+    return save_trained_policy(out, net, env.episodes, val, config.budgets, training, eval_budgets, log)

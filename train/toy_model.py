@@ -16,17 +16,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, IterableDataset
 
 from cachepilot.errors import CachepilotError
-from cachepilot.io import atomic_directory, read_or_set_aside
+from cachepilot.io import atomic_directory
 from cachepilot.models.card import read_card
 from cachepilot.models.registry import write_checksums
 from cachepilot.models.toy_wan import components, scenes
 from cachepilot.models.toy_wan.pipeline import ToyWanPipeline
+
+from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
+from .quiet import silence_third_party_notices
 
 
 @dataclass
@@ -181,7 +183,7 @@ def last_checkpoint(run_dir: Path) -> tuple[Path, dict] | None:
     """The run's last Lightning checkpoint and its content; None without one, or when it is damaged (then it is set
     aside and training starts from the weights it would start from without it)."""
     path = Path(run_dir) / "checkpoints" / "last.ckpt"
-    state = read_or_set_aside(path, lambda p: torch.load(p, map_location="cpu", weights_only=False))
+    state = resumable_checkpoint(path)
     return None if state is None else (path, state)
 
 
@@ -202,6 +204,7 @@ def train_toy_wan(
     the shipped toy-wan, so training can go on across machines from the shipped weights alone.
     """
     config = config or ToyTrainConfig()
+    silence_third_party_notices()
     run_dir = Path(run_dir)
     ckpt, resumed = (last_checkpoint(run_dir) if resume else None) or (None, {})
     resumed_step = resumed.get("global_step", 0)
@@ -226,13 +229,13 @@ def train_toy_wan(
         val_check_interval=config.val_every,
         check_val_every_n_epoch=None,
         logger=TensorBoardLogger(run_dir, name="tb", version=0),
-        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=100, save_top_k=0,
+        callbacks=[VerifiedCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, every_n_train_steps=100, save_top_k=0,
                                    enable_version_counter=False)],
         log_every_n_steps=10,
         gradient_clip_val=1.0,
         enable_progress_bar=True,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     return module
 
 

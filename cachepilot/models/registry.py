@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from cachepilot import checks
 from cachepilot.errors import CorruptWeightsError, InvalidInputError, UnknownModelError, WeightsNotFoundError
 from cachepilot.integrity import verify_manifest, write_manifest
 
@@ -72,14 +73,24 @@ def weights_present(name: str, model_path: str | Path | None = None) -> bool:
 ARTEFACTS = ("oracle_gain.npz",)  # measured for these weights and kept beside them: covered by the manifest
 
 
+def pipeline_components(folder: Path) -> list[str]:
+    """The components a pipeline folder's model_index.json names; an error where it names no pipeline or none."""
+    path = folder / "model_index.json"
+    try:
+        index = json.loads(path.read_text())
+        components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
+    except (ValueError, UnicodeDecodeError, AttributeError) as err:
+        raise CorruptWeightsError(f"{path} is malformed ({err}); reinstall or re-export it") from None
+    if not isinstance(index.get("_class_name"), str) or not components:
+        raise CorruptWeightsError(f"{path} names no pipeline class or no components, so {folder} is not a diffusers "
+                                  "pipeline folder; reinstall or re-export it")
+    return components
+
+
 def model_files(folder: Path) -> list[Path]:
     """Every file of a pipeline folder that changes what the model computes: model_index.json, the files of the
     components it names, and the measured artefacts beside them."""
-    try:
-        index = json.loads((folder / "model_index.json").read_text())
-        components = [name for name, value in index.items() if not name.startswith("_") and isinstance(value, list)]
-    except (ValueError, UnicodeDecodeError, AttributeError) as err:
-        raise CorruptWeightsError(f"{folder / 'model_index.json'} is malformed ({err}); reinstall or re-export it") from None
+    components = pipeline_components(folder)
     files = [folder / "model_index.json"]
     for name in components:
         files += [p for p in sorted((folder / name).rglob("*")) if p.is_file()]
@@ -113,6 +124,7 @@ class ModelSource:
         get_spec(self.name)
         if self.dtype is not None and self.dtype not in DTYPES:
             raise InvalidInputError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        checks.device(self.device)
 
     @classmethod
     def of(cls, model: "str | ModelSource", model_path: str | Path | None = None) -> "ModelSource":
@@ -148,6 +160,7 @@ def load_pipeline(name: str, model_path: str | Path | None = None, device: str |
         raise WeightsNotFoundError(f"weights folder for {name!r} not found: {path}")
     if not (path / "model_index.json").is_file():
         raise WeightsNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    pipeline_components(path)
     verify_checksums(path, required=spec.family == "toy-wan")  # cachepilot's own exports carry a manifest
     pipeline_class = ToyWanPipeline if spec.family == "toy-wan" else getattr(diffusers, spec.pipeline_class)
     kwargs = {"local_files_only": True}
@@ -164,7 +177,7 @@ def load_pipeline(name: str, model_path: str | Path | None = None, device: str |
         if bar_was_on:
             diffusers_logging.enable_progress_bar()
     if device is not None:
-        pipe.to(device)
+        pipe.to(checks.device(device))
     return pipe
 
 

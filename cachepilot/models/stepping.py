@@ -26,6 +26,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from cachepilot.errors import InvalidInputError
 
+from .limits import check_generation
+
+
 @dataclass
 class Denoising:
     """Everything a denoising loop carries from one step to the next."""
@@ -73,6 +76,7 @@ class Stepper:
         """Encode the prompts, set the timesteps, draw the initial latents: the state before step 0."""
         self.check_options(options)
         opts = {**self.defaults, **options}
+        check_generation(self.pipe, len(prompts), num_inference_steps, opts)
         pipe = self.pipe
         pipe._guidance_scale, pipe._attention_kwargs = guidance_scale, None
         pipe._current_timestep, pipe._interrupt = None, False
@@ -414,7 +418,10 @@ def set_generation_options(pipe, **options) -> None:
     """How every generation cachepilot runs on `pipe` is called besides prompts, seeds, steps and guidance (the
     video size, a negative prompt, a family's own knobs): set once where the model is loaded, checked here."""
     stepper_for(pipe).check_options(options)
-    setattr(pipe, OPTIONS_ATTRIBUTE, {k: v for k, v in options.items() if v is not None})
+    options = {k: v for k, v in options.items() if v is not None}
+    if options.keys() & {"height", "width", "num_frames"}:  # a size given where the model loads is checked there
+        check_generation(pipe, 1, None, options)
+    setattr(pipe, OPTIONS_ATTRIBUTE, options)
 
 
 def generation_options(pipe) -> dict:

@@ -21,6 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from cachepilot.errors import InvalidInputError
+
 
 class Kind(enum.Enum):
     FULL = "FULL"
@@ -38,11 +40,11 @@ class Action:
 
     def __post_init__(self):
         if self.kind is Kind.BLOCK and (self.k < 1 or self.back < 0):
-            raise ValueError(f"BLOCK_k_b needs k >= 1 and b >= 0, got k={self.k}, b={self.back}")
+            raise InvalidInputError(f"BLOCK_k_b needs k >= 1 and b >= 0, got k={self.k}, b={self.back}")
         if self.kind is not Kind.BLOCK and (self.k != 0 or self.back != 0):
-            raise ValueError(f"{self.kind.value} takes no k")
+            raise InvalidInputError(f"{self.kind.value} takes no k")
         if self.forecast < 0 or (self.forecast and self.kind is Kind.FULL):
-            raise ValueError(f"a forecast order is >= 0 and only for a reuse, got {self.kind.value} of order {self.forecast}")
+            raise InvalidInputError(f"a forecast order is >= 0 and only for a reuse, got {self.kind.value} of order {self.forecast}")
 
     @staticmethod
     def block(k: int, back: int = 0) -> "Action":
@@ -55,6 +57,8 @@ class Action:
     @staticmethod
     def parse(text: str) -> "Action":
         """'FULL', 'STEP', 'CFG', 'BLOCK_3' or 'BLOCK_3_1', each reuse optionally with '_F<order>'."""
+        if not isinstance(text, str):
+            raise InvalidInputError(f"an action is named by a string such as 'BLOCK_2', got {text!r}")
         text = text.strip().upper()
         head, _, order = text.rpartition("_F")
         if head and order.isdigit():
@@ -65,8 +69,8 @@ class Action:
         try:
             return Action(Kind(text))
         except ValueError:
-            raise ValueError(f"unknown action {text!r}; expected FULL, STEP, CFG, BLOCK_<k> or BLOCK_<k>_<b>, a reuse "
-                             "optionally with _F<order>") from None
+            raise InvalidInputError(f"unknown action {text!r}; expected FULL, STEP, CFG, BLOCK_<k> or BLOCK_<k>_<b>, a "
+                                    "reuse optionally with _F<order>") from None
 
     def blocks_run(self, num_blocks: int) -> int:
         """How many blocks this action computes."""
@@ -122,6 +126,7 @@ def step_actions(num_blocks: int, block_ks: tuple[int, ...] = (), forecasts: tup
     blocks = tuple(Action.block(k) for k in sorted(set(block_ks)))
     for action in blocks:
         if not action.fits(num_blocks):
-            raise ValueError(f"{action} out of range for a model with {num_blocks} blocks (1 <= k < {num_blocks})")
+            raise InvalidInputError(f"block_ks: {action} out of range for a model with {num_blocks} blocks "
+                                    f"(1 <= k < {num_blocks})")
     reuses = (STEP, CFG, *blocks)
     return (FULL, *reuses, *(a.forecasting(o) for o in sorted(set(forecasts)) if o > 0 for a in reuses))

@@ -44,12 +44,13 @@ def _runtime(transformer) -> CacheRuntime | None:
 
 
 def attach_runtime(pipe_or_transformer, policy: Policy, num_inference_steps: int | None = None,
-                   batched_cfg: bool | None = None) -> CacheRuntime:
+                   batched_cfg: bool | None = None, guidance_scale: float | None = None) -> CacheRuntime:
     """Hook `policy` into a diffusers pipeline's transformer (or a transformer). Returns the runtime.
 
     Refuses to stack on another active cache (cachepilot's own, or one enabled with diffusers'
     `enable_cache`). `batched_cfg` says whether one call carries [uncond; cond] for batched-CFG
-    models when applying to a bare transformer (for a pipeline it is read from the pipeline).
+    models when applying to a bare transformer (for a pipeline it is read from the pipeline). `num_inference_steps` and
+    `guidance_scale` tell the generation's settings where the pipeline does not (a bare transformer).
     A pipeline with two experts (Wan2.2) gets one runtime on both: one policy and budget, caches and
     signals per expert.
     """
@@ -62,7 +63,7 @@ def attach_runtime(pipe_or_transformer, policy: Policy, num_inference_steps: int
         if getattr(model, "is_cache_enabled", False):
             raise CacheStackingError("a diffusers cache is enabled on this transformer (enable_cache); "
                                      "call transformer.disable_cache() before applying cachepilot")
-    runtime = CacheRuntime(transformer, adapter, policy, num_inference_steps, batched_cfg, pipe, experts)
+    runtime = CacheRuntime(transformer, adapter, policy, num_inference_steps, batched_cfg, pipe, experts, guidance_scale)
     for expert, model in enumerate(runtime.experts):
         HookRegistry.check_if_exists_or_initialize(model).register_hook(TransformerHook(runtime, expert), TRANSFORMER_HOOK)
         if adapter.time_embedder is not None:

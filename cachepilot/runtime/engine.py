@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cachepilot.errors import CachepilotError
+from cachepilot.errors import CachepilotError, InvalidInputError
 from cachepilot.models.adapters import ModelAdapter
 
 from .actions import CFG, FULL, STEP, Action, Kind
@@ -39,6 +39,7 @@ class Call:
 
     step: int
     num_steps: int | None
+    guidance: float | None
     sigma: float | None
     timestep: float | None
     rows: list[tuple[str, int]]  # batch row -> (branch, sample)
@@ -54,7 +55,7 @@ class Call:
 class CacheRuntime:
     def __init__(self, transformer: torch.nn.Module, adapter: ModelAdapter, policy: Policy,
                  num_inference_steps: int | None = None, batched_cfg: bool | None = None, pipe=None,
-                 experts: tuple[torch.nn.Module, ...] = ()):
+                 experts: tuple[torch.nn.Module, ...] = (), guidance_scale: float | None = None):
         check_policy(policy)
         self.experts = (transformer, *experts)  # a pipeline's transformers (Wan2.2: high-noise, then low-noise)
         self.transformer = transformer
@@ -78,7 +79,8 @@ class CacheRuntime:
         self.back = int(policy.back_blocks)  # trailing blocks every BLOCK action also runs (Bn)
         for action in (Action.block(k, self.back) for k in self.block_ks):
             if not action.fits(self.num_blocks):
-                raise ValueError(f"{action} out of range for {type(transformer).__name__} with {self.num_blocks} blocks")
+                raise InvalidInputError(f"policy {policy.name!r}: {action} out of range for "
+                                        f"{type(transformer).__name__} with {self.num_blocks} blocks")
         self.back_start = self.num_blocks - self.back  # first trailing block (== num_blocks when back == 0)
         self.forecast_order = int(policy.forecast_order)  # the residuals, tails and CFG difference keep this many more
         self.forecast_basis = policy.forecast_basis
@@ -87,6 +89,7 @@ class CacheRuntime:
                              f"{self.forecast_basis!r} (one of {', '.join(BASES)})")
         self.capture_at = frozenset(self.block_ks) | ({self.back_start} if self.back else frozenset())
         self.num_inference_steps = num_inference_steps
+        self.guidance_scale = guidance_scale
         self.batched_cfg = batched_cfg
         self.pipe = pipe
         self._ffn = adapter.ffn_dim(adapter.blocks(transformer)[0])
@@ -108,6 +111,7 @@ class CacheRuntime:
         self.full: dict[int, float] = {}
         self.summary = CacheSummary(self.policy.name, self.num_blocks)
         self._ended = False
+        self._guidance: float | None = None  # the generation's guidance scale, read at its first call
         self.policy.reset()
 
     def snapshot(self) -> tuple:
@@ -174,9 +178,12 @@ class CacheRuntime:
             self.branches = self.expert_branches[expert]
         for b in branches:
             self._branch(b, sum(1 for r in rows if r[0] == b)).steps_seen.add(step)
+        if self._guidance is None:
+            self._guidance = self.guidance_scale if self.guidance_scale is not None else self._pipeline_guidance()
         self.call = Call(
             step=step,
             num_steps=getattr(context, "num_inference_steps", None) or self._pipeline_steps() or self.num_inference_steps,
+            guidance=self._guidance,
             sigma=getattr(context, "sigma", None),
             timestep=float(timestep.flatten()[0]) if isinstance(timestep, torch.Tensor) else timestep,
             rows=rows,
@@ -188,6 +195,12 @@ class CacheRuntime:
         """The step count the pipeline set for this generation (diffusers pipelines keep `_num_timesteps`)."""
         steps = getattr(self.pipe, "_num_timesteps", None)
         return steps if isinstance(steps, int) and steps > 0 else None
+
+    def _pipeline_guidance(self) -> float | None:
+        """The guidance scale the pipeline set for this generation, read at its first call (CogVideoX's dynamic CFG
+        changes it from step to step after that)."""
+        scale = getattr(self.pipe, "_guidance_scale", None)
+        return float(scale) if isinstance(scale, (int, float)) and not isinstance(scale, bool) else None
 
     def end_call(self) -> None:
         call, self.call = self.call, None
@@ -283,6 +296,7 @@ class CacheRuntime:
                 measured[signal.name] = acc_err + abs(1 - acc_ratio * ratio)
         full = self.full.get(sample, 0.0)
         return Signals(call.step, call.num_steps, branch, sample, sigma=call.sigma, timestep=call.timestep, expert=self.expert,
+                       guidance=call.guidance,
                        steps_since_full=state.since_full[sample],
                        compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, **measured)
 

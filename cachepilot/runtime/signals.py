@@ -151,17 +151,17 @@ class Signals:
     not measured). Units and meaning: `SIGNALS`."""
 
     __slots__ = ("step", "num_steps", "branch", "sample", "sigma", "timestep", "steps_since_full", "compute_spent",
-                 "expert", "measured")
+                 "expert", "guidance", "measured")
 
     def __init__(self, step: int, num_steps: int | None, branch: str, sample: int, sigma: float | None = None,
                  timestep: float | None = None, steps_since_full: int | None = None, compute_spent: float = 0.0,
-                 expert: int = 0, **measured: float | None):
+                 expert: int = 0, guidance: float | None = None, **measured: float | None):
         unknown = set(measured) - MEASURED
         if unknown:
             raise TypeError(f"unknown signals {sorted(unknown)}; measured signals: {', '.join(sorted(MEASURED))}")
         self.step, self.num_steps, self.branch, self.sample = step, num_steps, branch, sample
         self.sigma, self.timestep, self.steps_since_full, self.compute_spent = sigma, timestep, steps_since_full, compute_spent
-        self.expert = expert
+        self.expert, self.guidance = expert, guidance  # guidance: the generation's CFG scale, where it is known
         self.measured = measured
 
     def __getattr__(self, name: str):  # reached only for names that are not context attributes

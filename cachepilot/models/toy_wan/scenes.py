@@ -15,6 +15,8 @@ from importlib import resources
 
 import torch
 
+from cachepilot.errors import InvalidInputError
+
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (1.0, 0.1, 0.1),
     "green": (0.1, 0.9, 0.1),
@@ -127,7 +129,7 @@ def make_splits(seed: int = 0, held_out_single: int = 32, held_out_double: int =
 def load_split(split: str) -> tuple[str, ...]:
     """The fixed prompt list of a split, as shipped in `splits/<split>.txt`."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        raise InvalidInputError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     text = resources.files(__package__).joinpath("splits", f"{split}.txt").read_text()
     return tuple(line for line in text.splitlines() if line.strip())
 
