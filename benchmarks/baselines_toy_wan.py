@@ -12,7 +12,7 @@ import json
 import statistics
 
 
-from cachepilot.evaluation.harness import run_method, timed_reference
+from cachepilot.evaluation.harness import ScoredPairs, run_method, timed_reference
 from cachepilot.evaluation.peers import PEERS, available_peers, run_peer
 from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.models.toy_wan.scenes import load_split
@@ -37,16 +37,16 @@ def main() -> None:
     seeds = list(range(args.pairs))
     timed_reference(pipe, prompts[:1], seeds[:1], 3, args.guidance)  # warm-up
     reference, ref_wall = timed_reference(pipe, prompts, seeds, args.steps, args.guidance)
+    pairs = ScoredPairs(prompts, seeds, args.steps, args.guidance, reference)
     rows, table = [], []
     for name in args.methods.split(","):
         if name in PEERS:
             method = PEERS[name]
-            results, wall = run_peer(pipe, method, {}, prompts, seeds, reference, args.steps, args.guidance,
-                                     calibration)
+            results, wall = run_peer(pipe, method, {}, pairs, calibration)
         else:
             method = BASELINES[name]
             results, wall = run_method(pipe, make_baseline(name, calibration=calibration, num_blocks=num_blocks),
-                                       prompts, seeds, reference, args.steps, args.guidance, name, method.default)
+                                       pairs, name, method.default)
         rows += [r.as_dict() for r in results]
         frac = statistics.mean(r.computed_fraction for r in results)
         table.append((name, ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()), frac, 1 / frac, ref_wall / wall,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cachepilot.infer.ablate import AblationConfig, Setting
+from cachepilot.infer.ablation import AblationConfig, Setting
 from cachepilot.provenance import machine_summary
 
 def short_name(start: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cachepilot.evaluation.search import replay
-from cachepilot.infer.ablate import AblationConfig, Setting
+from cachepilot.infer.ablation import AblationConfig, Setting
 from cachepilot.provenance import machine_summary
 
 

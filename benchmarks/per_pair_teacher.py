@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cachepilot.envs.episodes import CacheEpisodes
-from cachepilot.evaluation.harness import run_method
-from cachepilot.infer.ablate import AblationConfig, Setting
+from cachepilot.envs import CacheEpisodes, EpisodeConfig, RunSpec
+from cachepilot.evaluation.harness import ScoredPairs, run_method
+from cachepilot.infer.ablation import AblationConfig, Setting
 from cachepilot.policies.learned import LearnedPolicy
 from cachepilot.provenance import machine_summary
 from cachepilot.train.distill import DistillConfig, fit
@@ -34,8 +34,8 @@ from cachepilot.train.rollouts import ScheduleFollower, run_episodes
 class PerPairTeacher:
     """Follows each pair's own schedule, as the distillation teacher follows one shared schedule."""
 
-    def __init__(self, schedules, core: CacheEpisodes):
-        self.followers = [ScheduleFollower(s, core.actions, core.num_blocks) for s in schedules]
+    def __init__(self, schedules, episodes: CacheEpisodes):
+        self.followers = [ScheduleFollower(s, episodes.actions, episodes.num_blocks) for s in schedules]
 
     def act(self, pair, step, last_full, previous_full, spent, budget, reached=None, valid=None) -> int:
         return self.followers[pair].act(step, spent, valid)
@@ -56,37 +56,38 @@ def main() -> None:
     if stored_search is None:
         raise SystemExit(f"no searched oracle at budget {budget:g} in {setting.dir}; run `cachepilot ablate` first")
     search = stored_search[1]
-    core = CacheEpisodes(model=setting.config.model, prompts="test", pairs=args.pairs, steps=steps,
-                         guidance=guidance, budget=(budget, budget), pipe=setting.pipe,
-                         extra_signals=tuple(n for n in args.signals.split(",") if n))
-    if core.pairs != list(zip(setting.prompts, setting.seeds)):
+    episodes = CacheEpisodes(RunSpec(setting.config.model, "test", args.pairs, steps=steps, guidance=guidance,
+                                 budgets=budget, pipe=setting.pipe),
+                         EpisodeConfig(extra_signals=tuple(n for n in args.signals.split(",") if n)))
+    if episodes.pairs != list(zip(setting.prompts, setting.seeds)):
         raise SystemExit("the environment's test pairs are not the ablation's")
-    reference = core.store.outputs(core.pairs)
+    reference = episodes.store.outputs(episodes.pairs)
     halves = [list(range(0, args.pairs, 2)), list(range(1, args.pairs, 2))]
-    teacher, config = PerPairTeacher(search.schedules, core), DistillConfig()
+    teacher, config = PerPairTeacher(search.schedules, episodes), DistillConfig()
 
     def student_psnr(net, pairs: list[int]) -> float:
-        policy = LearnedPolicy(net, core.spec, core.actions, core.num_blocks, budget, steps=steps)
-        results, _ = run_method(core.pipe, policy, [core.pairs[i][0] for i in pairs],
-                                [core.pairs[i][1] for i in pairs], reference[pairs], steps, guidance, "learned", budget)
+        policy = LearnedPolicy(net, episodes.observation_spec, episodes.actions, episodes.num_blocks, budget, steps=steps)
+        scored = ScoredPairs([episodes.pairs[i][0] for i in pairs], [episodes.pairs[i][1] for i in pairs], steps, guidance,
+                             reference[pairs])
+        results, _ = run_method(episodes.pipe, policy, scored, "learned", budget)
         return float(np.mean([r.psnr for r in results]))
 
     stored = {name: np.asarray(scores, dtype=float) for name, scores in search.start_psnr.items()}
     learned = max((n for n in stored if n.startswith("learned-")), key=lambda n: np.nanmean(stored[n]))
     learned_name = learned.split("@")[0].removeprefix("learned-")
     print(f"machine: {machine_summary()}; toy-wan, budget {budget:g}, {args.pairs} test pairs in two halves; "
-          f"observation: {', '.join(core.spec.names)}")
+          f"observation: {', '.join(episodes.observation_spec.names)}")
     print(f"| taught on | scored on | oracle | {learned_name} (the ablation's run) | uniform | "
           + " | ".join(f"student, round {r}" for r in range(args.rounds + 1)) + " |")
     print("|---" * (5 + args.rounds + 1) + "|")
     for taught, other in ((halves[0], halves[1]), (halves[1], halves[0])):
         gathered, net, scores = [], None, {tuple(taught): [], tuple(other): []}
         for round_ in range(args.rounds + 1):
-            rollouts = run_episodes(core, [(p, budget) for p in taught], teacher, net=net, batch=len(taught))
+            rollouts = run_episodes(episodes, [(p, budget) for p in taught], teacher, net=net, batch=len(taught))
             gathered.append(rollouts.arrays())
             merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
             with tempfile.TemporaryDirectory() as run_dir:
-                net = fit(merged, len(core.actions), Path(run_dir), config, round_, log=lambda *_: None)
+                net = fit(merged, Path(run_dir), config, round_, log=lambda *_: None)
             for pairs in scores:
                 scores[pairs].append(student_psnr(net, list(pairs)))
         name = "even" if taught[0] == 0 else "odd"

@@ -28,7 +28,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from cachepilot.evaluation.peers import available_peers
-from cachepilot.infer.ablate import AblationConfig, ablate
+from cachepilot.infer.ablation import AblationConfig, ablate
 from cachepilot.io import atomic_write_bytes
 from cachepilot.policies.registry import BASELINES
 from cachepilot.provenance import machine_summary

@@ -18,7 +18,7 @@ import time
 
 from cachepilot.evaluation.harness import generate_with
 from cachepilot.models.registry import load_pipeline, weights_path
-from cachepilot.models.stepping import generate
+from cachepilot.models.stepping import generate_batch
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.policy_file import load_policy
@@ -43,7 +43,7 @@ def decision_times(pipe, policy, prompts, seeds, steps, guidance) -> list[float]
 def transformer_call_times(pipe, prompts, seeds, steps, guidance) -> list[float]:
     attach_runtime(pipe, NoCache(), num_inference_steps=steps)
     try:
-        generate(pipe, prompts, seeds, steps, guidance)
+        generate_batch(pipe, prompts, seeds, steps, guidance)
         return list(cache_summary(pipe).wall_times)
     finally:
         remove_cache(pipe)

@@ -26,7 +26,7 @@ from cachepilot.models.registry import load_pipeline, weights_path
 from cachepilot.policies.policy_file import load_policy
 from cachepilot.policies.base import NoCache
 from cachepilot.policies.schedule import FixedSchedule
-from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
+from cachepilot.runtime import attach_runtime, cache_summary, cached, remove_cache
 from cachepilot.provenance import machine_summary
 
 class FullReadingEverything(NoCache):
@@ -92,14 +92,11 @@ def main() -> None:
     schedule = FixedSchedule.uniform(args.steps, args.fraction)
     learned = load_policy(args.policy or weights_path("toy-wan") / "policy-ppo").policy(args.budget)
     def run_hooked(policy, walls=None) -> float:
-        attach_runtime(pipe, policy)
-        try:
+        with cached(pipe, policy):
             seconds = timed(pipe, args.steps, run)
             if walls is not None:
                 walls.append(cache_summary(pipe).wall_time)
             return seconds
-        finally:
-            remove_cache(pipe)
 
     for run in range(args.runs):  # interleaved, order reversed every other run (ABBA): drift hits all alike
         variants = [

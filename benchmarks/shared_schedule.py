@@ -15,8 +15,8 @@ import argparse
 
 import numpy as np
 
-from cachepilot.envs.episodes import CacheEpisodes
-from cachepilot.evaluation.harness import run_method
+from cachepilot.envs import CacheEpisodes, RunSpec
+from cachepilot.evaluation.harness import ScoredPairs, run_method
 from cachepilot.evaluation.oracle import fulls_for_budget
 from cachepilot.evaluation.search import forecast_reuses, replay
 from cachepilot.models.registry import weights_path
@@ -47,15 +47,15 @@ def main() -> None:
         uniform = list(FixedSchedule.uniform(steps, fulls_for_budget(budget, steps) / steps).actions)
         print(f"| {key} | train (searched on) | {entry['train_psnr']:.2f} | | | |")
         for split, n in (("val", args.val), ("test", args.test)):
-            core = CacheEpisodes(model=bundle.card.model, prompts=split, pairs=n, steps=steps, guidance=guidance,
-                                 budget=(budget, budget), pipe=pipe)
-            pipe = core.pipe
-            prompts, seeds = [p for p, _ in core.pairs], [s for _, s in core.pairs]
-            reference = core.store.outputs(core.pairs)
+            episodes = CacheEpisodes(RunSpec(bundle.card.model, split, n, steps=steps, guidance=guidance,
+                                             budgets=budget, pipe=pipe))
+            pipe = episodes.pipe
+            prompts, seeds = [p for p, _ in episodes.pairs], [s for _, s in episodes.pairs]
+            reference = episodes.store.outputs(episodes.pairs)
             scores = [replay(pipe, [s] * n, prompts, seeds, reference, steps, guidance)[0].mean()
                       for s in (schedule, uniform, forecast_reuses(uniform, 1))]
-            results, _ = run_method(pipe, bundle.policy(budget), prompts, seeds, reference, steps, guidance, "learned",
-                                    budget)
+            results, _ = run_method(pipe, bundle.policy(budget), ScoredPairs(prompts, seeds, steps, guidance, reference),
+                                    "learned", budget)
             learned = np.mean([r.psnr for r in results])
             print(f"| {key} | {n} {split} | " + " | ".join(f"{v:.2f}" for v in (*scores, learned)) + " |")
 

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from cachepilot.infer.generate import generate
+from cachepilot.infer.generate import generate_video
 from cachepilot.models.registry import embedded_path, load_pipeline
 from cachepilot.provenance import machine_summary
 
@@ -28,11 +28,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipeline("toy-wan")
-    generate(pipe, PROMPT, steps=3, progress=False)  # warm-up
+    generate_video(pipe, PROMPT, steps=3, progress=False)  # warm-up
     times = []
     for seed in range(args.runs):
         start = time.perf_counter()
-        generate(pipe, PROMPT, steps=args.steps, guidance=5.0, seed=seed, progress=False)
+        generate_video(pipe, PROMPT, steps=args.steps, guidance=5.0, seed=seed, progress=False)
         times.append(time.perf_counter() - start)
     machine = machine_summary()
     median = statistics.median(times)

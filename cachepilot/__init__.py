@@ -2,7 +2,7 @@
 
     from cachepilot import apply_cache, remove_cache, cache_summary, load_policy
 
-    apply_cache(pipe, load_policy("path/to/policy"), budget=0.35)   # or "teacache", or any Policy
+    apply_cache(pipe, load_policy("path/to/policy"), budget=0.35)   # or "teacache", TeaCacheConfig(...), any Policy
     ...generate with the pipeline as usual...
     print(cache_summary(pipe))
     remove_cache(pipe)
@@ -16,6 +16,7 @@ _API = {  # name -> the module that defines it
     "remove_cache": "cachepilot.runtime",
     "reset_cache": "cachepilot.runtime",
     "cache_summary": "cachepilot.runtime",
+    "cached": "cachepilot.runtime",
     "load_policy": "cachepilot.policies.policy_file",
     "published_calibration": "cachepilot.policies.calibration",
 }

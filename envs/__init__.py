@@ -2,8 +2,10 @@
 
 from .batched import BatchedCacheEnv
 from .cache_env import CacheEnv
-from .episodes import CacheEpisodes, Episode
+from .episodes import CacheEpisodes, Episode, EpisodeConfig
 from .references import Reference, ReferenceStore
 from .reward import RewardConfig
+from .spec import RunSpec
 
-__all__ = ["CacheEnv", "BatchedCacheEnv", "CacheEpisodes", "Episode", "Reference", "ReferenceStore", "RewardConfig"]
+__all__ = ["CacheEnv", "BatchedCacheEnv", "CacheEpisodes", "Episode", "EpisodeConfig", "RunSpec", "Reference",
+           "ReferenceStore", "RewardConfig"]

@@ -15,16 +15,17 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from cachepilot import checks
 
-from .episodes import CacheEpisodes, Episode
+from .episodes import CacheEpisodes, Episode, EpisodeConfig
+from .spec import RunSpec
 
 
 class BatchedCacheEnv(VecEnv):
     render_mode = None
-    def __init__(self, num_envs: int = 8, model: str = "toy-wan", **kwargs):
+    def __init__(self, spec: RunSpec | None = None, config: EpisodeConfig | None = None, num_envs: int = 8):
         num_envs = checks.count("num_envs", num_envs)
-        self.episodes = CacheEpisodes(model=model, **kwargs)
+        self.episodes = CacheEpisodes(spec, config)
         self.actions = self.episodes.actions
-        self.observation_spec = self.episodes.spec
+        self.observation_spec = self.episodes.observation_spec
         super().__init__(num_envs, self.episodes.observation_space, self.episodes.action_space)
         self.rngs = [seeding.np_random(None)[0] for _ in range(num_envs)]  # env i draws its episodes with rngs[i]
         self._pending = None

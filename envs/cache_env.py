@@ -5,7 +5,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
-from .episodes import CacheEpisodes
+from .episodes import CacheEpisodes, EpisodeConfig
+from .spec import RunSpec
 
 
 class CacheEnv(gym.Env):
@@ -17,17 +18,18 @@ class CacheEnv(gym.Env):
     `action_masks()` says which are valid (sb3-contrib's convention); an invalid one computes FULL and
     reports `info["invalid_action"]`; with `budget_guard=True` the masks also rule out what would take the
     episode past its budget (as a LearnedPolicy does at inference). The reward is documented in
-    `cachepilot.envs.reward`; every term is in `info`. Keyword arguments: see `CacheEpisodes`.
+    `cachepilot.envs.reward`; every term is in `info`. What it runs on is the `RunSpec` (model, pairs, steps,
+    guidance, budgets), how it runs the `EpisodeConfig` (actions, quality metric, reward, budget guard).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, model: str = "toy-wan", **kwargs):
-        self.episodes = CacheEpisodes(model=model, **kwargs)
+    def __init__(self, spec: RunSpec | None = None, config: EpisodeConfig | None = None):
+        self.episodes = CacheEpisodes(spec, config)
         self.observation_space = self.episodes.observation_space
         self.action_space = self.episodes.action_space
         self.actions = self.episodes.actions
-        self.observation_spec = self.episodes.spec
+        self.observation_spec = self.episodes.observation_spec
         self.episode = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from gymnasium import spaces
@@ -12,8 +11,6 @@ from cachepilot import checks
 from cachepilot.errors import InvalidInputError
 from cachepilot.metrics import QUALITY_METRICS, lpips_model, quality
 from cachepilot.models.adapters import num_blocks as count_blocks
-from cachepilot.models.registry import ModelSource
-from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.learned import within_budget
 from cachepilot.policies.observation import CLIP, ObservationSpec
 from cachepilot.runtime import Action, step_actions
@@ -21,6 +18,7 @@ from cachepilot.runtime import Action, step_actions
 from .lockstep import Lockstep, Pause
 from .references import ReferenceStore
 from .reward import RewardConfig, trajectory_distance
+from .spec import RunSpec
 
 
 @dataclass(frozen=True)
@@ -39,65 +37,52 @@ def default_block_ks(num_blocks: int) -> tuple[int, ...]:
 DEFAULT_FORECASTS = (1, 2)  # every reuse may also forecast, with order 1 or 2
 
 
-def make_pairs(model, prompts, pairs: int | None) -> list[tuple[str, int]]:
-    """(prompt, seed) pairs: prompt i of the list (a toy-wan split name or explicit prompts) with seed i."""
-    model = ModelSource.of(model).name
-    if isinstance(prompts, str):
-        if model != "toy-wan":
-            raise InvalidInputError(f"prompt split {prompts!r} exists for toy-wan only; pass a list of prompts for "
-                                    f"{model!r}")
-        prompts = load_split(prompts)
-    prompts = [checks.prompt(p) for p in prompts]
-    if not prompts:
-        raise InvalidInputError("no prompts given")
-    count = len(prompts) if pairs is None else checks.count("pairs", pairs, high=len(prompts))
-    return [(prompts[i], i) for i in range(count)]
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """How episodes are run and scored (what they run on is the `RunSpec`)."""
 
+    quality: str = "psnr"  # the final-quality metric of the reward: psnr, ssim or lpips
+    block_ks: tuple[int, ...] | None = None  # the BLOCK_k actions; None: `default_block_ks`
+    forecasts: tuple[int, ...] = DEFAULT_FORECASTS  # the forecast orders every reuse may also take
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    budget_guard: bool = False  # also mask what would overrun the episode's budget (as a LearnedPolicy does)
+    extra_signals: tuple[str, ...] = ()  # optional signals added to the pipeline's observation
 
-def _budget_range(budget) -> tuple[float, float]:
-    if isinstance(budget, numbers.Real):
-        lo, hi = budget, budget
-    elif isinstance(budget, (tuple, list)) and len(budget) == 2:
-        lo, hi = budget
-    else:
-        raise InvalidInputError(f"budget must be a fraction of full compute or a (low, high) range, got {budget!r}")
-    lo, hi = checks.budget(lo, "budget range start"), checks.budget(hi, "budget range end")
-    if lo > hi:
-        raise InvalidInputError(f"budget range [{lo}, {hi}] is empty")
-    return lo, hi
+    def __post_init__(self):
+        if self.quality not in QUALITY_METRICS:
+            raise InvalidInputError(f"unknown quality metric {self.quality!r}; choose from {', '.join(QUALITY_METRICS)}")
+        object.__setattr__(self, "forecasts", tuple(checks.count("forecast order", o) for o in self.forecasts))
+        object.__setattr__(self, "extra_signals", tuple(self.extra_signals))
 
 
 class CacheEpisodes:
-    def __init__(self, model: str = "toy-wan", prompts="train", pairs: int | None = 64, steps: int = 50,
-                 guidance: float = 5.0, budget=(0.2, 0.6), quality: str = "psnr", block_ks=None,
-                 forecasts: tuple[int, ...] = DEFAULT_FORECASTS, reward: RewardConfig | None = None, model_path=None,
-                 pipe=None, references=None, budget_guard: bool = False, extra_signals: tuple[str, ...] = ()):
-        if quality not in QUALITY_METRICS:
-            raise InvalidInputError(f"unknown quality metric {quality!r}; choose from {', '.join(QUALITY_METRICS)}")
-        self.pairs = make_pairs(model, prompts, pairs)
-        self.budget_range = _budget_range(budget)
-        if quality == "lpips":
+    """Episodes over a `RunSpec`'s training pairs, budgets drawn from its budgets' range, run as `config` says."""
+
+    def __init__(self, spec: RunSpec | None = None, config: EpisodeConfig | None = None):
+        self.run, self.config = spec or RunSpec(), config or EpisodeConfig()
+        self.pairs = self.run.pair_list()
+        self.budget_range = self.run.budget_range
+        if self.config.quality == "lpips":
             lpips_model()  # fail now, with the message saying where the weights go, not at the first episode end
-        self.source = ModelSource.of(model, model_path)
-        if pipe is None:
-            pipe = self.source.load()
-        self.pipe, self.model, self.quality = pipe, self.source.name, quality
-        self.steps, self.guidance = checks.count("steps", steps), checks.guidance(guidance)
-        self.reward = reward or RewardConfig()
-        self.num_blocks = num_blocks = count_blocks(pipe.transformer)
-        self.budget_guard = budget_guard
+        self.source, self.pipe = self.run.model, self.run.pipeline()
+        self.model, self.quality = self.source.name, self.config.quality
+        self.steps, self.guidance = self.run.steps, self.run.guidance
+        self.reward = self.config.reward
+        self.num_blocks = num_blocks = count_blocks(self.pipe.transformer)
+        self.budget_guard = self.config.budget_guard
+        block_ks = self.config.block_ks
         self.actions: tuple[Action, ...] = step_actions(
-            num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks,
-            tuple(checks.count("forecast order", o) for o in forecasts))
+            num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks, self.config.forecasts)
         try:
-            self.spec = ObservationSpec.for_pipeline(pipe, tuple(extra_signals))
+            self.observation_spec = ObservationSpec.for_pipeline(self.pipe, self.config.extra_signals)
         except ValueError as err:
             raise InvalidInputError(str(err)) from None
-        self.observation_space = spaces.Box(-CLIP, CLIP, (self.spec.size,), np.float32)
+        self.observation_space = spaces.Box(-CLIP, CLIP, (self.observation_spec.size,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))
+        references = self.run.references
         self.store = references if isinstance(references, ReferenceStore) else ReferenceStore(
-            pipe, model, self.steps, self.guidance, root=references)
-        self.lockstep = Lockstep(pipe, self.actions, self.spec, self.steps, self.guidance)
+            self.pipe, self.model, self.steps, self.guidance, root=references)
+        self.lockstep = Lockstep(self.pipe, self.actions, self.observation_spec, self.steps, self.guidance)
         self._refs: dict = {}
         self.episodes: list[Episode] = []
         self.masks: list[np.ndarray] = []
@@ -167,7 +152,7 @@ class CacheEpisodes:
             info.update(terms, quality_loss=float(score.loss), prompt=episode.prompt, seed=episode.seed)
             info[self.quality] = float(score.value)
         self.masks = [self._terminal_mask() for _ in self.episodes]
-        return np.zeros((len(picks), self.spec.size), np.float32), rewards, True, infos
+        return np.zeros((len(picks), self.observation_spec.size), np.float32), rewards, True, infos
 
     def _observe(self, pause: Pause) -> np.ndarray:
         order = sorted(range(len(pause.signals)), key=lambda r: pause.signals[r].sample)
@@ -178,7 +163,7 @@ class CacheEpisodes:
             step = len(self._costs[0])
             self.masks = [within_budget(mask, self.actions, self.num_blocks, step, sum(costs), episode.budget, self.steps)
                           for mask, costs, episode in zip(self.masks, self._costs, self.episodes)]
-        return np.stack([self.spec.build(pause.signals[r], e.budget) for r, e in zip(order, self.episodes)])
+        return np.stack([self.observation_spec.build(pause.signals[r], e.budget) for r, e in zip(order, self.episodes)])
 
     def _terminal_mask(self) -> np.ndarray:
         mask = np.zeros(len(self.actions), dtype=bool)

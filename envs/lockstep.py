@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from greenlet import getcurrent, greenlet
 
-from cachepilot.models.stepping import generate
+from cachepilot.models.stepping import generate_batch
 from cachepilot.policies.observation import ObservationSpec
 from cachepilot.policies.step_level import StepLevelPolicy
 from cachepilot.runtime import Action, attach_runtime, remove_cache
@@ -116,7 +116,7 @@ class Lockstep:
 
     def _work(self, prompts: list[str], seeds: list[int]):
         try:
-            frames = generate(self.pipe, prompts, seeds, self.steps, self.guidance, on_step=self._keep_latents)
+            frames = generate_batch(self.pipe, prompts, seeds, self.steps, self.guidance, on_step=self._keep_latents)
         except _Abort:
             return ("aborted",)
         return ("done", np.asarray(frames))

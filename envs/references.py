@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from cachepilot import checks
 from cachepilot.io import atomic_write_bytes, atomic_write_text
-from cachepilot.models.stepping import generate, generation_options
+from cachepilot.models.stepping import generate_batch, generation_options
 from cachepilot.provenance import identifying_config
 from cachepilot.policies.base import BasePolicy
-from cachepilot.runtime import FULL, attach_runtime, remove_cache
+from cachepilot.runtime import FULL, cached
 
 STORE_ENV = "CACHEPILOT_REFERENCES"
 FULL_HASH_LIMIT = 50_000_000  # parameters; above this the model hash reads per-tensor statistics, not bytes
@@ -251,12 +251,9 @@ class ReferenceStore:
         def keep_latents(_step, step_latents):
             latents.append(step_latents.detach().float().cpu())
 
-        attach_runtime(pipe, recorder, num_inference_steps=self.steps)
-        try:
-            frames = generate(pipe, [p for p, _ in pairs], [s for _, s in pairs], self.steps, self.guidance,
-                              on_step=keep_latents if trajectory else None)
-        finally:
-            remove_cache(pipe)
+        with cached(pipe, recorder, num_inference_steps=self.steps):
+            frames = generate_batch(pipe, [p for p, _ in pairs], [s for _, s in pairs], self.steps, self.guidance,
+                                    on_step=keep_latents if trajectory else None)
         refs = []
         for i, (prompt, seed) in enumerate(pairs):
             traj = torch.stack([lat[i] for lat in latents]) if trajectory else None

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cachepilot.metrics import psnr, ssim
-from cachepilot.models.stepping import generate
+from cachepilot.models.stepping import generate_batch
 from cachepilot.policies.base import NoCache
-from cachepilot.runtime import attach_runtime, cache_summary, remove_cache
+from cachepilot.runtime import cache_summary, cached
 
 
 @dataclass
@@ -32,12 +32,9 @@ class PairResult:
 
 def generate_logged(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guidance: float):
     """One batched generation under `policy`: (frames, the runtime's summary of what it did)."""
-    attach_runtime(pipe, policy, num_inference_steps=steps)
-    try:
-        frames = generate(pipe, prompts, seeds, steps, guidance)
+    with cached(pipe, policy, num_inference_steps=steps):
+        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
         return frames, cache_summary(pipe)
-    finally:
-        remove_cache(pipe)
 
 
 def computed_fractions(summary, samples: int) -> list[float]:
@@ -55,11 +52,21 @@ def generate_with(pipe, policy, prompts: list[str], seeds: list[int], steps: int
     return frames, computed_fractions(summary, len(prompts)), summary.wall_time
 
 
-def run_method(pipe, policy, prompts: list[str], seeds: list[int], reference: np.ndarray, steps: int, guidance: float,
-               method: str, knob: float) -> tuple[list[PairResult], float]:
-    """Returns per-pair results and the batch's transformer wall time."""
-    frames, fractions, wall = generate_with(pipe, policy, prompts, seeds, steps, guidance)
-    return score(frames, reference, prompts, seeds, fractions, method, knob), wall
+@dataclass
+class ScoredPairs:
+    """What a method is scored on: (prompt, seed) pairs at one step count and guidance, and their uncached frames."""
+
+    prompts: list[str]
+    seeds: list[int]
+    steps: int
+    guidance: float
+    reference: np.ndarray
+
+
+def run_method(pipe, policy, pairs: ScoredPairs, method: str, knob: float) -> tuple[list[PairResult], float]:
+    """Per-pair results of one batched generation under `policy`, and the batch's transformer wall time."""
+    frames, fractions, wall = generate_with(pipe, policy, pairs.prompts, pairs.seeds, pairs.steps, pairs.guidance)
+    return score(frames, pairs.reference, pairs.prompts, pairs.seeds, fractions, method, knob), wall
 
 
 def score(frames, reference, prompts, seeds, fractions, method: str, knob: float) -> list[PairResult]:
@@ -70,10 +77,6 @@ def score(frames, reference, prompts, seeds, fractions, method: str, knob: float
 def timed_reference(pipe, prompts, seeds, steps, guidance) -> tuple[np.ndarray, float]:
     """The uncached frames, generated through the runtime (always FULL) so its transformer wall time is measured
     the same way as every method's."""
-    attach_runtime(pipe, NoCache(), num_inference_steps=steps)
-    try:
-        frames = generate(pipe, prompts, seeds, steps, guidance)
-        wall = cache_summary(pipe).wall_time
-    finally:
-        remove_cache(pipe)
-    return frames, wall
+    with cached(pipe, NoCache(), num_inference_steps=steps):
+        frames = generate_batch(pipe, prompts, seeds, steps, guidance)
+        return frames, cache_summary(pipe).wall_time

@@ -29,9 +29,9 @@ from cachepilot.io import read_or_set_aside
 from cachepilot.models.stepping import generation_options, stepper_for
 from cachepilot.policies.base import BasePolicy
 from cachepilot.policies.schedule import FixedSchedule
-from cachepilot.runtime import FULL, STEP, Action, attach_runtime, remove_cache
+from cachepilot.runtime import FULL, STEP, Action, cached
 
-from .harness import run_method
+from .harness import ScoredPairs, run_method
 
 DEFAULT_MAX_GAP = 12  # longest reuse run the oracle considers (steps between two FULLs)
 
@@ -194,10 +194,9 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
     stepper = stepper_for(pipe)
     policy = _Scripted()
     policy.forecast_order = int(forecast)
-    runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
     errors = np.full((len(pairs), steps, steps + 1), np.inf)
     forecasts = np.full((len(pairs), steps, max_gap, steps + 1), np.inf) if forecast else None
-    try:
+    with cached(pipe, policy, num_inference_steps=steps) as runtime:
         state = _prepare(stepper, pairs, steps, guidance)
         reference, states = [state.latents], [None] * steps
         for i in range(steps):  # the reference trajectory, computed first (the forks compare with it)
@@ -227,8 +226,6 @@ def measure_segments(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidan
             if i >= max_gap:
                 states[i - max_gap] = None  # no later fork grafts from it
         frames = stepper.decode(state)
-    finally:
-        remove_cache(pipe)
     return [SegmentTable(errors[b], max_gap, gain, None if forecasts is None else forecasts[b])
             for b in range(len(pairs))], frames
 
@@ -270,8 +267,7 @@ def measure_reached(pipe, pairs: list[tuple[str, int]], schedules: list[list[Act
     reuses = (STEP, STEP.forecasting(1))
     errors = np.full((len(reuses), len(pairs), steps, steps + 1), np.inf)
     carried = np.zeros((len(pairs), steps + 1))  # the student's own error entering each step
-    runtime = attach_runtime(pipe, policy, num_inference_steps=steps)
-    try:
+    with cached(pipe, policy, num_inference_steps=steps) as runtime:
         state = _prepare(stepper, pairs, steps, guidance)
         for i in range(steps):
             policy.override = None
@@ -288,8 +284,6 @@ def measure_reached(pipe, pairs: list[tuple[str, int]], schedules: list[list[Act
                 for j in range(i + 1, min(i + max_gap, steps)):
                     errors[r, :, i, j + 1] = _distance(stepper.step(branch).latents, reference[:, j + 1])
             runtime.restore(here)
-    finally:
-        remove_cache(pipe)
     weighted = errors * gain[None, None, None, :]
     added = np.maximum(weighted - (carried[:, 1:] * gain[1:])[None, :, :, None], 0.0) ** 2
     added = np.where(np.isfinite(weighted), added, np.inf)
@@ -327,8 +321,8 @@ def amplification(pipe, pairs: list[tuple[str, int]], steps: int = 50, guidance:
 def rollout(pipe, pairs: list[tuple[str, int]], schedules: list[list], reference: np.ndarray, steps: int,
             guidance: float, method: str = "oracle", knob: float = 0.0):
     """Real generations of per-sample schedules, scored against `reference` (frames of the same pairs)."""
-    results, _ = run_method(pipe, FixedSchedule.per_sample(schedules), [p for p, _ in pairs], [s for _, s in pairs],
-                            reference, steps, guidance, method, knob)
+    scored = ScoredPairs([p for p, _ in pairs], [s for _, s in pairs], steps, guidance, reference)
+    results, _ = run_method(pipe, FixedSchedule.per_sample(schedules), scored, method, knob)
     return results
 
 

@@ -23,31 +23,63 @@ from cachepilot.runtime import experts_of
 from cachepilot.policies.dbcache import default_front_blocks
 from cachepilot.policies.registry import Method
 
-from .harness import PairResult, score
+from .harness import PairResult, ScoredPairs, score
 
 
 class PeerUnavailable(RuntimeError):
     pass
 
 
+class Diffusers:
+    """diffusers' own caches: `transformer.enable_cache(config)`."""
+
+    name = "diffusers"
+
+    @staticmethod
+    def available() -> bool:
+        return True
+
+    @staticmethod
+    def enable(pipe, config) -> None:
+        pipe.transformer.enable_cache(config)
+
+    @staticmethod
+    def disable(pipe) -> None:
+        pipe.transformer.disable_cache()
+
+
+class CacheDit:
+    """cache-dit (an optional extra): `cache_dit.enable_cache(adapter, **kwargs)` on the pipeline."""
+
+    name = "cache-dit"
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            return _cache_dit() is not None
+        except PeerUnavailable:
+            return False
+
+    @staticmethod
+    def enable(pipe, config) -> None:
+        _cache_dit().enable_cache(_cache_dit_adapter(pipe), **config)
+
+    @staticmethod
+    def disable(pipe) -> None:
+        _cache_dit().disable_cache(pipe)
+
+
 @dataclass(frozen=True)
 class Peer(Method):
     # (settings, steps, calibration, num_blocks) -> the library's cache config (diffusers) or enable_cache kwargs
     config: Callable[[dict, int, dict | None, int], object] = field(default=None, compare=False)
-    library: str = "diffusers"
+    library: type = Diffusers
 
     def enable(self, pipe, settings: dict, steps: int, calibration: dict | None) -> None:
-        config = self.config(settings, steps, calibration, num_blocks(pipe.transformer))
-        if self.library == "cache-dit":
-            _cache_dit().enable_cache(_cache_dit_adapter(pipe), **config)
-        else:
-            pipe.transformer.enable_cache(config)
+        self.library.enable(pipe, self.config(settings, steps, calibration, num_blocks(pipe.transformer)))
 
     def disable(self, pipe) -> None:
-        if self.library == "cache-dit":
-            _cache_dit().disable_cache(pipe)
-        else:
-            pipe.transformer.disable_cache()
+        self.library.disable(pipe)
 
 
 def _magcache(s, steps, calibration, blocks):
@@ -125,20 +157,16 @@ PEERS: dict[str, Peer] = {p.name: p for p in [
     Peer("diffusers-taylorseer-parts", "cache_interval", {"cache_interval": 5, "max_order": 1},
          _grid((5, 2, 3, 4, 6, 8), (1, 2)), config=_taylorseer_parts),
     Peer("cache-dit-dbcache", "threshold", {"threshold": 0.08, "taylorseer_order": 0},
-         tuple({"threshold": t} for t in (0.08, 0.04, 0.12, 0.2)), config=_dbcache, library="cache-dit"),
+         tuple({"threshold": t} for t in (0.08, 0.04, 0.12, 0.2)), config=_dbcache, library=CacheDit),
     Peer("cache-dit-dbcache-taylorseer", "threshold", {"threshold": 0.08, "taylorseer_order": 1},
          tuple({"threshold": t} for t in (0.08, 0.12, 0.2, 0.3, 0.5)) + ({"threshold": 0.2, "taylorseer_order": 2},),
-         config=_dbcache, library="cache-dit"),
+         config=_dbcache, library=CacheDit),
 ]}
 
 
 def available_peers() -> list[str]:
     """Peers whose library is importable here (cache-dit is an optional extra)."""
-    try:
-        has_cache_dit = _cache_dit() is not None
-    except PeerUnavailable:
-        has_cache_dit = False
-    return [name for name, p in PEERS.items() if p.library != "cache-dit" or has_cache_dit]
+    return [name for name, p in PEERS.items() if p.library.available()]
 
 
 def unsupported_reason(name: str, pipe) -> str | None:
@@ -149,7 +177,7 @@ def unsupported_reason(name: str, pipe) -> str | None:
         return "the peers cache one transformer; this pipeline has two experts"
     if not adapter.part_modules:
         return f"peers are measured part by part; {adapter.family} blocks have no parts described"
-    if PEERS[name].library == "cache-dit" and adapter.family != "wan":
+    if PEERS[name].library is CacheDit and adapter.family != "wan":
         return f"the cache-dit peer is wired for Wan-style transformers here, not {adapter.family}"
     return None
 
@@ -227,8 +255,9 @@ def generate_with_peer(pipe, peer: Peer, settings: dict, prompts, seeds, steps: 
     return frames, [meter.fraction()] * len(prompts), clock["wall"]
 
 
-def run_peer(pipe, peer: Peer, settings: dict, prompts, seeds, reference, steps: int, guidance: float,
+def run_peer(pipe, peer: Peer, settings: dict, pairs: ScoredPairs,
              calibration: dict | None = None) -> tuple[list[PairResult], float]:
-    frames, fractions, wall = generate_with_peer(pipe, peer, settings, prompts, seeds, steps, guidance, calibration)
+    frames, fractions, wall = generate_with_peer(pipe, peer, settings, pairs.prompts, pairs.seeds, pairs.steps,
+                                                 pairs.guidance, calibration)
     knob = peer.settings(**settings)[peer.knob]
-    return score(frames, reference, prompts, seeds, fractions, peer.name, knob), wall
+    return score(frames, pairs.reference, pairs.prompts, pairs.seeds, fractions, peer.name, knob), wall

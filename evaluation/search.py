@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cachepilot.envs.references import ReferenceStore
+from cachepilot.envs.spec import RunSpec
+from cachepilot.models.adapters import num_blocks as count_blocks
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import CFG, FULL, STEP, Action, Kind
 
@@ -223,13 +226,44 @@ def realise(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guid
     return realised(summary, len(prompts), steps)
 
 
-def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, budget: float,
-           starts: dict[str, list[list[Action]]], steps: int, guidance: float, num_blocks: int,
-           config: SearchConfig = SearchConfig(), log=print) -> SearchResult:
-    """The best schedule per pair: from the best of `starts` (name -> one schedule per pair), improved by local
-    moves kept only when a real rollout raises the final PSNR (the whole search for all pairs, batched)."""
+@dataclass
+class Rollouts:
+    """What the search replays schedules on: a `RunSpec`'s pipeline and training pairs, scored against `reference`
+    (the pairs' uncached frames; by default the spec's reference store's)."""
+
+    pipe: object
+    prompts: list[str]
+    seeds: list[int]
+    reference: np.ndarray
+    steps: int
+    guidance: float
+    num_blocks: int
+
+    @classmethod
+    def of(cls, spec: RunSpec, reference: np.ndarray | None = None) -> "Rollouts":
+        pipe, pairs = spec.pipeline(), spec.pair_list()
+        if reference is None:
+            store = spec.references if isinstance(spec.references, ReferenceStore) else ReferenceStore(
+                pipe, spec.model.name, spec.steps, spec.guidance, root=spec.references)
+            reference = store.outputs(pairs)
+        return cls(pipe, [p for p, _ in pairs], [s for _, s in pairs], reference, spec.steps, spec.guidance,
+                   count_blocks(pipe.transformer))
+
+    def replay(self, schedules: list[list[Action]], owner: list[int] | None = None, basis: str = "step"):
+        """`replay` of per-sample schedules, sample i on pair `owner[i]` (default: pair i)."""
+        owner = list(range(len(schedules))) if owner is None else owner
+        return replay(self.pipe, schedules, [self.prompts[i] for i in owner], [self.seeds[i] for i in owner],
+                      self.reference[owner], self.steps, self.guidance, basis)
+
+
+def search(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[list[Action]]],
+           reference: np.ndarray | None = None, log=print) -> SearchResult:
+    """The best schedule per training pair of `spec`: from the best of `starts` (name -> one schedule per pair),
+    improved by local moves kept only when a real rollout raises the final PSNR (the whole search for all pairs,
+    batched). `reference`: the pairs' uncached frames, when the caller has them (else the spec's reference store's)."""
     wall, cpu = time.perf_counter(), time.process_time()
-    n = len(prompts)
+    rollouts = Rollouts.of(spec, reference)
+    num_blocks, n = rollouts.num_blocks, len(rollouts.prompts)
     rng = np.random.default_rng(config.seed)
     best = [None] * n
     best_psnr = np.full(n, -np.inf)
@@ -237,8 +271,7 @@ def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, bu
     start_psnr = {}
     for name, schedules in starts.items():
         fits = np.array([valid(s) and schedule_cost(s, num_blocks) <= budget + 1e-9 for s in schedules])
-        psnr_now, taken, _, uncond = replay(pipe, schedules, prompts, seeds, reference, steps, guidance,
-                                            config.forecast_basis)
+        psnr_now, taken, _, uncond = rollouts.replay(schedules, basis=config.forecast_basis)
         psnr_now = np.where(fits, psnr_now, -np.inf)
         start_psnr[name] = [float(v) if np.isfinite(v) else None for v in psnr_now]
         for i in np.flatnonzero(psnr_now > best_psnr):
@@ -259,8 +292,7 @@ def search(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, bu
                     owner.append(i)
         if not batch:
             break
-        psnr_now, taken, _, _ = replay(pipe, batch, [prompts[i] for i in owner], [seeds[i] for i in owner],
-                                    reference[owner], steps, guidance, config.forecast_basis)
+        psnr_now, taken, _, _ = rollouts.replay(batch, owner, config.forecast_basis)
         owner = np.array(owner)
         for i in range(n):
             mine = np.flatnonzero(owner == i)
@@ -300,20 +332,18 @@ class SharedSearchResult:
         return cls(**data)
 
 
-def search_shared(pipe, prompts: list[str], seeds: list[int], reference: np.ndarray, budget: float,
-                  starts: dict[str, list[Action]], steps: int, guidance: float, num_blocks: int,
-                  config: SearchConfig = SearchConfig(), log=print) -> SharedSearchResult:
+def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[Action]],
+                  reference: np.ndarray | None = None, log=print) -> SharedSearchResult:
     """The one schedule with the best mean final PSNR over all the pairs: what a policy that cannot tell the pairs
     apart could at best do, and what it can learn from. Same moves as `search`; a round's candidates each run on
     every pair (one batched generation) and the best is kept only when it raises the mean."""
     wall, cpu = time.perf_counter(), time.process_time()
-    n = len(prompts)
+    rollouts = Rollouts.of(spec, reference)
+    num_blocks, n = rollouts.num_blocks, len(rollouts.prompts)
 
     def mean_psnr(candidates: list[list[Action]]) -> tuple[np.ndarray, np.ndarray, bool]:
         batch = [c for c in candidates for _ in range(n)]
-        psnr_now, _, _, uncond = replay(pipe, batch, prompts * len(candidates), seeds * len(candidates),
-                                        np.concatenate([reference] * len(candidates)), steps, guidance,
-                                        config.forecast_basis)
+        psnr_now, _, _, uncond = rollouts.replay(batch, list(range(n)) * len(candidates), config.forecast_basis)
         per_pair = psnr_now.reshape(len(candidates), n)
         return per_pair.mean(1), per_pair, uncond
 

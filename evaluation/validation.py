@@ -8,14 +8,14 @@ from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.policies.learned import LearnedPolicy, PolicyNet
 from cachepilot.policies.schedule import FixedSchedule
 
-from .harness import run_method
+from .harness import ScoredPairs, run_method
 from .oracle import fulls_for_budget
 
 
 def _score(episodes: CacheEpisodes, reference: np.ndarray, policy, method: str, knob: float) -> dict:
     prompts, seeds = [p for p, _ in episodes.pairs], [s for _, s in episodes.pairs]
-    results, _ = run_method(episodes.pipe, policy, prompts, seeds, reference, episodes.steps, episodes.guidance,
-                            method, knob)
+    results, _ = run_method(episodes.pipe, policy, ScoredPairs(prompts, seeds, episodes.steps, episodes.guidance,
+                                                                reference), method, knob)
     return {"psnr": float(np.mean([r.psnr for r in results])), "ssim": float(np.mean([r.ssim for r in results])),
             "computed_fraction": float(np.mean([r.computed_fraction for r in results])), "pairs": len(results)}
 
@@ -23,7 +23,7 @@ def _score(episodes: CacheEpisodes, reference: np.ndarray, policy, method: str, 
 def evaluate_student(episodes: CacheEpisodes, net: PolicyNet, budgets) -> dict[float, dict]:
     """The network as a LearnedPolicy at each budget, on the pairs of `episodes` (one batched generation per budget)."""
     reference = episodes.store.outputs(episodes.pairs)
-    return {float(b): _score(episodes, reference, LearnedPolicy(net, episodes.spec, episodes.actions,
+    return {float(b): _score(episodes, reference, LearnedPolicy(net, episodes.observation_spec, episodes.actions,
                                                                 episodes.num_blocks, b, steps=episodes.steps),
                              "learned", b)
             for b in budgets}

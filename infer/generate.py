@@ -17,7 +17,7 @@ def _stop_on_non_finite(pipe, step: int, timestep, tensors: dict) -> dict:
     return {}
 
 
-def generate(
+def generate_video(
     pipe,
     prompt: str | list[str],
     steps: int = 50,

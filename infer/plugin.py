@@ -10,7 +10,7 @@ from cachepilot.errors import CachepilotError
 from cachepilot.models.adapters import num_blocks
 from cachepilot.policies.calibration import find_calibration
 from cachepilot.policies.policy_file import PolicyBundle, load_policy
-from cachepilot.policies.registry import BASELINES, get_baseline, make_baseline
+from cachepilot.policies.registry import BASELINES, get_baseline, is_cache_config, make_baseline, policy_from_config
 from cachepilot.runtime import CacheRuntime, attach_runtime
 
 
@@ -27,6 +27,8 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
       "mixcache") at its paper's defaults, or with knobs given by keyword (`threshold=0.12, max_skip_steps=4`);
       TeaCache and MagCache read `calibration` (default: `find_calibration(pipe)`, the calibration.json beside
       the weights);
+    - a baseline's typed config (`TeaCacheConfig(threshold=0.1)`, `MagCacheConfig(...)`, ...), as diffusers'
+      `enable_cache(config)` takes one; the model constants it leaves unset come from `calibration`;
     - any object implementing the Policy protocol (`cachepilot.runtime.Policy`).
 
     Returns the runtime. `remove_cache(pipe)` takes it off and leaves the transformer as it was;
@@ -55,6 +57,8 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
         policy = make_baseline(method, calibration=calibration, num_blocks=num_blocks(transformer), **knobs)
     elif knobs:
         raise CachepilotError(f"knobs ({', '.join(sorted(knobs))}) apply to baselines by name; set them on the policy")
+    elif is_cache_config(method):
+        policy = policy_from_config(method, calibration if calibration is not None else find_calibration(pipe))
     else:
         policy = method
     return attach_runtime(pipe, policy, num_inference_steps=num_inference_steps, batched_cfg=batched_cfg,

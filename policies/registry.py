@@ -4,7 +4,7 @@ description."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from cachepilot.errors import CachepilotError
@@ -14,7 +14,7 @@ from .base import NoCache
 from .dbcache import DBCache, DBCacheConfig, default_front_blocks
 from .first_block import FirstBlockCache, FirstBlockConfig
 from .magcache import MagCache, MagCacheConfig
-from .mixcache import MixCache
+from .mixcache import MixCache, MixCacheConfig
 from .static import StaticCache, StaticConfig
 from .taylorseer import TaylorSeerCache, TaylorSeerConfig
 from .teacache import TeaCache, TeaCacheConfig
@@ -90,6 +90,33 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
     Baseline("mixcache", "scale", {"scale": 1.0}, _each("scale", (1.0, 2.0, 3.0, 5.0)),
              build=lambda s, cal, n: MixCache(**s)),
 ]}
+
+
+# Each baseline's typed config and the policy it configures: apply_cache(pipe, TeaCacheConfig(threshold=0.1))
+CONFIG_POLICIES: dict[type, type] = {StaticConfig: StaticCache, TeaCacheConfig: TeaCache, MagCacheConfig: MagCache,
+                                     TaylorSeerConfig: TaylorSeerCache, FirstBlockConfig: FirstBlockCache,
+                                     DBCacheConfig: DBCache, AdaCacheConfig: AdaCache, MixCacheConfig: MixCache}
+
+
+def policy_from_config(config, calibration: dict | None = None):
+    """The baseline a typed config describes. The model constants it leaves unset (TeaCache's polynomial,
+    MagCache's ratios) come from `calibration`, as they do for a baseline given by name."""
+    policy = CONFIG_POLICIES.get(type(config))
+    if policy is None:
+        raise CachepilotError(f"{type(config).__name__} is not a cache config; use one of "
+                              f"{', '.join(c.__name__ for c in CONFIG_POLICIES)}")
+    if isinstance(config, TeaCacheConfig) and config.coefficients is None and calibration_covers(calibration, BASELINES["teacache"]):
+        fit = calibration["teacache"]
+        config = replace(config, coefficients=tuple(fit["coefficients"]),
+                         expert_coefficients=tuple(tuple(e["coefficients"]) for e in fit.get("per_expert", ())))
+    if isinstance(config, MagCacheConfig) and not config.mag_ratios:
+        record = MagCacheConfig.from_calibration(_need(calibration, "MagCache"))
+        config = replace(config, mag_ratios=record.mag_ratios)
+    return policy(config)
+
+
+def is_cache_config(value) -> bool:
+    return type(value) in CONFIG_POLICIES
 
 
 def calibration_covers(calibration: dict | None, method) -> bool:

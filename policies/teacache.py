@@ -32,7 +32,7 @@ COEFFICIENTS: dict[str, tuple[float, ...]] = {
 @dataclass
 class TeaCacheConfig:
     threshold: float = 0.08  # Wan2.1 1.3B: 0.08 gives ~2x in the paper
-    coefficients: tuple[float, ...] = COEFFICIENTS["wan2.1-t2v-1.3b"]
+    coefficients: tuple[float, ...] | None = None  # None: the model's calibration in apply_cache, else Wan2.1 1.3B's
     ret_steps: bool = False  # Wan "use_ret_steps": first 5 steps computed, no forced last, indicator timestep_proj
     expert_coefficients: tuple[tuple[float, ...], ...] = ()  # per expert of a two-expert pipeline (Wan2.2), if fitted
 
@@ -53,7 +53,7 @@ class TeaCache(BasePolicy):
 
     def __init__(self, config: TeaCacheConfig | None = None, **overrides):
         self.config = config or TeaCacheConfig(**overrides)
-        self.rescale = np.poly1d(self.config.coefficients)
+        self.rescale = np.poly1d(self.config.coefficients or COEFFICIENTS["wan2.1-t2v-1.3b"])
         self.expert_rescales = [np.poly1d(c) for c in self.config.expert_coefficients]
         self.reset()
 

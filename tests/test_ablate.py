@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cachepilot.cli import main
-from cachepilot.infer.ablate import UNIFORM
-from cachepilot.infer.ablation_report import Point, gif_columns, pareto_table, points, side_by_side
+from cachepilot.infer.ablation import UNIFORM
+from cachepilot.infer.ablation.report import Point, gif_columns, pareto_table, points, side_by_side
 from cachepilot.evaluation.peers import available_peers
 from cachepilot.policies.registry import BASELINES
 
@@ -23,6 +23,7 @@ def quick(tmp_path_factory, module_toy_copy):
     return out
 
 
+@pytest.mark.slow
 def test_quick_ablation_writes_every_output(quick):
     data = json.loads((quick / "results.json").read_text())
     methods = {row["method"] for row in data["summary"]}
@@ -44,6 +45,7 @@ def test_quick_ablation_writes_every_output(quick):
     assert gif.shape[0] == 8 and gif.shape[2] > gif.shape[1]  # 8 frames, one wide row of columns
 
 
+@pytest.mark.slow
 def test_rerun_reuses_stored_runs(quick, module_toy_copy, capsys):
     before = json.loads((quick / "results.json").read_text())["summary"]
     assert main(["ablate", "--quick", "--model-path", str(module_toy_copy), "--out", str(quick)]) == 0
@@ -54,6 +56,7 @@ def test_rerun_reuses_stored_runs(quick, module_toy_copy, capsys):
     assert json.loads((quick / "results.json").read_text())["summary"] == before
 
 
+@pytest.mark.slow
 def test_a_replaced_policy_file_is_run_again(quick, module_toy_copy, capsys):
     """A stored run belongs to the policy weights it was made with: retraining a policy must not keep
     reporting the old one's scores."""
@@ -87,7 +90,7 @@ def test_pareto_fronts_per_method_and_across_methods():
     found = [_point("a", 2, 30), _point("a", 3, 25), _point("a", 2.5, 24),  # a@2.5 is dominated by a@3
              _point("b", 2, 31), _point("b", 4, 20),
              _point("oracle", 3, 40, kind="oracle")]  # a limit: it dominates nobody
-    from cachepilot.infer.ablation_report import _mark_fronts
+    from cachepilot.infer.ablation.report import _mark_fronts
 
     _mark_fronts(found)
     own = {(p.method, p.knob): p.own_front for p in found}
@@ -109,7 +112,7 @@ def test_gif_columns_pick_each_methods_point_nearest_the_budget():
 
 
 def test_points_from_runs_speedups():
-    from cachepilot.infer.ablate import Entry, Run
+    from cachepilot.infer.ablation import Entry, Run
 
     runs = [Run(Entry("none", 0, "reference", "-"), [1.0, 1.0], [math.inf] * 2, [1, 1], None, 10.0),
             Run(Entry("static", 2, "baseline", "interval"), [0.5, 0.5], [30.0, 32.0], [0.9, 0.95], None, 5.0)]

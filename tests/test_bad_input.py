@@ -197,30 +197,30 @@ def test_an_edited_calibration_is_refused(tmp_path):
     ({"steps": 0}, "steps must be >= 1"),
     ({"guidance": float("nan")}, "guidance must be a finite number"),
     ({"prompts": "test", "pairs": 1000}, "pairs must be >= 1 and <= 64, got 1000"),
-    ({"budget": (0.6, 0.2)}, "budget range [0.6, 0.2] is empty"),
-    ({"budget": 1.5}, "budget range start must be > 0 and <= 1"),
+    ({"budgets": ()}, "budget must be a fraction of full compute or a list of them, got ()"),
+    ({"budgets": 1.5}, "budget must be > 0 and <= 1"),
 ])
 def test_environments_refuse_bad_settings(kwargs, message, toy_pipe, tmp_path):
-    from cachepilot.envs import CacheEnv
+    from cachepilot.envs import CacheEnv, RunSpec
 
     with pytest.raises(InvalidInputError) as err:
-        CacheEnv(pipe=toy_pipe, references=tmp_path, **({"pairs": 2, "steps": 2} | kwargs))
+        CacheEnv(RunSpec(pipe=toy_pipe, references=tmp_path, **({"pairs": 2, "steps": 2} | kwargs)))
     assert message in str(err.value)
 
 
 @pytest.mark.parametrize("budget", [5, -1, float("nan")])
 def test_reset_refuses_a_budget_outside_zero_to_one(budget, toy_pipe, tmp_path):
-    from cachepilot.envs import CacheEnv
+    from cachepilot.envs import CacheEnv, RunSpec
 
-    env = CacheEnv(pipe=toy_pipe, pairs=2, steps=2, references=tmp_path)
+    env = CacheEnv(RunSpec(pipe=toy_pipe, pairs=2, steps=2, references=tmp_path))
     with pytest.raises(InvalidInputError, match="budget must be (> 0 and <= 1|a finite number)"):
         env.reset(seed=0, options={"budget": budget})
 
 
 def test_step_refuses_an_action_that_is_not_a_whole_index(toy_pipe, tmp_path):
-    from cachepilot.envs import CacheEnv
+    from cachepilot.envs import CacheEnv, RunSpec
 
-    env = CacheEnv(pipe=toy_pipe, pairs=1, steps=2, references=tmp_path)
+    env = CacheEnv(RunSpec(pipe=toy_pipe, pairs=1, steps=2, references=tmp_path))
     env.reset(seed=0)
     with pytest.raises(InvalidInputError, match="action must be a whole number, got 1.7"):
         env.step(1.7)
@@ -288,15 +288,15 @@ def test_sizes_and_counts_the_model_cannot_take_are_refused_before_any_allocatio
 
 
 def test_counts_are_bounded_in_the_python_api_too(toy_pipe):
-    from cachepilot.infer.generate import generate
-    from cachepilot.models.stepping import generate as step_generate
+    from cachepilot.infer.generate import generate_video
+    from cachepilot.models.stepping import generate_batch
 
     with pytest.raises(InvalidInputError, match="steps must be <= 1000"):
-        generate(toy_pipe, PROMPT, steps=10**9)
+        generate_video(toy_pipe, PROMPT, steps=10**9)
     with pytest.raises(InvalidInputError, match="steps must be <= 1000"):
-        step_generate(toy_pipe, [PROMPT], [0], 10**9, 5.0)
+        generate_batch(toy_pipe, [PROMPT], [0], 10**9, 5.0)
     with pytest.raises(InvalidInputError, match="height 7 does not suit"):
-        generate(toy_pipe, PROMPT, steps=2, height=7)
+        generate_video(toy_pipe, PROMPT, steps=2, height=7)
 
 
 @pytest.mark.parametrize("argv", [
@@ -329,6 +329,7 @@ def test_check_model_refuses_an_unwritable_json_before_the_check(capsys, monkeyp
     assert "cannot write to /proc/verdicts.json" in err
 
 
+@pytest.mark.slow
 def test_check_model_never_writes_a_shipped_card_nor_a_weaker_record(capsys, monkeypatch, toy_copy):
     from cachepilot.models.card import read_card
     from cachepilot.models.toy_wan import checker
@@ -448,20 +449,20 @@ def test_ablate_refuses_a_named_policy_it_cannot_use(capsys, tmp_path):
 
 # ---- the Python API ---------------------------------------------------------------------------------
 def test_the_api_names_the_argument_in_its_own_error_types(toy_pipe, tmp_path):
-    from cachepilot.envs import BatchedCacheEnv, CacheEnv
+    from cachepilot.envs import BatchedCacheEnv, CacheEnv, EpisodeConfig, RunSpec
     from cachepilot.policies.schedule import FixedSchedule
     from cachepilot.runtime import Action
 
     with pytest.raises(InvalidInputError, match="num_envs must be >= 1, got 0"):
-        BatchedCacheEnv(num_envs=0, pipe=toy_pipe, references=tmp_path)
-    with pytest.raises(InvalidInputError, match="budget must be a fraction of full compute or a .low, high. range"):
-        CacheEnv(pipe=toy_pipe, pairs=1, steps=2, budget="0.3", references=tmp_path)
+        BatchedCacheEnv(RunSpec(pipe=toy_pipe, references=tmp_path), num_envs=0)
+    with pytest.raises(InvalidInputError, match="budget must be a fraction of full compute or a list of them, got '0.3'"):
+        RunSpec(pipe=toy_pipe, pairs=1, steps=2, budgets="0.3", references=tmp_path)
     with pytest.raises(InvalidInputError, match="budget must be a number, got '0.35'"):
         apply_cache(toy_pipe, load_policy(SHIPPED_POLICY), budget="0.35")
     with pytest.raises(InvalidInputError, match="unknown split 'bogus'; choose one of train, val, test"):
-        CacheEnv(pipe=toy_pipe, prompts="bogus", pairs=1, steps=2, references=tmp_path)
+        CacheEnv(RunSpec(pipe=toy_pipe, prompts="bogus", pairs=1, steps=2, references=tmp_path))
     with pytest.raises(InvalidInputError, match="block_ks: BLOCK_99 out of range for a model with 6 blocks"):
-        CacheEnv(pipe=toy_pipe, pairs=1, steps=2, block_ks=(99,), references=tmp_path)
+        CacheEnv(RunSpec(pipe=toy_pipe, pairs=1, steps=2, references=tmp_path), EpisodeConfig(block_ks=(99,)))
     with pytest.raises(InvalidInputError, match="BLOCK_99 out of range for WanTransformer3DModel with 6 blocks"):
         apply_cache(toy_pipe, FixedSchedule([Action.parse("FULL"), Action.parse("BLOCK_99")]))
     with pytest.raises(InvalidInputError, match="an action is named by a string"):

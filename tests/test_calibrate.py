@@ -11,6 +11,7 @@ from cachepilot.policies.teacache import TeaCache
 from cachepilot.policies.calibration import load_calibration
 
 
+@pytest.mark.slow
 def test_calibrate_toy_wan_end_to_end(tmp_path, capsys):
     out = tmp_path / "calibration.json"
     assert main(["calibrate", "--model", "toy-wan", "--prompts", "2", "--steps", "6", "--out", str(out)]) == 0

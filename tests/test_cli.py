@@ -1,3 +1,4 @@
+import pytest
 """`cachepilot` end to end on toy-wan, and its one-line errors for bad input."""
 
 import os
@@ -18,6 +19,7 @@ def test_models_lists_toy_wan_with_weights(capsys):
     assert "toy-wan" in out and "present" in out and "wan2.1-t2v-1.3b" in out
 
 
+@pytest.mark.slow
 def test_readme_generate_with_the_shipped_policy_runs_from_any_directory(tmp_path):
     """The README's command, by the installed executable, in a folder that is not the repository: the shipped
     policy is found beside the model's weights, not in the working directory."""

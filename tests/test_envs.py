@@ -6,7 +6,7 @@ import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from cachepilot.envs import BatchedCacheEnv, CacheEnv, RewardConfig
+from cachepilot.envs import BatchedCacheEnv, CacheEnv, EpisodeConfig, RewardConfig, RunSpec
 from cachepilot.metrics import LPIPSUnavailable
 
 STEPS = 6
@@ -16,9 +16,9 @@ STEPS = 6
 def make_env(toy_pipe, tmp_path):
     envs = []
 
-    def make(cls=CacheEnv, *args, **kwargs):
-        kwargs = {"pipe": toy_pipe, "pairs": 3, "steps": STEPS, "references": tmp_path / "refs"} | kwargs
-        env = cls(*args, **kwargs)
+    def make(cls=CacheEnv, *args, budget=(0.2, 0.6), **kwargs):
+        spec = RunSpec(pairs=3, steps=STEPS, budgets=budget, references=tmp_path / "refs", pipe=toy_pipe)
+        env = cls(spec, EpisodeConfig(**kwargs), *args)
         envs.append(env)
         return env
 
@@ -38,12 +38,14 @@ def run(env, picks, options=None, seed=0):
     return total, infos
 
 
+@pytest.mark.slow
 def test_gymnasium_and_sb3_check_env(make_env):
     env = make_env()
     gym_check_env(env, skip_render_check=True)
     sb3_check_env(env)
 
 
+@pytest.mark.slow
 def test_full_only_episode_is_lossless_and_costs_everything(make_env):
     env = make_env(budget=(0.2, 0.6))
     total, infos = run(env, [0] * STEPS, options={"budget": 0.4})
@@ -74,6 +76,7 @@ def test_budget_penalty_scales_with_the_excess(make_env):
     assert infos[-1]["reward_budget"] == pytest.approx(-0.5)
 
 
+@pytest.mark.slow
 def test_cfg_and_block_actions_cost_what_they_run(make_env):
     env = make_env()
     names = [str(a) for a in env.actions]
@@ -126,6 +129,7 @@ def test_trajectory_shaping_reports_distance(make_env):
     assert infos[2]["trajectory_distance"] > 0 and infos[2]["reward_shaping"] < 0
 
 
+@pytest.mark.slow
 def test_batched_env_equals_single_envs(make_env):
     n = 3
     venv = make_env(BatchedCacheEnv, n)
@@ -174,8 +178,8 @@ def test_paused_episode_leaves_the_caller_alone(make_env, toy_pipe, monkeypatch)
 def test_bad_arguments_are_clear(make_env, monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="unknown quality metric"):
         make_env(quality="mse")
-    with pytest.raises(ValueError, match="budget"):
-        make_env(budget=(0.6, 0.2))
+    with pytest.raises(ValueError, match="budget must be > 0 and <= 1, got 1.5"):
+        make_env(budget=(0.6, 1.5))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
     with pytest.raises(LPIPSUnavailable, match="alexnet"):
         make_env(quality="lpips")

@@ -29,7 +29,7 @@ def no_compute(toy_pipe):
     """Every command's compute replaced by ComputeStarted; model loads give the session's pipeline (its options set
     and checked as a real load sets them)."""
     from cachepilot.envs.references import ReferenceStore
-    from cachepilot.infer import ablate, generate, plugin
+    from cachepilot.infer import ablation, generate, plugin
     from cachepilot.models import registry, stepping
     from cachepilot.models.toy_wan import checker
     from cachepilot.train import calibrate, distill, rl, toy_model
@@ -49,8 +49,8 @@ def no_compute(toy_pipe):
     plugin_apply = plugin.apply_cache
 
     patches = [(registry.ModelSource, "load", load), (plugin, "apply_cache", apply_then_stop), (registry, "load_pipeline", lambda *a, **k: toy_pipe),
-               (generate, "generate", started), (distill, "distill", started), (rl, "train_ppo", started),
-               (ablate, "ablate", started), (calibrate, "calibrate", started), (ReferenceStore, "get_many", started),
+               (generate, "generate_video", started), (distill.Distiller, "learn", started),
+               (rl.PPOTrainer, "learn", started), (ablation, "ablate", started), (calibrate, "calibrate", started), (ReferenceStore, "get_many", started),
                (checker, "evaluate", started), (toy_model, "train_toy_wan", started),
                (toy_model, "export_toy_wan", started)]
     mp = pytest.MonkeyPatch()

@@ -22,7 +22,7 @@ def _package_dirs() -> dict[str, str]:
 
 
 def layer_of(module: str) -> str:
-    if module in ENTRY_MODULES:
+    if module in ENTRY_MODULES or module.startswith("cachepilot.cli."):
         return "entry"
     parts = module.split(".")
     if parts[0] != "cachepilot":

@@ -26,6 +26,7 @@ def _model_args(kind, folder):
             "--height", str(size["height"]), "--width", str(size["width"]), "--num-frames", str(size["num_frames"])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(MODELS))
 def test_every_command_runs_on_a_local_folder(folders, kind, tmp_path, monkeypatch, capsys):
     root, paths = folders
@@ -51,6 +52,7 @@ def test_every_command_runs_on_a_local_folder(folders, kind, tmp_path, monkeypat
     assert "| oracle |" in table and "| learned-distill |" in table
 
 
+@pytest.mark.slow
 def test_a_policy_for_one_family_is_refused_by_another(folders, tmp_path, monkeypatch, capsys):
     root, paths = folders
     monkeypatch.chdir(tmp_path)
@@ -66,6 +68,7 @@ def test_a_policy_for_one_family_is_refused_by_another(folders, tmp_path, monkey
     assert "trained for 'wan2.1-t2v-1.3b'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["wan", "cogvideox"])
 def test_bfloat16_through_the_stepper_and_the_runtime(folders, kind, tmp_path, monkeypatch):
     root, paths = folders

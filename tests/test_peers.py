@@ -67,18 +67,19 @@ def test_first_block_cache_matches_diffusers(toy_pipe):
 
 
 def test_peers_run_in_the_evaluation_harness_with_measured_compute(toy_pipe):
-    from cachepilot.evaluation.harness import timed_reference
+    from cachepilot.evaluation.harness import ScoredPairs, timed_reference
     from cachepilot.evaluation.peers import PEERS, run_peer
 
     prompts, seeds = [PROMPT, "a blue circle standing still on a plain background"], [0, 1]
     reference, _ = timed_reference(toy_pipe, prompts, seeds, 6, 5.0)
-    results, wall = run_peer(toy_pipe, PEERS["diffusers-fbcache"], {"threshold": 0.5}, prompts, seeds, reference, 6, 5.0)
+    results, wall = run_peer(toy_pipe, PEERS["diffusers-fbcache"], {"threshold": 0.5},
+                             ScoredPairs(prompts, seeds, 6, 5.0, reference))
     assert wall > 0 and len(results) == 2
     # block 0 always runs: between 1/6 and 1 of the blocks; at threshold 0.5 some calls reuse
     assert 1 / 6 <= results[0].computed_fraction < 1
     # TaylorSeer, interval 2 after 3 warm-up steps: steps 0, 1, 2, 4 compute, 3 and 5 forecast
     for peer in ("diffusers-taylorseer", "diffusers-taylorseer-parts"):
-        results, _ = run_peer(toy_pipe, PEERS[peer], {"cache_interval": 2}, prompts, seeds, reference, 6, 5.0)
+        results, _ = run_peer(toy_pipe, PEERS[peer], {"cache_interval": 2}, ScoredPairs(prompts, seeds, 6, 5.0, reference))
         assert results[0].computed_fraction == pytest.approx(4 / 6) and results[0].psnr > 0, peer
 
 
@@ -136,14 +137,15 @@ def test_dbcache_matches_cache_dit(toy_pipe, front, back):
 
 
 def test_cache_dit_peer_runs_in_the_evaluation_harness(toy_pipe):
-    from cachepilot.models.stepping import generate
+    from cachepilot.models.stepping import generate_batch
+    from cachepilot.evaluation.harness import ScoredPairs
     from cachepilot.evaluation.peers import PEERS, available_peers, run_peer
 
     assert "cache-dit-dbcache" in available_peers()
     prompts, seeds = [PROMPT], [0]
-    reference = generate(toy_pipe, prompts, seeds, 12, 5.0)
+    reference = generate_batch(toy_pipe, prompts, seeds, 12, 5.0)
     for peer in ("cache-dit-dbcache", "cache-dit-dbcache-taylorseer"):
-        results, wall = run_peer(toy_pipe, PEERS[peer], {"threshold": 0.2}, prompts, seeds, reference, 12, 5.0)
+        results, wall = run_peer(toy_pipe, PEERS[peer], {"threshold": 0.2}, ScoredPairs(prompts, seeds, 12, 5.0, reference))
         assert 0 < results[0].computed_fraction < 1 and wall > 0, peer
 
 

@@ -6,22 +6,22 @@ PROMPT = "a red circle moving left quickly on a plain background"
 
 
 def test_generation_is_deterministic_for_a_seed(toy_pipe):
-    from cachepilot.infer.generate import generate
+    from cachepilot.infer.generate import generate_video
 
-    a = generate(toy_pipe, PROMPT, steps=6, seed=7, progress=False)
-    b = generate(toy_pipe, PROMPT, steps=6, seed=7, progress=False)
-    c = generate(toy_pipe, PROMPT, steps=6, seed=8, progress=False)
+    a = generate_video(toy_pipe, PROMPT, steps=6, seed=7, progress=False)
+    b = generate_video(toy_pipe, PROMPT, steps=6, seed=7, progress=False)
+    c = generate_video(toy_pipe, PROMPT, steps=6, seed=8, progress=False)
     assert a.shape == (1, 8, 16, 16, 3) and a.min() >= 0 and a.max() <= 1
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_batched_prompts_match_single_runs(toy_pipe):
-    from cachepilot.infer.generate import generate
+    from cachepilot.infer.generate import generate_video
 
     prompts = [PROMPT, "a green square standing still on a gradient background"]
-    both = generate(toy_pipe, prompts, steps=4, seed=0, progress=False)
-    second = generate(toy_pipe, prompts[1], steps=4, seed=1, progress=False)
+    both = generate_video(toy_pipe, prompts, steps=4, seed=0, progress=False)
+    second = generate_video(toy_pipe, prompts[1], steps=4, seed=1, progress=False)
     # the same maths at batch 2 and 1: batch-size-dependent CPU kernels round differently (seen: 1.05e-5 after 4
     # steps), while a generator given to the wrong sample would differ by tenths
     np.testing.assert_allclose(both[1], second[0], atol=1e-4)
@@ -66,8 +66,8 @@ def test_pipeline_sets_cond_and_uncond_cache_contexts_like_wan(toy_pipe):
 
 
 def test_guidance_changes_the_output(toy_pipe):
-    from cachepilot.infer.generate import generate
+    from cachepilot.infer.generate import generate_video
 
-    with_cfg = generate(toy_pipe, PROMPT, steps=4, guidance=5.0, progress=False)
-    without = generate(toy_pipe, PROMPT, steps=4, guidance=1.0, progress=False)
+    with_cfg = generate_video(toy_pipe, PROMPT, steps=4, guidance=5.0, progress=False)
+    without = generate_video(toy_pipe, PROMPT, steps=4, guidance=1.0, progress=False)
     assert not np.allclose(with_cfg, without)

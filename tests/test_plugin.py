@@ -128,3 +128,49 @@ def test_shipped_policy_on_toy_wan_removed_bit_identical(toy_pipe):
         remove_cache(toy_pipe)
     assert fraction <= 0.35 + 1e-9
     assert (before == run()).all()
+
+
+def _configs():
+    from cachepilot.policies.magcache import MagCacheConfig
+    from cachepilot.policies.static import StaticConfig
+    from cachepilot.policies.teacache import TeaCacheConfig
+
+    return [(TeaCacheConfig(threshold=0.2), "teacache", {"threshold": 0.2}),
+            (MagCacheConfig(threshold=0.24, max_skip_steps=3), "magcache", {"threshold": 0.24, "max_skip_steps": 3}),
+            (StaticConfig(interval=3), "static", {"interval": 3})]
+
+
+@pytest.mark.parametrize("config, name, knobs", _configs(), ids=lambda v: type(v).__name__)
+def test_a_typed_config_caches_as_the_baseline_by_name_does(config, name, knobs, toy_pipe):
+    from cachepilot.evaluation.harness import generate_logged
+
+    taken = []
+    for method, extra in ((config, {}), (name, knobs)):
+        runtime = apply_cache(toy_pipe, method, **extra)  # the Policy object apply_cache builds for `method`
+        remove_cache(toy_pipe)
+        frames, summary = generate_logged(toy_pipe, runtime.policy, ["a red circle moving left quickly on a "
+                                          "gradient background"], [0], 12, 5.0)
+        taken.append((frames, [d.action for d in summary.decisions]))
+    assert "STEP" in taken[0][1] and taken[0][1] == taken[1][1] and (taken[0][0] == taken[1][0]).all()
+
+
+def test_a_config_refuses_knobs_and_a_foreign_object_is_named(toy_pipe):
+    from cachepilot.policies.registry import policy_from_config
+    from cachepilot.policies.teacache import TeaCacheConfig
+
+    with pytest.raises(CachepilotError, match="knobs \\(threshold\\) apply to baselines by name"):
+        apply_cache(toy_pipe, TeaCacheConfig(), threshold=0.3)
+    with pytest.raises(CachepilotError, match="dict is not a cache config"):
+        policy_from_config({"threshold": 0.1})
+
+
+def test_cached_takes_the_cache_off_however_the_block_ends(toy_pipe):
+    from cachepilot.policies.static import StaticCache
+    from cachepilot.runtime import cached
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with cached(toy_pipe, StaticCache(interval=2)) as runtime:
+            assert cache_summary(toy_pipe) is runtime.summary
+            raise RuntimeError("boom")
+    with pytest.raises(CachepilotError, match="no cachepilot cache is applied"):
+        cache_summary(toy_pipe)

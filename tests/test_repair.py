@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cachepilot.envs.references import ReferenceStore
-from cachepilot.infer.ablate import AblationConfig, ablate
+from cachepilot.infer.ablation import AblationConfig, ablate
 from cachepilot.io import atomic_directory, atomic_write_text
 from cachepilot.models.toy_wan.scenes import load_split
 
@@ -64,6 +64,7 @@ def test_a_damaged_index_is_rebuilt_from_its_entries_without_recomputing(damage,
     assert json.loads(store.index_path.read_text()) == intact
 
 
+@pytest.mark.slow
 def test_a_reference_build_killed_midway_finishes_as_an_uninterrupted_one(toy_pipe, tmp_path):
     pairs = [(p, i) for i, p in enumerate(load_split("train")[:4])]
     ReferenceStore(toy_pipe, "toy-wan", steps=3, guidance=5.0, root=tmp_path / "whole").get_many(pairs, batch_size=1,
@@ -99,6 +100,7 @@ def test_a_damaged_ablation_run_is_set_aside_and_computed_again(tmp_path):
     assert _scores(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_an_ablation_killed_midway_finishes_as_an_uninterrupted_one(tmp_path):
     methods = "static,first-block,dbcache"  # 14 runs
     ablate(AblationConfig(methods=methods, pairs=2, steps=6), tmp_path / "whole", log=lambda m: None, progress=False)
@@ -119,6 +121,7 @@ def _weights(policy: Path) -> str:
     return hashlib.sha256((policy / "policy.safetensors").read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_ppo_killed_midway_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     refs = str(tmp_path / "refs")
     _run(["train", *PPO, "--out", str(tmp_path / "whole"), "--references", refs], cwd=tmp_path)
@@ -223,6 +226,7 @@ def _with_nan_psnr(text: str) -> str:
     return json.dumps(data)
 
 
+@pytest.mark.slow
 def test_the_main_job_prints_nothing_a_user_cannot_act_on(tmp_path):
     """Lightning's advert for its cloud logger and a deprecation inside Lightning stay out of the output."""
     proc = subprocess.run([str(EXE), "train", "--algo", "distill", "--steps", "4", "--pairs", "2", "--val-pairs", "1",

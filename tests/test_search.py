@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cachepilot.models.stepping import generate
+from cachepilot.models.stepping import generate_batch
+from cachepilot.envs import RunSpec
 from cachepilot.evaluation.search import (Moves, SearchConfig, SearchResult, SharedSearchResult, forecast_reuses,
                                           realised, replay, schedule_cost, search, search_shared, valid)
 from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
@@ -54,7 +55,7 @@ def test_realised_reads_step_level_schedules_from_the_decisions():
 def pairs(toy_pipe):
     prompts = ["a red circle moving left quickly", "a blue square moving up slowly"]
     seeds = [0, 1]
-    return prompts, seeds, generate(toy_pipe, prompts, seeds, STEPS, 5.0)
+    return prompts, seeds, generate_batch(toy_pipe, prompts, seeds, STEPS, 5.0)
 
 
 def test_search_never_ends_below_a_start_and_its_schedules_replay_to_its_scores(toy_pipe, pairs):
@@ -64,8 +65,8 @@ def test_search_never_ends_below_a_start_and_its_schedules_replay_to_its_scores(
     late = full_steps_schedule(STEPS, [0, 1, 2, 3])  # a poor start: every FULL at the beginning
     over = [FULL] * STEPS  # over the budget: never chosen
     starts = {"uniform": [list(uniform)] * 2, "late": [late] * 2, "over": [over] * 2}
-    result = search(toy_pipe, prompts, seeds, reference, budget, starts, STEPS, 5.0, BLOCKS,
-                    SearchConfig(rounds=3, proposals=3), log=lambda *_: None)
+    spec = RunSpec(prompts=tuple(prompts), pairs=2, steps=STEPS, pipe=toy_pipe)
+    result = search(spec, budget, SearchConfig(rounds=3, proposals=3), starts, reference, log=lambda *_: None)
     assert result.start_psnr["over"] == [None, None]
     for i in range(2):
         best_start = max(v[i] for v in result.start_psnr.values() if v[i] is not None)
@@ -93,8 +94,8 @@ def test_shared_search_keeps_one_schedule_no_worse_than_its_best_start(toy_pipe,
     budget = 0.35
     uniform = list(FixedSchedule.uniform(STEPS, 4 / STEPS).actions)
     starts = {"uniform": uniform, "late": full_steps_schedule(STEPS, [0, 1, 2, 3]), "over": [FULL] * STEPS}
-    result = search_shared(toy_pipe, prompts, seeds, reference, budget, starts, STEPS, 5.0, BLOCKS,
-                           SearchConfig(rounds=3, proposals=3), log=lambda *_: None)
+    spec = RunSpec(prompts=tuple(prompts), pairs=2, steps=STEPS, pipe=toy_pipe)
+    result = search_shared(spec, budget, SearchConfig(rounds=3, proposals=3), starts, reference, log=lambda *_: None)
     assert result.start_psnr["over"] is None
     assert np.mean(result.psnr) >= max(v for v in result.start_psnr.values() if v is not None)
     assert schedule_cost(result.schedule, BLOCKS) <= budget + 1e-9 and valid(result.schedule)

@@ -63,3 +63,31 @@ def test_an_unknown_pipeline_or_option_is_refused(tiny):
         stepper_for(object())
     with pytest.raises(Exception, match="no option"):
         stepper_for(pipe).prepare(PROMPTS, _generators(), 4, 5.0, frames_per_second=3)
+
+
+# The source of each `__call__` a stepper mirrors, in the diffusers version pyproject.toml allows. A diffusers whose
+# loop differs changes its digest: check the stepper against the new loop (the test above), then update the digest.
+MIRRORED_CALLS = {"WanPipeline": "8e8f5557ef9294e0", "HunyuanVideoPipeline": "eb448431e314aaf8",
+                  "CogVideoXPipeline": "50a9845727a612c2", "LTXPipeline": "4b41a87f61d74b1e"}
+
+
+def test_steppers_mirror_the_loops_of_the_diffusers_the_package_allows():
+    import hashlib
+    import inspect
+    import tomllib
+    from pathlib import Path
+
+    import diffusers
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    from cachepilot.models.stepping import STEPPERS
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    allowed = next(Requirement(d) for d in pyproject["project"]["dependencies"] if d.startswith("diffusers"))
+    assert any(s.operator in ("<", "<=", "~=", "==") for s in allowed.specifier), "diffusers needs an upper bound"
+    assert Version(diffusers.__version__) in allowed.specifier
+    assert set(MIRRORED_CALLS) == set(STEPPERS) - {"ToyWanPipeline"}
+    changed = [name for name, digest in MIRRORED_CALLS.items()
+               if hashlib.sha256(inspect.getsource(getattr(diffusers, name).__call__).encode()).hexdigest()[:16] != digest]
+    assert not changed, f"diffusers {diffusers.__version__} changed the loop of {', '.join(changed)}"

@@ -100,13 +100,13 @@ def test_oracle_budget_is_whole_steps():
 
 
 def test_segment_measurement_on_toy_wan(toy_pipe):
-    from cachepilot.models.stepping import generate
+    from cachepilot.models.stepping import generate_batch
     from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 
     pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a gradient background", 1)]
     tables, frames = measure_segments(toy_pipe, pairs, STEPS, 5.0, max_gap=3)
     # the oracle's reference pass is the uncached pipeline, bit for bit
-    assert np.array_equal(frames, generate(toy_pipe, [p for p, _ in pairs], [0, 1], STEPS, 5.0))
+    assert np.array_equal(frames, generate_batch(toy_pipe, [p for p, _ in pairs], [0, 1], STEPS, 5.0))
     errors = tables[0].errors
     assert np.all(np.diag(errors[:, 1:]) == 0) and np.isfinite(errors[0, 3]) and np.isinf(errors[0, 4])
     # a segment error is what really happens: FULL at 0, STEP at 1, 2 -> latents entering step 3
@@ -185,12 +185,12 @@ def test_reached_segments_are_measured_from_the_students_own_state(toy_pipe):
 
 
 def test_rollout_scores_real_generations_of_per_sample_schedules(toy_pipe):
-    from cachepilot.models.stepping import generate
+    from cachepilot.models.stepping import generate_batch
     from cachepilot.evaluation.oracle import rollout
     from cachepilot.policies.schedule import full_steps_schedule
 
     pairs = [("a red circle moving left quickly on a plain background", 0), ("a blue square standing still on a plain background", 1)]
-    reference = generate(toy_pipe, [p for p, _ in pairs], [s for _, s in pairs], STEPS, 5.0)
+    reference = generate_batch(toy_pipe, [p for p, _ in pairs], [s for _, s in pairs], STEPS, 5.0)
     full, sparse = full_steps_schedule(STEPS, range(STEPS)), full_steps_schedule(STEPS, [0, 3])
     results = rollout(toy_pipe, pairs, [full, sparse], reference, STEPS, 5.0)
     assert results[0].psnr == float("inf") and results[0].computed_fraction == 1.0
@@ -252,21 +252,28 @@ def test_learned_policy_stays_within_budget(toy_pipe):
 # ---- tiny end-to-end runs (shared by the tests below) -----------------------------------------------
 @pytest.fixture(scope="module")
 def trained(toy_pipe, tmp_path_factory):
-    from cachepilot.train.distill import DistillConfig, distill
-    from cachepilot.train.rl import PPOConfig, train_ppo
+    from cachepilot.envs import RunSpec
+    from cachepilot.train.distill import DistillConfig, Distiller
+    from cachepilot.train.rl import PPOConfig, PPOTrainer
 
     root = tmp_path_factory.mktemp("policies")
-    refs = root / "refs"
-    config = DistillConfig(pairs=2, val_pairs=1, budgets=(0.3, 0.5), dagger_rounds=1, epochs=3, gain_pairs=1,
-                           gain_every=3, max_gap=3, num_envs=2, eval_budgets=(0.5,), student_val_every=2,
-                           relabel="reached", searched_budgets=(0.5,), search_rounds=1, search_proposals=2)
-    distilled, table = distill(root / "distill", config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
-    ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, pairs=2, val_pairs=1, batch_size=STEPS, eval_every=1,
-                           budgets=(0.3, 0.5), eval_budgets=(0.5,), init_from=str(root / "distill"))
-    ppo, _ = train_ppo(root / "ppo", ppo_config, steps=STEPS, pipe=toy_pipe, references=refs, log=lambda *a: None)
-    return root, distilled, ppo, table
+    spec = RunSpec(pairs=2, val_pairs=1, steps=STEPS, budgets=(0.3, 0.5), references=root / "refs", pipe=toy_pipe)
+    config = DistillConfig(dagger_rounds=1, epochs=3, gain_pairs=1, gain_every=3, max_gap=3, num_envs=2,
+                           eval_budgets=(0.5,), student_val_every=2, relabel="reached", searched_budgets=(0.5,),
+                           search_rounds=1, search_proposals=2)
+    distiller = Distiller(spec, config, root / "distill.run", log=lambda *a: None)
+    learned = distiller.learn()
+    distilled = distiller.save(root / "distill")
+    assert distilled.card.actions == learned.card.actions and distilled.card.results == learned.card.results
+    ppo_config = PPOConfig(total_timesteps=2 * STEPS, num_envs=2, batch_size=STEPS, eval_every=1, eval_budgets=(0.5,),
+                           init_from=str(root / "distill"))
+    trainer = PPOTrainer(spec, ppo_config, root / "ppo.run", log=lambda *a: None)
+    trainer.learn()
+    ppo = trainer.save(root / "ppo")
+    return root, distilled, ppo, distiller.table
 
 
+@pytest.mark.slow
 def test_distillation_end_to_end(trained):
     root, bundle, _, table = trained
     card = bundle.card
@@ -288,6 +295,7 @@ def test_distillation_end_to_end(trained):
     assert card.results["learned"]["0.5"]["psnr"] == best["val"]["0.5"]["psnr"]
 
 
+@pytest.mark.slow
 def test_distillation_logs_the_students_val_quality_per_epoch(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -302,34 +310,42 @@ def test_distillation_logs_the_students_val_quality_per_epoch(trained):
     assert "val/accuracy" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_the_searched_schedule_and_other_settings_start_new_rounds(trained, toy_pipe, monkeypatch):
     from dataclasses import replace
 
-    from cachepilot.envs.episodes import CacheEpisodes
+    from cachepilot.envs import RunSpec
     from cachepilot.train import distill as distill_module
 
     root, bundle = trained[0], trained[1]
     run_dir = root / "distill.run"
-    config = distill_module.DistillConfig(**{k: v for k, v in bundle.card.training["config"].items()})
-    core = CacheEpisodes(pairs=config.pairs, steps=STEPS, budget=(0.3, 0.5), pipe=toy_pipe, references=root / "refs")
+    config = distill_module.DistillConfig(**bundle.card.training["config"])
+    recorded = bundle.card.training["spec"]
+    spec = RunSpec(pairs=recorded["pairs"], val_pairs=recorded["val_pairs"], steps=STEPS, budgets=recorded["budgets"],
+                   references=root / "refs", pipe=toy_pipe)
+
+    def distiller(config):
+        return distill_module.Distiller(spec, config, run_dir, log=lambda *a: None)
+
     monkeypatch.setattr(distill_module, "search_shared", lambda *a, **k: pytest.fail("searched again"))
-    found = distill_module.searched_schedules(core, {}, run_dir, config, log=lambda *a: None)
+    found = distiller(config).searched_schedules({})
     assert [str(a) for a in found[0.5].schedule] == bundle.card.training["searched_schedules"]["0.5"]["schedule"]
     # a damaged file is set aside and searched again
     (run_dir / distill_module.SEARCHED_FILE).write_text('{"inputs": {}, "budgets": [1, 2')
     searched = []
-    monkeypatch.setattr(distill_module, "search_shared", lambda *a, **k: searched.append(a[4]) or found[0.5])
-    tables = {i: SimpleNamespace(schedule=lambda fulls: [FULL] * STEPS) for i in range(config.pairs)}
-    again = distill_module.searched_schedules(core, tables, run_dir, config, log=lambda *a: None)
+    monkeypatch.setattr(distill_module, "search_shared", lambda *a, **k: searched.append(a[1]) or found[0.5])
+    tables = {i: SimpleNamespace(schedule=lambda fulls: [FULL] * STEPS) for i in range(spec.pairs)}
+    again = distiller(config).searched_schedules(tables)
     assert searched == [0.5] and again[0.5] == found[0.5]
     assert (run_dir / (distill_module.SEARCHED_FILE + ".damaged")).is_file()
     # round files are named by the settings they were made with
-    key = distill_module.rounds_key(config, core)
+    key = distiller(config).rounds_key()
     assert sorted(p.name for p in run_dir.glob("round*.npz")) == [f"round0-{key}.npz", f"round1-{key}.npz"]
-    assert distill_module.rounds_key(replace(config, searched_budgets=()), core) != key
-    assert distill_module.rounds_key(replace(config, trainer={"devices": 2}), core) == key
+    assert distiller(replace(config, searched_budgets=())).rounds_key() != key
+    assert distiller(replace(config, trainer={"devices": 2})).rounds_key() == key
 
 
+@pytest.mark.slow
 def test_ppo_end_to_end_warm_started(trained):
     root, distilled, ppo, _ = trained
     assert ppo.card.training["algorithm"] == "ppo" and ppo.card.training["timesteps"] >= 2 * STEPS
@@ -338,6 +354,7 @@ def test_ppo_end_to_end_warm_started(trained):
     assert ppo.card.training["init_weights_sha256"] == distilled.weights_sha256  # which weights it started from
 
 
+@pytest.mark.slow
 def test_policy_file_round_trip_gives_identical_decisions(trained, toy_pipe, tmp_path):
     from cachepilot.policies.policy_file import save_policy
 
@@ -357,6 +374,7 @@ def test_policy_file_round_trip_gives_identical_decisions(trained, toy_pipe, tmp
     copy.check_pipeline(toy_pipe, steps=STEPS)
 
 
+@pytest.mark.slow
 def test_policy_file_validation(trained, toy_pipe, tmp_path):
     import shutil
 
@@ -390,6 +408,7 @@ def test_cli_train_rejects_models_without_training_support(capsys):
     assert "pass --prompts-file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_distill_trainer_runs_ddp_on_two_cpu_processes(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
@@ -402,7 +421,7 @@ def test_distill_trainer_runs_ddp_on_two_cpu_processes(tmp_path):
                    "labels": rng.integers(0, 2, 256)}}
         config = DistillConfig(epochs=2, batch_size=32,
                                trainer={{"accelerator": "cpu", "devices": 2, "strategy": "ddp", "num_nodes": 1}})
-        net = fit(arrays, 5, Path({str(tmp_path)!r}), config, 0)
+        net = fit(arrays, Path({str(tmp_path)!r}), config, 0)
         print("WORLD-OK", sum(p.numel() for p in net.parameters()))
     """))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
@@ -411,6 +430,7 @@ def test_distill_trainer_runs_ddp_on_two_cpu_processes(tmp_path):
     assert "distributed_backend=gloo" in result.stderr + result.stdout
 
 
+@pytest.mark.slow
 def test_plugin_applies_a_policy_file_with_a_budget(trained, toy_pipe):
     from cachepilot import apply_cache as plugin_apply
     from cachepilot import cache_summary as plugin_summary

@@ -137,15 +137,15 @@ def test_a_distillation_round_resumes_only_a_verified_checkpoint(tmp_path):
     arrays = {"obs": rng.normal(size=(40, 4)).astype(np.float32), "masks": np.ones((40, 3), dtype=bool),
               "labels": rng.integers(0, 3, 40)}
     config = DistillConfig(epochs=2)
-    first = fit(arrays, 3, tmp_path, config, 0, log=lambda *a: None)
+    first = fit(arrays, tmp_path, config, 0, log=lambda *a: None)
     last = tmp_path / "checkpoints" / "round0" / "last.ckpt"
     assert Path(f"{last}.sha256").read_text().strip() == hashlib.sha256(last.read_bytes()).hexdigest()
-    again = fit(arrays, 3, tmp_path, config, 0, log=lambda *a: None)  # resumed, finished: the same weights
+    again = fit(arrays, tmp_path, config, 0, log=lambda *a: None)  # resumed, finished: the same weights
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
     marker = tmp_path / "pwned"
     _plant(last, marker)
     said = []
-    fit(arrays, 3, tmp_path, config, 0, log=said.append)
+    fit(arrays, tmp_path, config, 0, log=said.append)
     assert not marker.exists() and any("last.ckpt is damaged" in s for s in said)
 
 

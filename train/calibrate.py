@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cachepilot.models.stepping import generate
+from cachepilot.models.stepping import generate_batch
 from cachepilot.policies.base import BasePolicy
 from cachepilot.runtime import FULL, attach_runtime, cache_summary, experts_of, remove_cache
 from cachepilot.runtime.signals import rel_l1
@@ -67,7 +67,7 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
         for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
             outputs.clear()
             recorder.indicator.clear()
-            generate(pipe, [prompt], [seed + i], steps, guidance, decode=False)
+            generate_batch(pipe, [prompt], [seed + i], steps, guidance, decode=False)
             summary = cache_summary(pipe)
             # the runtime records decisions in the order of the rows of the calls: the order of `outputs`
             previous: dict[tuple[int, str], torch.Tensor] = {}

@@ -24,7 +24,7 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cachepilot import checks
 from cachepilot.envs.episodes import CacheEpisodes
+from cachepilot.envs.spec import RunSpec
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, fulls_for_budget,
                                           measure_segments, reference_latents, stored_gain)
 from cachepilot.evaluation.search import SearchConfig, SharedSearchResult, forecast_reuses, search_shared
@@ -42,22 +43,23 @@ from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
 from cachepilot.policies.learned import PolicyNet
+from cachepilot.policies.policy_file import PolicyBundle
 from cachepilot.policies.schedule import FixedSchedule
 
 from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
-from .export import feasible_budgets, run_folder, save_trained_policy
+from .export import Trainer, feasible_budgets, spec_record, validated_policy
 from .quiet import silence_third_party_notices
 from .rollouts import OracleTeacher, relabel_from_reached, run_episodes
 
 
 @dataclass
 class DistillConfig:
-    pairs: int = 16  # training (prompt, seed) pairs from the train split
-    val_pairs: int = 8
-    budgets: tuple[float, ...] = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6)  # per pair, one episode each per round
+    """How the policy is distilled (what it is trained on is the `RunSpec`: pairs, steps, guidance, budgets, each
+    pair rolled out at every budget per round)."""
+
     dagger_rounds: int = 2  # rounds after the oracle's own round
     relabel: str = "reference"  # DAgger's segment under way costed from the table, or "reached": from the student's state
-    searched_budgets: tuple[float, ...] = (0.15,)  # those of `budgets` taught by a shared searched schedule, not the DP
+    searched_budgets: tuple[float, ...] = (0.15,)  # those of the budgets taught by a shared searched schedule, not the DP
     search_pairs: int = 8  # train pairs that searched schedule is scored on
     search_rounds: int = 6
     search_proposals: int = 8  # candidate moves per round, each run on every search pair
@@ -75,19 +77,16 @@ class DistillConfig:
     trainer: dict = field(default_factory=dict)  # Lightning Trainer flags: accelerator, devices, strategy, ...
 
     def __post_init__(self):
-        for name in ("pairs", "val_pairs", "epochs", "batch_size", "gain_pairs", "gain_every", "max_gap", "num_envs",
+        for name in ("epochs", "batch_size", "gain_pairs", "gain_every", "max_gap", "num_envs",
                      "student_val_every", "search_pairs", "search_rounds", "search_proposals"):
             setattr(self, name, checks.count(name, getattr(self, name)))
         self.dagger_rounds = checks.count("dagger_rounds", self.dagger_rounds, low=0)
         self.lr = checks.positive("lr", self.lr)
         self.seed = checks.seed(self.seed)
-        self.budgets = tuple(checks.budget(b) for b in self.budgets)
         self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
         self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
         self.relabel = checks.choice("relabel", self.relabel, ("reached", "reference"))
-        searched = [checks.budget(b, "searched budget") for b in self.searched_budgets]
-        self.searched_budgets = tuple(b for b in self.budgets if any(abs(b - s) < 1e-9 for s in searched))
-        self.search_pairs = min(self.search_pairs, self.pairs)
+        self.searched_budgets = tuple(checks.budget(b, "searched budget") for b in self.searched_budgets)
 
 
 class ActionDataModule(L.LightningDataModule):
@@ -164,19 +163,19 @@ class StudentValidation(L.Callback):
                                                          self.epoch_offset + epoch)
 
 
-def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: DistillConfig, round_: int,
-        logger=None, callbacks=(), log=print, tag: str = "") -> PolicyNet:
-    """One round of supervised training (resumes this round's checkpoint if the run was interrupted; `tag` names
-    the settings the checkpoint belongs to)."""
+def fit(arrays: dict[str, np.ndarray], run_dir: Path, config: DistillConfig, round_: int = 0, tag: str = "",
+        logger=None, callbacks=(), log=print) -> PolicyNet:
+    """One round of supervised training on (observation, mask, oracle action) arrays (resumes this round's
+    checkpoint if the run was interrupted; `tag` names the settings the checkpoint belongs to)."""
     silence_third_party_notices()
     L.seed_everything(config.seed + round_, workers=True, verbose=False)
-    module = DistillModule(arrays["obs"].shape[1], num_actions, config.hidden, config.lr)
+    module = DistillModule(arrays["obs"].shape[1], arrays["masks"].shape[1], config.hidden, config.lr)
     ckpt_dir = run_dir / "checkpoints" / f"round{round_}{tag}"
     callback = VerifiedCheckpoint(dirpath=ckpt_dir, save_last=True, enable_version_counter=False)
     flags = {"max_epochs": config.epochs, "enable_model_summary": False, "log_every_n_steps": 5,
              "enable_progress_bar": False, "accelerator": "cpu", "devices": 1, **config.trainer}
-    trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback, *callbacks], logger=logger if logger is not None else False,
-                        **flags)
+    trainer = L.Trainer(default_root_dir=run_dir, callbacks=[callback, *callbacks],
+                        logger=logger if logger is not None else False, **flags)
     last = ckpt_dir / "last.ckpt"
     resumable = resumable_checkpoint(last, log) is not None
     trainer.fit(module, datamodule=ActionDataModule(arrays, config.batch_size, config.seed),
@@ -184,89 +183,200 @@ def fit(arrays: dict[str, np.ndarray], num_actions: int, run_dir: Path, config: 
     return module.net.cpu().eval()
 
 
-def _gain(core, val_pairs, run_dir: Path, config: DistillConfig, log) -> np.ndarray:
-    """The amplification profile: the run's own, else the one beside the model's weights (same weights, steps
-    and guidance only), else measured now on validation pairs."""
-    folder = pipeline_folder(core.pipe)
-    for path in (run_dir / GAIN_FILE, *([folder / GAIN_FILE] if folder else [])):
-        gain = stored_gain(path, core.store.model_hash, core.steps, core.guidance, log)
-        if gain is not None:
-            return gain
-    val = [prompt for prompt, _ in val_pairs][: config.gain_pairs]
-    log(f"oracle: measuring the error-amplification profile on {len(val)} val prompts")
-    gain = amplification(core.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], core.steps, core.guidance,
-                         config.gain_every)
-    atomic_write_npz(run_dir / GAIN_FILE, gain=gain, model_hash=np.array(core.store.model_hash),
-                     steps=np.array(core.steps), guidance=np.array(core.guidance))
-    return gain
-
-
-def oracle_tables(core, pair_ids: list[int], run_dir: Path, config: DistillConfig, val_pairs,
-                  log=print) -> dict[int, SegmentTable]:
-    """Segment tables for the environment's pairs `pair_ids` (cached in the run directory); also stores each
-    pair's full-compute output as its reference, since the oracle's reference pass computed it. The amplification
-    profile is measured on `val_pairs`' prompts."""
-    gain = _gain(core, val_pairs, run_dir, config, log)
-    path = run_dir / "oracle_tables.npz"
-    stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
-    if any(k.startswith("errors_") and v.shape != (core.steps, core.steps + 1) for k, v in stored.items()):
-        log(f"oracle: {path} holds tables for another step count; measuring them again")
-        stored = {}
-    tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
-              for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
-    missing = [i for i in pair_ids if i not in tables]
-    for start in range(0, len(missing), config.num_envs):
-        chunk = missing[start : start + config.num_envs]
-        log(f"oracle: segment tables for pairs {chunk[0]}..{chunk[-1]}")
-        found, frames = measure_segments(core.pipe, [core.pairs[i] for i in chunk], core.steps, core.guidance,
-                                         config.max_gap, gain, forecast=True)
-        for i, table, output in zip(chunk, found, frames):
-            tables[i] = table
-            core.store.put(*core.pairs[i], output)
-        atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()},
-                         **{f"forecast_{i}": t.forecast for i, t in tables.items()})
-    return tables
-
-
 SEARCHED_FILE = "searched_schedules.json"
 
 
-def searched_schedules(core, tables: dict[int, SegmentTable], run_dir: Path, config: DistillConfig,
-                       log=print) -> dict[float, SharedSearchResult]:
-    """Per budget of `config.searched_budgets`, one schedule searched with real rollouts for the best mean PSNR on
-    the first `search_pairs` train pairs (`search_shared`), from the uniform schedules and each pair's DP schedule.
-    At low budgets the DP's segment costs stop adding up (they compound) and its schedules sit near the uniform
-    one, while such a search finds schedules that carry over to other pairs. Cached in the run directory."""
-    if not config.searched_budgets:
-        return {}
-    pairs = core.pairs[: config.search_pairs]
-    search_config = SearchConfig(rounds=config.search_rounds, proposals=config.search_proposals, seed=config.seed)
-    inputs = json.loads(json.dumps({"model": core.store.model_hash, "steps": core.steps, "guidance": core.guidance,
-                                    "pairs": pairs, "search": asdict(search_config)}))  # as read back from the file
-    path = run_dir / SEARCHED_FILE
-    stored = read_or_set_aside(path, _searched_file, log) or {}
-    found = stored["budgets"] if stored.get("inputs") == inputs else {}
-    reference = None
-    for budget in config.searched_budgets:
-        if f"{budget:g}" in found:
-            continue
-        if reference is None:
-            reference = core.store.outputs(pairs)
-        fulls = fulls_for_budget(budget, core.steps)
-        uniform = list(FixedSchedule.uniform(core.steps, fulls / core.steps).actions)
-        starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
-        for i in range(len(pairs)):
-            try:
-                starts[f"oracle-dp-pair{i}"] = tables[i].schedule(fulls)
-            except ValueError:  # the DP's gaps cannot span the generation with this few FULL steps
+class Distiller(Trainer):
+    """Distillation from the oracle with DAgger rounds, over a `RunSpec`:
+    `Distiller(spec, DistillConfig(), run_dir).learn()` returns the policy, `.save(out)` writes its policy file.
+    Everything the run produces lives in `run_dir` and is reused when it is started again."""
+
+    def __init__(self, spec: RunSpec, config: DistillConfig | None = None, run_dir="runs/distill.run", log=print):
+        super().__init__(spec, config or DistillConfig(), run_dir, log)
+        self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps, log)
+        self._episodes = self._val = self._reference_latents = None
+
+    @property
+    def episodes(self) -> CacheEpisodes:
+        """The training pairs' episodes (built on first use: it loads the pipeline)."""
+        if self._episodes is None:
+            self._episodes = CacheEpisodes(self.spec)
+        return self._episodes
+
+    @property
+    def val(self) -> CacheEpisodes:
+        """The validation pairs' episodes, on the same pipeline and reference store."""
+        if self._val is None:
+            self._val = CacheEpisodes(self.spec.validation(self.episodes.pipe, self.episodes.store))
+        return self._val
+
+    @property
+    def searched_budgets(self) -> tuple[float, ...]:
+        """Those of the spec's budgets that `config.searched_budgets` names."""
+        return tuple(b for b in self.spec.budgets if any(abs(b - s) < 1e-9 for s in self.config.searched_budgets))
+
+    def settings(self) -> dict:
+        """The config as this run applies it, with what the spec adds (for the card and the rounds' file names)."""
+        return asdict(self.config) | {"searched_budgets": self.searched_budgets, "pairs": self.spec.pairs,
+                                      "val_pairs": self.spec.val_pairs, "budgets": self.spec.budgets,
+                                      "search_pairs": min(self.config.search_pairs, len(self.episodes.pairs))}
+
+    def learn(self) -> PolicyBundle:
+        """Train by distillation + DAgger (resuming what the run folder holds); the policy kept is the round's
+        student with the best mean validation PSNR."""
+        config, episodes, log = self.config, self.episodes, self.log
+        started = time.perf_counter()
+        tables = self.oracle_tables(list(range(len(episodes.pairs))))
+        searched = self.searched_schedules(tables)
+        teacher = OracleTeacher(tables, episodes.actions, episodes.steps, episodes.num_blocks,
+                                {b: r.schedule for b, r in searched.items()})
+        self.logger = L.pytorch.loggers.TensorBoardLogger(self.run_dir, name="tensorboard", version=0)
+        gathered, net, history, best = [], None, [], None
+        for round_ in range(config.dagger_rounds + 1):
+            arrays, relabelled = self._round_data(round_, teacher, net, tables)
+            gathered.append(arrays)
+            merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
+            student_val = StudentValidation(self.val, self.eval_budgets, config.student_val_every,
+                                            round_ * config.epochs)
+            net = fit(merged, self.run_dir, config, round_, "-" + self.rounds_key(), self.logger, [student_val], log)
+            scores = student_val.last or evaluate_student(self.val, net, self.eval_budgets)  # None: resumed finished
+            history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
+                            **({"relabelled_from_reached": relabelled} if relabelled else {})})
+            log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
+                f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
+            if best is None or mean_psnr(scores) > mean_psnr(best[2]):
+                best = (round_, copy.deepcopy(net), scores)
+        self.logger.experiment.flush()
+        selected, net, scores = best
+        log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
+        training = {"algorithm": "distill", "config": asdict(config), "spec": spec_record(self.spec),
+                    "train_pairs": len(episodes.pairs), "split": spec_record(self.spec)["split"],
+                    "rounds": history, "selected_round": selected,
+                    "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+                    "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the "
+                              "searched budgets a shared schedule searched with real rollouts "
+                              "(cachepilot.evaluation.search)",
+                    "searched_schedules": {f"{b:g}": {"schedule": [str(a) for a in r.schedule],
+                                                      "train_psnr": round(float(np.mean(r.psnr)), 2),
+                                                      "start_psnr": r.start_psnr,
+                                                      "cpu_minutes": round(r.cpu_seconds / 60, 1)}
+                                           for b, r in searched.items()}}
+        self.policy, self.table = validated_policy(net, episodes, self.val, training, self.eval_budgets, scores, log)
+        return self.policy
+
+    def _round_data(self, round_: int, teacher: OracleTeacher, net, tables) -> tuple[dict, dict | None]:
+        """A round's (observation, mask, label) arrays: stored, or rolled out now (by the oracle in round 0, by the
+        student `net` after it) and labelled by the oracle; with what relabelling from the reached states changed."""
+        config, episodes, log = self.config, self.episodes, self.log
+        path = self.run_dir / f"round{round_}-{self.rounds_key()}.npz"
+        arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
+        if arrays is not None:
+            return arrays, None
+        jobs = [(p, b) for p in range(len(episodes.pairs)) for b in self.spec.budgets]
+        log(f"round {round_}: {len(jobs)} episodes rolled out by the {'oracle' if net is None else 'student'}, "
+            "labelled by the oracle")
+        rollouts = run_episodes(episodes, jobs, teacher, net=net, batch=config.num_envs)
+        relabelled = None
+        if net is not None and config.relabel == "reached":
+            clock = time.perf_counter()
+            if self._reference_latents is None:
+                self._reference_latents = reference_latents(episodes.pipe, episodes.pairs, episodes.steps,
+                                                            episodes.guidance)
+            changed = relabel_from_reached(episodes, rollouts, teacher, self._reference_latents, tables[0].gain, config.max_gap,
+                                           batch=6 * config.num_envs)
+            relabelled = {"labels_changed": changed, "labels": len(rollouts.labels),
+                          "seconds": round(time.perf_counter() - clock, 1)}
+            log(f"round {round_}: relabelled from the states reached: {changed} of {len(rollouts.labels)} labels "
+                f"changed ({relabelled['seconds']:.0f} s)")
+        arrays = rollouts.arrays()
+        atomic_write_npz(path, **arrays)
+        return arrays, relabelled
+
+    def gain(self) -> np.ndarray:
+        """The amplification profile: the run's own, else the one beside the model's weights (same weights, steps
+        and guidance only), else measured now on validation pairs."""
+        episodes, config = self.episodes, self.config
+        folder = pipeline_folder(episodes.pipe)
+        for path in (self.run_dir / GAIN_FILE, *([folder / GAIN_FILE] if folder else [])):
+            gain = stored_gain(path, episodes.store.model_hash, episodes.steps, episodes.guidance, self.log)
+            if gain is not None:
+                return gain
+        val = [prompt for prompt, _ in self.val.pairs][: config.gain_pairs]
+        self.log(f"oracle: measuring the error-amplification profile on {len(val)} val prompts")
+        gain = amplification(episodes.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], episodes.steps,
+                             episodes.guidance, config.gain_every)
+        atomic_write_npz(self.run_dir / GAIN_FILE, gain=gain, model_hash=np.array(episodes.store.model_hash),
+                         steps=np.array(episodes.steps), guidance=np.array(episodes.guidance))
+        return gain
+
+    def oracle_tables(self, pair_ids: list[int]) -> dict[int, SegmentTable]:
+        """Segment tables for the training pairs `pair_ids` (cached in the run folder); also stores each pair's
+        full-compute output as its reference, since the oracle's reference pass computed it."""
+        episodes, config, log = self.episodes, self.config, self.log
+        gain = self.gain()
+        path = self.run_dir / "oracle_tables.npz"
+        stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
+        if any(k.startswith("errors_") and v.shape != (episodes.steps, episodes.steps + 1) for k, v in stored.items()):
+            log(f"oracle: {path} holds tables for another step count; measuring them again")
+            stored = {}
+        tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
+                  for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
+        missing = [i for i in pair_ids if i not in tables]
+        for start in range(0, len(missing), config.num_envs):
+            chunk = missing[start : start + config.num_envs]
+            log(f"oracle: segment tables for pairs {chunk[0]}..{chunk[-1]}")
+            found, frames = measure_segments(episodes.pipe, [episodes.pairs[i] for i in chunk], episodes.steps,
+                                             episodes.guidance, config.max_gap, gain, forecast=True)
+            for i, table, output in zip(chunk, found, frames):
+                tables[i] = table
+                episodes.store.put(*episodes.pairs[i], output)
+            atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()},
+                             **{f"forecast_{i}": t.forecast for i, t in tables.items()})
+        return tables
+
+    def searched_schedules(self, tables: dict[int, SegmentTable]) -> dict[float, SharedSearchResult]:
+        """Per searched budget, one schedule searched with real rollouts for the best mean PSNR on the first
+        `search_pairs` train pairs (`search_shared`), from the uniform schedules and each pair's DP schedule. At low
+        budgets the DP's segment costs stop adding up (they compound) and its schedules sit near the uniform one,
+        while such a search finds schedules that carry over to other pairs. Cached in the run folder."""
+        if not self.searched_budgets:
+            return {}
+        episodes, config, log = self.episodes, self.config, self.log
+        pairs = episodes.pairs[: config.search_pairs]
+        search_config = SearchConfig(rounds=config.search_rounds, proposals=config.search_proposals, seed=config.seed)
+        inputs = json.loads(json.dumps({"model": episodes.store.model_hash, "steps": episodes.steps,
+                                        "guidance": episodes.guidance, "pairs": pairs,
+                                        "search": asdict(search_config)}))  # as read back from the file
+        path = self.run_dir / SEARCHED_FILE
+        stored = read_or_set_aside(path, _searched_file, log) or {}
+        found = stored["budgets"] if stored.get("inputs") == inputs else {}
+        search_spec = replace(self.spec, pairs=len(pairs), pipe=episodes.pipe, references=episodes.store)
+        for budget in self.searched_budgets:
+            if f"{budget:g}" in found:
                 continue
-        result = search_shared(core.pipe, [p for p, _ in pairs], [s for _, s in pairs], reference, budget, starts,
-                               core.steps, core.guidance, core.num_blocks, search_config, log)
-        log(f"shared schedule, budget {budget:g}: {np.mean(result.psnr):.2f} dB on {len(pairs)} train pairs "
-            f"({result.cpu_seconds / 60:.1f} CPU minutes)")
-        found[f"{budget:g}"] = result.as_dict()
-        atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
-    return {b: SharedSearchResult.from_dict(found[f"{b:g}"]) for b in config.searched_budgets}
+            fulls = fulls_for_budget(budget, episodes.steps)
+            uniform = list(FixedSchedule.uniform(episodes.steps, fulls / episodes.steps).actions)
+            starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
+            for i in range(len(pairs)):
+                try:
+                    starts[f"oracle-dp-pair{i}"] = tables[i].schedule(fulls)
+                except ValueError:  # the DP's gaps cannot span the generation with this few FULL steps
+                    continue
+            result = search_shared(search_spec, budget, search_config, starts, log=log)
+            log(f"shared schedule, budget {budget:g}: {np.mean(result.psnr):.2f} dB on {len(pairs)} train pairs "
+                f"({result.cpu_seconds / 60:.1f} CPU minutes)")
+            found[f"{budget:g}"] = result.as_dict()
+            atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
+        return {b: SharedSearchResult.from_dict(found[f"{b:g}"]) for b in self.searched_budgets}
+
+    def rounds_key(self) -> str:
+        """A short digest of what a round's data and checkpoint depend on, in their file names: a rerun with other
+        settings (budgets, teacher, network, pairs) starts its rounds afresh instead of resuming another run's."""
+        kept = {k: v for k, v in self.settings().items() if k not in ("trainer", "student_val_every", "dagger_rounds")}
+        episodes = self.episodes
+        about = {"config": kept, "model": episodes.store.model_hash, "steps": episodes.steps,
+                 "guidance": episodes.guidance, "pairs": episodes.pairs}
+        return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def _searched_file(path: Path) -> dict:
@@ -276,83 +386,6 @@ def _searched_file(path: Path) -> dict:
     for entry in data["budgets"].values():
         SharedSearchResult.from_dict(entry)  # every entry reads back, or the file is damaged
     return data
-
-
-def distill(out, config: DistillConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
-            guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print):
-    """Train a policy by distillation + DAgger and save it as a policy file at `out`. Returns (bundle, report).
-    `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts."""
-    config = config or DistillConfig()
-    started = time.perf_counter()
-    run_dir = run_folder(out, run_dir)
-    eval_budgets = feasible_budgets(config.budgets, config.eval_budgets, steps, log)
-    budgets = (min(config.budgets), max(config.budgets))
-    core = CacheEpisodes(model=model, prompts=prompts, pairs=config.pairs, steps=steps, guidance=guidance,
-                         budget=budgets, pipe=pipe, references=references)
-    val = CacheEpisodes(model=model, prompts=val_prompts, pairs=config.val_pairs, steps=steps, guidance=guidance,
-                        budget=budgets, pipe=core.pipe, references=core.store)
-    tables = oracle_tables(core, list(range(config.pairs)), run_dir, config, val.pairs, log)
-    searched = searched_schedules(core, tables, run_dir, config, log)
-    teacher = OracleTeacher(tables, core.actions, steps, core.num_blocks, {b: r.schedule for b, r in searched.items()})
-    jobs = [(p, b) for p in range(config.pairs) for b in config.budgets]
-    logger = L.pytorch.loggers.TensorBoardLogger(run_dir, name="tensorboard", version=0)
-    gathered, net, history, best, reference = [], None, [], None, None
-    tag = "-" + rounds_key(config, core)
-    for round_ in range(config.dagger_rounds + 1):
-        path = run_dir / f"round{round_}{tag}.npz"
-        arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
-        relabelled = None
-        if arrays is None:
-            who = "oracle" if net is None else "student"
-            log(f"round {round_}: {len(jobs)} episodes rolled out by the {who}, labelled by the oracle")
-            rollouts = run_episodes(core, jobs, teacher, net=net, batch=config.num_envs)
-            if net is not None and config.relabel == "reached":
-                clock = time.perf_counter()
-                if reference is None:
-                    reference = reference_latents(core.pipe, core.pairs[: config.pairs], steps, guidance)
-                changed = relabel_from_reached(core, rollouts, teacher, reference, tables[0].gain, config.max_gap,
-                                               batch=6 * config.num_envs)
-                relabelled = {"labels_changed": changed, "labels": len(rollouts.labels),
-                              "seconds": round(time.perf_counter() - clock, 1)}
-                log(f"round {round_}: relabelled from the states reached: {changed} of {len(rollouts.labels)} "
-                    f"labels changed ({relabelled['seconds']:.0f} s)")
-            arrays = rollouts.arrays()
-            atomic_write_npz(path, **arrays)
-        gathered.append(arrays)
-        merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
-        student_val = StudentValidation(val, eval_budgets, config.student_val_every, round_ * config.epochs)
-        net = fit(merged, len(core.actions), run_dir, config, round_, logger=logger, callbacks=[student_val], log=log,
-                  tag=tag)
-        scores = student_val.last or evaluate_student(val, net, eval_budgets)  # None: round resumed finished
-        history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
-                        **({"relabelled_from_reached": relabelled} if relabelled else {})})
-        log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
-            f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
-        if best is None or mean_psnr(scores) > mean_psnr(best[2]):
-            best = (round_, copy.deepcopy(net), scores)
-    logger.experiment.flush()
-    minutes = (time.perf_counter() - started) / 60
-    selected, net, scores = best
-    log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
-    training = {"algorithm": "distill", "config": asdict(config), "train_pairs": config.pairs,
-                "split": prompts if isinstance(prompts, str) else "prompts file",
-                "rounds": history, "selected_round": selected, "wall_minutes": round(minutes, 1),
-                "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the searched "
-                          "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search)",
-                "searched_schedules": {f"{b:g}": {"schedule": [str(a) for a in r.schedule],
-                                                  "train_psnr": round(float(np.mean(r.psnr)), 2),
-                                                  "start_psnr": r.start_psnr, "cpu_minutes": round(r.cpu_seconds / 60, 1)}
-                                       for b, r in searched.items()}}
-    return save_trained_policy(out, net, core, val, budgets, training, eval_budgets, log, student=scores)
-
-
-def rounds_key(config: DistillConfig, core) -> str:
-    """A short digest of what a round's data and checkpoint depend on, in their file names: a rerun with other
-    settings (budgets, teacher, network, pairs) starts its rounds afresh instead of resuming another run's."""
-    kept = {k: v for k, v in asdict(config).items() if k not in ("trainer", "student_val_every", "dagger_rounds")}
-    about = {"config": kept, "model": core.store.model_hash, "steps": core.steps, "guidance": core.guidance,
-             "pairs": core.pairs[: config.pairs]}
-    return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def mean_psnr(scores: dict[float, dict]) -> float:

@@ -1,4 +1,4 @@
-"""The end of a training run: validation scores against the uniform schedule, then the policy file with its card."""
+"""What every trainer shares: its run folder, the final validation against the uniform schedule, the policy card."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ from cachepilot.errors import InvalidInputError
 
 from cachepilot.evaluation.validation import evaluate_student, evaluate_uniform, summary_table
 from cachepilot.policies.learned import PolicyNet, lowest_budget
-from cachepilot.policies.policy_file import PolicyCard, load_policy, model_config_hash, save_policy
+from cachepilot.policies.policy_file import PolicyBundle, PolicyCard, load_policy, model_config_hash, save_policy
 
 
 def run_folder(out, run_dir=None) -> Path:
     """Where a training run keeps what it reuses on a rerun (default: beside the policy, `<out>.run`); made by the
     first file the run writes, so a run refused before it starts leaves nothing behind."""
-    return checks.folder(run_dir or Path(out).with_name(Path(out).name + ".run"))
+    if run_dir is not None:
+        return checks.folder(run_dir)
+    out = Path(out).absolute()
+    if not out.name:
+        raise InvalidInputError(f"{out} cannot hold a policy beside its run folder; give --out a folder below it")
+    return checks.folder(out.with_name(out.name + ".run"))
 
 
 def feasible_budgets(budgets, eval_budgets, steps: int, log=print) -> tuple[float, ...]:
@@ -33,19 +38,43 @@ def feasible_budgets(budgets, eval_budgets, steps: int, log=print) -> tuple[floa
     return kept or tuple(sorted(set(budgets)))
 
 
-def save_trained_policy(out, net: PolicyNet, core, val, budget_range, training: dict, eval_budgets, log=print,
-                        student: dict | None = None):
-    """Final validation scores (student vs the uniform schedule), then the policy file with its card.
-    `student`: the network's validation scores at `eval_budgets` when the caller already has them."""
+def validated_policy(net: PolicyNet, episodes, val, training: dict, eval_budgets, student: dict | None = None,
+                     log=print) -> tuple[PolicyBundle, str]:
+    """The trained network as a policy with its card, after its final validation scores (student vs the uniform
+    schedule at each of `eval_budgets`), and their table. `student`: the network's scores when the caller has them."""
     student = student or evaluate_student(val, net, eval_budgets)
     uniform = evaluate_uniform(val, eval_budgets)
     table = summary_table(student, uniform)
-    log(f"validation, {len(val.pairs)} pairs, {core.steps} steps, guidance {core.guidance}:\n{table}")
-    card = PolicyCard(model=core.model, model_config_hash=model_config_hash(core.pipe), actions=core.actions,
-                      num_blocks=core.num_blocks, observation=core.spec, budget_range=tuple(budget_range),
-                      steps=core.steps, guidance=core.guidance, hidden=net.hidden, training=training,
+    log(f"validation, {len(val.pairs)} pairs, {episodes.steps} steps, guidance {episodes.guidance}:\n{table}")
+    card = PolicyCard(model=episodes.model, model_config_hash=model_config_hash(episodes.pipe), actions=episodes.actions,
+                      num_blocks=episodes.num_blocks, observation=episodes.observation_spec,
+                      budget_range=episodes.budget_range, steps=episodes.steps, guidance=episodes.guidance,
+                      hidden=net.hidden, training=training,
                       results={"split": "val", "pairs": len(val.pairs),
                                "learned": {str(b): v for b, v in student.items()},
                                "uniform": {str(b): v for b, v in uniform.items()}})
-    save_policy(out, net, card)
-    return load_policy(out), table
+    return PolicyBundle(net, card), table
+
+
+def spec_record(spec) -> dict:
+    """What a card says a policy was trained on (a path to a prompts file may not last: only whether one was used)."""
+    return {"model": spec.model.name, "steps": spec.steps, "guidance": spec.guidance, "pairs": spec.pairs,
+            "val_pairs": spec.val_pairs, "budgets": list(spec.budgets),
+            "split": spec.prompts if isinstance(spec.prompts, str) else "prompts file"}
+
+
+class Trainer:
+    """What `Distiller` and `PPOTrainer` share: a run over a `RunSpec` whose reusable state lives in `run_dir`;
+    `learn()` returns the trained policy, `save(out)` writes its policy file."""
+
+    def __init__(self, spec, config, run_dir, log=print):
+        self.spec, self.config, self.run_dir, self.log = spec, config, checks.folder(run_dir), log
+        self.policy: PolicyBundle | None = None
+        self.table: str | None = None  # the final validation table, learned vs uniform
+
+    def save(self, out) -> PolicyBundle:
+        """Write the learned policy as a policy file at `out`; the policy as read back from it."""
+        if self.policy is None:
+            raise InvalidInputError("nothing to save yet: call learn() first")
+        save_policy(out, self.policy.net, self.policy.card)
+        return load_policy(out)

@@ -31,26 +31,26 @@ from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
 from cachepilot import checks
-from cachepilot.envs import BatchedCacheEnv, CacheEpisodes
+from cachepilot.envs import BatchedCacheEnv, CacheEpisodes, EpisodeConfig, RunSpec
 from cachepilot.errors import InvalidInputError
 from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import read_or_set_aside
 from cachepilot.policies.learned import PolicyNet
-from cachepilot.policies.policy_file import load_policy
+from cachepilot.policies.policy_file import PolicyBundle, load_policy
 from cachepilot.state_file import read_state, remove_state, write_state
 
-from .export import feasible_budgets, run_folder, save_trained_policy
+from .export import Trainer, feasible_budgets, spec_record, validated_policy
 
 CHECKPOINT = "ppo_resume.json"  # and its tensors beside it, ppo_resume.json.<digest>.safetensors
 
 
 @dataclass
 class PPOConfig:
+    """How the policy is trained by PPO (what it is trained on is the `RunSpec`; episodes draw their budget from the
+    range of its budgets)."""
+
     total_timesteps: int = 12_000  # env steps over all envs (one episode = `steps` env steps)
     num_envs: int = 8
-    pairs: int = 16
-    val_pairs: int = 8
-    budgets: tuple[float, float] = (0.15, 0.6)
     lr: float = 3e-4
     n_epochs: int = 5
     batch_size: int = 100
@@ -63,13 +63,12 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("total_timesteps", "num_envs", "pairs", "val_pairs", "n_epochs", "batch_size"):
+        for name in ("total_timesteps", "num_envs", "n_epochs", "batch_size"):
             setattr(self, name, checks.count(name, getattr(self, name)))
         self.eval_every = checks.count("eval_every", self.eval_every, low=0)
         self.lr, self.seed = checks.positive("lr", self.lr), checks.seed(self.seed)
         self.ent_coef = float(checks.number("ent_coef", self.ent_coef, low=0.0))
         self.gamma = float(checks.number("gamma", self.gamma, low=0.0, high=1.0))
-        self.budgets = tuple(checks.budget(b) for b in self.budgets)
         self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
         self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
 
@@ -93,7 +92,7 @@ def run_settings(config: PPOConfig, env: BatchedCacheEnv, warm_start) -> dict:
     episodes = env.episodes
     return json.loads(json.dumps({
         "model": episodes.store.model_hash, "steps": episodes.steps, "guidance": episodes.guidance,
-        "pairs": episodes.pairs, "budgets": config.budgets, "num_envs": env.num_envs, "lr": config.lr,
+        "pairs": episodes.pairs, "budgets": episodes.budget_range, "num_envs": env.num_envs, "lr": config.lr,
         "n_epochs": config.n_epochs, "batch_size": config.batch_size, "ent_coef": config.ent_coef,
         "gamma": config.gamma, "hidden": config.hidden, "seed": config.seed,
         "init_from": warm_start.weights_sha256 if warm_start is not None else None,
@@ -210,62 +209,68 @@ def _callback(checkpoint: Path, settings: dict, val, eval_budgets, config: PPOCo
     return Monitor()
 
 
-def train_ppo(out, config: PPOConfig | None = None, model="toy-wan", run_dir=None, steps: int = 50,
-              guidance: float = 5.0, pipe=None, references=None, prompts="train", val_prompts="val", log=print,
-              fresh: bool = False):
-    """Train with MaskablePPO and save the actor as a policy file at `out`. Returns (bundle, summary table).
-    `model`: a name or a `ModelSource`; `prompts` / `val_prompts`: toy-wan split names or lists of prompts. A run
-    resumes from the checkpoint in its run folder when it was made with the same settings (and is refused when it was
-    not), unless `fresh`: then that checkpoint is deleted and training starts over."""
-    config = config or PPOConfig()
-    started = time.perf_counter()
-    run_dir = run_folder(out, run_dir)
-    eval_budgets = feasible_budgets(config.budgets, config.eval_budgets, steps, log)
-    warm_start = load_policy(config.init_from) if config.init_from else None
-    env = BatchedCacheEnv(config.num_envs, model=model, prompts=prompts, pairs=config.pairs, steps=steps,
-                          guidance=guidance, budget=config.budgets, pipe=pipe, references=references, budget_guard=True)
-    if warm_start is not None:
-        warm_start.check_pipeline(env.episodes.pipe, steps)
-        if warm_start.card.actions != env.actions or warm_start.net.hidden != tuple(config.hidden):
-            raise InvalidInputError(f"{config.init_from} has another action set or network shape "
-                                    f"({', '.join(map(str, warm_start.card.actions))}; {list(warm_start.net.hidden)}); "
+class PPOTrainer(Trainer):
+    """MaskablePPO over a `RunSpec`, as stable-baselines3's algorithms are used:
+    `PPOTrainer(spec, PPOConfig(), run_dir).learn()` returns the policy, `.save(out)` writes its policy file. A run
+    resumes from the checkpoint in its run folder when it was made with the same settings, and is refused when it
+    was not, unless `learn(fresh=True)`: then that checkpoint is deleted and training starts over."""
+
+    def __init__(self, spec: RunSpec, config: PPOConfig | None = None, run_dir="runs/ppo.run", log=print):
+        super().__init__(spec, config or PPOConfig(), run_dir, log)
+        self.eval_budgets = feasible_budgets(spec.budget_range, self.config.eval_budgets, spec.steps, log)
+        self.warm_start = load_policy(self.config.init_from) if self.config.init_from else None
+
+    def learn(self, fresh: bool = False) -> PolicyBundle:
+        config, spec, log = self.config, self.spec, self.log
+        started = time.perf_counter()
+        env = BatchedCacheEnv(spec, EpisodeConfig(budget_guard=True), config.num_envs)
+        self._check_warm_start(env)
+        env.seed(config.seed)
+        # validation runs on its own pipeline, references included (the same store folder, another store object): the
+        # training env keeps its pipeline hooked between rollouts
+        val = CacheEpisodes(spec.validation(env.episodes.source.load(), env.episodes.store.root))
+        checkpoint, settings = self.run_dir / CHECKPOINT, run_settings(config, env, self.warm_start)
+        if fresh:
+            remove_state(checkpoint)
+        agent = resume(checkpoint, lambda: self._agent(env), env, settings, config, log)
+        if agent is None:
+            agent = self._agent(env)
+            if self.warm_start is not None:
+                net_to_actor(self.warm_start.net, agent)
+                log(f"actor warm-started from {config.init_from}")
+        remaining = config.total_timesteps - agent.num_timesteps
+        if remaining > 0:
+            agent.learn(remaining, callback=_callback(checkpoint, settings, val, self.eval_budgets, config, env, log),
+                        reset_num_timesteps=False, tb_log_name="ppo")
+            save_checkpoint(checkpoint, agent, env, settings)  # the last update too: a rerun exports it untrained
+        else:
+            log(f"{checkpoint} holds a finished run of {agent.num_timesteps} steps; exporting it without training")
+        env.close()
+        training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
+                    "spec": spec_record(spec), "train_pairs": len(env.episodes.pairs),
+                    "split": spec_record(spec)["split"], "timesteps": int(agent.num_timesteps),
+                    "episodes": int(agent.num_timesteps // spec.steps),
+                    "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+                    **({"init_weights_sha256": self.warm_start.weights_sha256} if self.warm_start else {})}
+        self.policy, self.table = validated_policy(actor_to_net(agent, config.hidden), env.episodes, val, training,
+                                                   self.eval_budgets, log=log)
+        return self.policy
+
+    def _check_warm_start(self, env: BatchedCacheEnv) -> None:
+        warm = self.warm_start
+        if warm is None:
+            return
+        warm.check_pipeline(env.episodes.pipe, self.spec.steps)
+        if warm.card.actions != env.actions or warm.net.hidden != tuple(self.config.hidden):
+            raise InvalidInputError(f"{self.config.init_from} has another action set or network shape "
+                                    f"({', '.join(map(str, warm.card.actions))}; {list(warm.net.hidden)}); "
                                     "cannot warm-start from it")
-    env.seed(config.seed)
-    # validation runs on its own pipeline, references included (the same store folder, another store object): the
-    # training env keeps its pipeline hooked between rollouts
-    val = CacheEpisodes(model=model, prompts=val_prompts, pairs=config.val_pairs, steps=steps, guidance=guidance,
-                        budget=config.budgets, pipe=env.episodes.source.load(), references=env.episodes.store.root)
-    checkpoint, settings = run_dir / CHECKPOINT, run_settings(config, env, warm_start)
-    if fresh:
-        remove_state(checkpoint)
 
-    def build_agent():
+    def _agent(self, env: BatchedCacheEnv) -> MaskablePPO:
+        config = self.config
         return MaskablePPO(
-            MaskableActorCriticPolicy, env, learning_rate=config.lr, n_steps=steps, batch_size=config.batch_size,
-            n_epochs=config.n_epochs, gamma=config.gamma, ent_coef=config.ent_coef, seed=config.seed, verbose=0,
-            policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)},
-                           "activation_fn": nn.Tanh},
-            tensorboard_log=str(run_dir / "tensorboard"))
-
-    agent = resume(checkpoint, build_agent, env, settings, config, log)
-    if agent is None:
-        agent = build_agent()
-        if warm_start is not None:
-            net_to_actor(warm_start.net, agent)
-            log(f"actor warm-started from {config.init_from}")
-    remaining = config.total_timesteps - agent.num_timesteps
-    if remaining > 0:
-        agent.learn(remaining, callback=_callback(checkpoint, settings, val, eval_budgets, config, env, log),
-                    reset_num_timesteps=False, tb_log_name="ppo")
-        save_checkpoint(checkpoint, agent, env, settings)  # the last update too: a rerun exports it without training
-    else:
-        log(f"{checkpoint} holds a finished run of {agent.num_timesteps} steps; exporting it without training")
-    env.close()
-    net = actor_to_net(agent, config.hidden)
-    minutes = (time.perf_counter() - started) / 60
-    training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
-                "train_pairs": config.pairs,
-                "split": prompts if isinstance(prompts, str) else "prompts file", "timesteps": int(agent.num_timesteps),
-                "episodes": int(agent.num_timesteps // steps), "wall_minutes": round(minutes, 1),
-                **({"init_weights_sha256": warm_start.weights_sha256} if warm_start else {})}  # a path may not last
-    return save_trained_policy(out, net, env.episodes, val, config.budgets, training, eval_budgets, log)
+            MaskableActorCriticPolicy, env, learning_rate=config.lr, n_steps=self.spec.steps,
+            batch_size=config.batch_size, n_epochs=config.n_epochs, gamma=config.gamma, ent_coef=config.ent_coef,
+            seed=config.seed, verbose=0,
+            policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)}, "activation_fn": nn.Tanh},
+            tensorboard_log=str(self.run_dir / "tensorboard"))

@@ -1,4 +1,4 @@
-"""Rolling policies out through the environment core: the oracle teacher, a student network, scoring.
+"""Rolling policies out through the environments' episodes: the oracle teacher, a student network, scoring.
 
 Collection talks to `CacheEpisodes` (what CacheEnv and BatchedCacheEnv share) directly: episodes are
 chosen explicitly (pair, budget) and run in batches, with no auto-reset drawing fresh pairs.
@@ -93,58 +93,58 @@ class Rollouts:
                 "labels": np.asarray(self.labels, dtype=np.int64)}
 
 
-def student_picks(net: PolicyNet, core: CacheEpisodes, obs: np.ndarray, masks: np.ndarray, step: int,
+def student_picks(net: PolicyNet, episodes: CacheEpisodes, obs: np.ndarray, masks: np.ndarray, step: int,
                   spent: np.ndarray, budgets: list[float]) -> list[int]:
     """The network's choice among the valid actions that keep each episode within its budget."""
-    allowed = np.stack([within_budget(m, core.actions, core.num_blocks, step, s, b, core.steps)
+    allowed = np.stack([within_budget(m, episodes.actions, episodes.num_blocks, step, s, b, episodes.steps)
                         for m, s, b in zip(masks, spent, budgets)])
     with torch.no_grad():
         return masked_argmax(net(torch.from_numpy(obs)), allowed)
 
 
-def run_episodes(core: CacheEpisodes, jobs: list[tuple[int, float]], teacher: OracleTeacher,
+def run_episodes(episodes: CacheEpisodes, jobs: list[tuple[int, float]], teacher: OracleTeacher,
                  net: PolicyNet | None = None, batch: int = 8) -> Rollouts:
     """Run (pair, budget) episodes, `batch` at a time: the student acts when `net` is given, else the teacher;
     the teacher labels every state."""
     out = Rollouts()
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
-        episodes = [core.draw(None, {"pair": p, "budget": b}) for p, b in chunk]
-        obs, _ = core.begin(episodes)
-        budgets = [e.budget for e in episodes]
+        drawn = [episodes.draw(None, {"pair": p, "budget": b}) for p, b in chunk]
+        obs, _ = episodes.begin(drawn)
+        budgets = [e.budget for e in drawn]
         last_full, previous_full, spent = [0] * len(chunk), [None] * len(chunk), np.zeros(len(chunk))
-        out.jobs += [(e.pair, e.budget) for e in episodes]
-        out.taken += [[] for _ in episodes]
-        for step in range(core.steps):
-            masks = np.stack(core.masks)
+        out.jobs += [(e.pair, e.budget) for e in drawn]
+        out.taken += [[] for _ in drawn]
+        for step in range(episodes.steps):
+            masks = np.stack(episodes.masks)
             labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget,
-                                  valid=masks[i]) for i, e in enumerate(episodes)]
+                                  valid=masks[i]) for i, e in enumerate(drawn)]
             out.labels += labels
             out.obs += list(obs)
             out.masks += list(masks)
             out.visits += [Visit(start + i, step, last_full[i], previous_full[i], float(spent[i]))
                            for i in range(len(chunk))]
-            picks = labels if net is None else student_picks(net, core, obs, masks, step, spent, budgets)
-            obs, _, _, infos = core.advance(picks)
+            picks = labels if net is None else student_picks(net, episodes, obs, masks, step, spent, budgets)
+            obs, _, _, infos = episodes.advance(picks)
             for i, info in enumerate(infos):
                 out.taken[start + i].append(int(picks[i]))
                 spent[i] += info["step_cost"]
-                if core.actions[picks[i]] == FULL and step > 0:
+                if episodes.actions[picks[i]] == FULL and step > 0:
                     last_full[i], previous_full[i] = step, last_full[i]
     return out
 
 
-def relabel_from_reached(core: CacheEpisodes, rollouts: Rollouts, teacher: OracleTeacher, reference, gain: np.ndarray,
-                         max_gap: int, batch: int = 16) -> int:
+def relabel_from_reached(episodes: CacheEpisodes, rollouts: Rollouts, teacher: OracleTeacher, reference,
+                         gain: np.ndarray, max_gap: int, batch: int = 16) -> int:
     """Relabel every state of the episodes with the segment under way measured from the state the episode really
     reached (`measure_reached`), instead of from the reference trajectory; `reference`: `reference_latents` per
     pair. Returns how many labels changed."""
     reached: list[ReachedSegments] = []
     for start in range(0, len(rollouts.jobs), batch):
         jobs = rollouts.jobs[start : start + batch]
-        schedules = [[core.actions[a] for a in taken] for taken in rollouts.taken[start : start + batch]]
-        reached += measure_reached(core.pipe, [core.pairs[p] for p, _ in jobs], schedules,
-                                   reference[[p for p, _ in jobs]], gain, core.steps, core.guidance, max_gap)
+        schedules = [[episodes.actions[a] for a in taken] for taken in rollouts.taken[start : start + batch]]
+        reached += measure_reached(episodes.pipe, [episodes.pairs[p] for p, _ in jobs], schedules,
+                                   reference[[p for p, _ in jobs]], gain, episodes.steps, episodes.guidance, max_gap)
     changed = 0
     for n, visit in enumerate(rollouts.visits):
         pair, budget = rollouts.jobs[visit.episode]

@@ -227,7 +227,8 @@ class ToyWanStepper(Stepper):
 
     def _prepare(self, prompts, generators, steps, guidance, negative_prompt, opts):
         latents, embeds, negative, timesteps = self.pipe.prepare_denoising(
-            prompts, negative_prompt, opts["num_frames"], opts["height"], opts["width"], steps, guidance, 1, generators)
+            prompts, negative_prompt, steps, guidance, generators, num_frames=opts["num_frames"], height=opts["height"],
+            width=opts["width"])
         return Denoising(latents, timesteps, copy.deepcopy(self.pipe.scheduler),
                          extra={"embeds": embeds, "negative": negative})
 
@@ -428,8 +429,8 @@ def generation_options(pipe) -> dict:
     return dict(getattr(pipe, OPTIONS_ATTRIBUTE, {}))
 
 
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
-             on_step: Callable[[int, torch.Tensor], None] | None = None, decode: bool = True):
+def generate_batch(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float,
+                   on_step: Callable[[int, torch.Tensor], None] | None = None, decode: bool = True):
     """One batched generation (sample i from seed i) the way every cachepilot measurement runs one: frames
     (batch, frames, height, width, 3) in [0, 1], or the final latents if not `decode`."""
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -6,6 +6,9 @@ also takes policy files and baselines by name and is what users call.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from diffusers.hooks import HookRegistry
 
@@ -72,6 +75,17 @@ def attach_runtime(pipe_or_transformer, policy: Policy, num_inference_steps: int
         for index, block in enumerate(adapter.blocks(model)):
             HookRegistry.check_if_exists_or_initialize(block).register_hook(BlockHook(runtime, index), BLOCK_HOOK)
     return runtime
+
+
+@contextlib.contextmanager
+def cached(pipe_or_transformer, policy: Policy, **settings) -> Iterator[CacheRuntime]:
+    """`attach_runtime` for the length of a `with` block (`settings`: its keywords); the cache comes off however
+    the block ends."""
+    runtime = attach_runtime(pipe_or_transformer, policy, **settings)
+    try:
+        yield runtime
+    finally:
+        remove_cache(pipe_or_transformer)
 
 
 def remove_cache(pipe_or_transformer) -> None:

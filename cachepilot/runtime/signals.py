@@ -4,7 +4,7 @@ A `Signal` says what a number means and in which unit, how the runtime measures 
 computed only for policies that read it, and how an observation normalises it. A `Quantity` is a per-branch
 tensor the runtime keeps between calls: what the actions reuse and what the signals are measured on. Adding a
 signal on a kept quantity is one `Signal` entry at the end of this module (or one `register_signal` call from
-anywhere); a new quantity also needs the line of the engine that captures it (`CacheRuntime._capture`).
+anywhere); a new quantity also needs the line of the executor that captures it (`Executor.capture`).
 
 How a signal is measured (`Signal.source`):
   call     by the runtime from the call itself (step, noise level, compute spent, ...)
@@ -13,7 +13,8 @@ How a signal is measured (`Signal.source`):
   refresh  `measure(new, old, gap, frames)` each time the quantity is refreshed (old: its previous value, or with
            `against="forecast"` what the first-order forecast from its last two values predicted; gap: calls since
            the previous FULL); the value holds until the next refresh
-  magcache MagCache's accumulated error of a per-call ratio signal over the calls since the last FULL
+  accumulated  the accumulated error of a per-call ratio signal over the calls since the last FULL: the sum over
+           those calls of |1 - the running product of the ratio| (MagCache's error estimate)
 
 All "rel-L1" values are mean|x - x_prev| / mean|x_prev| (dimensionless, >= 0). A value is None where it is not
 defined yet (no previous call, no FULL so far) or not computed (an optional signal no policy reads).
@@ -93,8 +94,8 @@ def _motion(new, old, gap, frames):
 class Signal:
     name: str
     doc: str  # meaning and unit
-    source: str = "call"  # call | change | refresh | magcache (module docstring)
-    quantity: str | None = None  # the quantity it is measured on (magcache: the ratio signal it accumulates)
+    source: str = "call"  # call | change | refresh | accumulated (module docstring)
+    quantity: str | None = None  # the quantity it is measured on (accumulated: the ratio signal it accumulates)
     measure: Measure | None = None  # refresh signals only
     against: str = "last"  # refresh signals: measure against the last value, or its "forecast" at this call
     optional: bool = False  # computed only for policies that read it (it costs a pass over a residual)
@@ -117,9 +118,9 @@ def register_signal(signal: Signal) -> Signal:
     if (signal.source == "call") != hasattr(Signals, signal.name):  # the call's context is a Signals attribute
         raise ValueError(f"{signal.name!r}: only the call's context ({', '.join(Signals.__slots__[:-1])}, "
                          "step_fraction) has source 'call'")
-    if signal.source not in ("call", "change", "refresh", "magcache"):
-        raise ValueError(f"unknown signal source {signal.source!r}; expected call, change, refresh or magcache")
-    sources = {"change": {*QUANTITIES, INDICATOR}, "refresh": set(QUANTITIES), "magcache": set(SIGNALS)}
+    if signal.source not in ("call", "change", "refresh", "accumulated"):
+        raise ValueError(f"unknown signal source {signal.source!r}; expected call, change, refresh or accumulated")
+    sources = {"change": {*QUANTITIES, INDICATOR}, "refresh": set(QUANTITIES), "accumulated": set(SIGNALS)}
     if signal.source != "call" and signal.quantity not in sources[signal.source]:
         raise ValueError(f"signal {signal.name!r} is measured on unknown {signal.quantity!r}")
     if (signal.source == "refresh") != (signal.measure is not None):
@@ -142,8 +143,12 @@ def resolve(wanted: frozenset[str] | None) -> tuple[Signal, ...]:
     if unknown:
         raise ValueError(f"unknown signals {sorted(unknown)}; known: {', '.join(SIGNALS)}")
     names = {n for n in MEASURED if not SIGNALS[n].optional} | (names & MEASURED)
-    names |= {SIGNALS[n].quantity for n in names if SIGNALS[n].source == "magcache"}
+    names |= {SIGNALS[n].quantity for n in names if SIGNALS[n].source == "accumulated"}
     return tuple(s for n, s in SIGNALS.items() if n in names)
+
+
+# The call's context beyond step, step count, branch and sample, with the value it has where it is not given
+CONTEXT = {"sigma": None, "timestep": None, "steps_since_full": None, "compute_spent": 0.0, "expert": 0, "guidance": None}
 
 
 class Signals:
@@ -153,16 +158,16 @@ class Signals:
     __slots__ = ("step", "num_steps", "branch", "sample", "sigma", "timestep", "steps_since_full", "compute_spent",
                  "expert", "guidance", "measured")
 
-    def __init__(self, step: int, num_steps: int | None, branch: str, sample: int, sigma: float | None = None,
-                 timestep: float | None = None, steps_since_full: int | None = None, compute_spent: float = 0.0,
-                 expert: int = 0, guidance: float | None = None, **measured: float | None):
-        unknown = set(measured) - MEASURED
+    def __init__(self, step: int, num_steps: int | None, branch: str, sample: int, **values: float | None):
+        """`values`: the rest of the call's context (`CONTEXT`, with its defaults) and the measured signals."""
+        unknown = set(values) - MEASURED - set(CONTEXT)
         if unknown:
-            raise TypeError(f"unknown signals {sorted(unknown)}; measured signals: {', '.join(sorted(MEASURED))}")
+            raise TypeError(f"unknown signals {sorted(unknown)}; context: {', '.join(CONTEXT)}; measured signals: "
+                            f"{', '.join(sorted(MEASURED))}")
         self.step, self.num_steps, self.branch, self.sample = step, num_steps, branch, sample
-        self.sigma, self.timestep, self.steps_since_full, self.compute_spent = sigma, timestep, steps_since_full, compute_spent
-        self.expert, self.guidance = expert, guidance  # guidance: the generation's CFG scale, where it is known
-        self.measured = measured
+        for name, default in CONTEXT.items():  # guidance: the generation's CFG scale, where it is known
+            setattr(self, name, values.pop(name, default))
+        self.measured = values
 
     def __getattr__(self, name: str):  # reached only for names that are not context attributes
         if name in MEASURED:
@@ -220,6 +225,6 @@ for _signal in (
     Signal("cfg_diff_drift", "rel-L1 change between the last two kept (uncond - cond) differences", "refresh",
            "cfg_diff", _rel_l1, optional=True, **_REL),
     Signal("mag_accumulated_error", "sum over calls since the last FULL of |1 - product of residual_norm_ratio| "
-           "(MagCache's error estimate)", "magcache", "residual_norm_ratio", optional=True, **_REL),
+           "(MagCache's error estimate)", "accumulated", "residual_norm_ratio", optional=True, **_REL),
 ):
     register_signal(_signal)

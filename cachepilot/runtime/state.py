@@ -31,7 +31,7 @@ class BranchState:
     heads: dict[str, list[int]] = field(default_factory=dict)
     times: dict[str, list[list[tuple[int, float | None]]]] = field(default_factory=dict)
     values: dict[str, list[float | None]] = field(default_factory=dict)
-    accumulated: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)  # magcache: (ratio, error)
+    accumulated: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)  # accumulated signals: (ratio, error)
     since_full: list[int | None] = field(default_factory=list)  # calls since the last FULL (None: never computed)
     out_step: list[int] = field(default_factory=list)  # step of the kept cond output, per sample
     steps_seen: set = field(default_factory=set)

@@ -19,6 +19,11 @@ from .scenes import HEIGHT, NUM_FRAMES, WIDTH
 from .text_encoder import ToyPromptEncoder
 
 
+# What `prepare_denoising` takes besides the prompts, step count, guidance and generators: `__call__`'s defaults
+PREPARED_INPUTS = {"num_frames": NUM_FRAMES, "height": HEIGHT, "width": WIDTH, "num_videos_per_prompt": 1,
+                   "latents": None, "prompt_embeds": None, "negative_prompt_embeds": None}
+
+
 class ToyWanPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "text_encoder->transformer"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
@@ -77,11 +82,16 @@ class ToyWanPipeline(DiffusionPipeline):
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
         return noise.to(device=self._execution_device, dtype=self.transformer.dtype)
 
-    def prepare_denoising(self, prompt=None, negative_prompt=None, num_frames: int = NUM_FRAMES, height: int = HEIGHT,
-                          width: int = WIDTH, num_inference_steps: int = 50, guidance_scale: float = 5.0,
-                          num_videos_per_prompt: int = 1, generator=None, latents=None, prompt_embeds=None,
-                          negative_prompt_embeds=None):
-        """Everything before the loop: embeddings, timesteps, initial latents (see `denoise_step`)."""
+    def prepare_denoising(self, prompt=None, negative_prompt=None, num_inference_steps: int = 50,
+                          guidance_scale: float = 5.0, generator=None, **inputs):
+        """Everything before the loop: embeddings, timesteps, initial latents (see `denoise_step`). `inputs`: the
+        rest of `__call__`'s inputs (num_frames, height, width, num_videos_per_prompt, latents, prompt_embeds,
+        negative_prompt_embeds), at its defaults where not given."""
+        unknown = set(inputs) - set(PREPARED_INPUTS)
+        if unknown:
+            raise TypeError(f"prepare_denoising got unknown inputs {sorted(unknown)}")
+        inputs = PREPARED_INPUTS | inputs
+        prompt_embeds, negative_prompt_embeds = inputs["prompt_embeds"], inputs["negative_prompt_embeds"]
         self._guidance_scale = guidance_scale
         self._current_timestep = None
         self._interrupt = False
@@ -90,7 +100,7 @@ class ToyWanPipeline(DiffusionPipeline):
             if prompt is None:
                 raise ValueError("pass a prompt or prompt_embeds")
             prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-                prompt, negative_prompt, self.do_classifier_free_guidance, num_videos_per_prompt
+                prompt, negative_prompt, self.do_classifier_free_guidance, inputs["num_videos_per_prompt"]
             )
         elif self.do_classifier_free_guidance and negative_prompt_embeds is None:
             negative_prompt_embeds = torch.zeros_like(prompt_embeds)
@@ -103,7 +113,8 @@ class ToyWanPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        latents = self.prepare_latents(prompt_embeds.shape[0], num_frames, height, width, generator, latents)
+        latents = self.prepare_latents(prompt_embeds.shape[0], inputs["num_frames"], inputs["height"], inputs["width"],
+                                       generator, inputs["latents"])
         return latents, prompt_embeds, negative_prompt_embeds, timesteps
 
     @staticmethod
@@ -163,8 +174,9 @@ class ToyWanPipeline(DiffusionPipeline):
             if name not in self._callback_tensor_inputs:
                 raise ValueError(f"callback tensor input {name!r} not in {self._callback_tensor_inputs}")
         latents, prompt_embeds, negative_prompt_embeds, timesteps = self.prepare_denoising(
-            prompt, negative_prompt, num_frames, height, width, num_inference_steps, guidance_scale,
-            num_videos_per_prompt, generator, latents, prompt_embeds, negative_prompt_embeds)
+            prompt, negative_prompt, num_inference_steps, guidance_scale, generator, num_frames=num_frames,
+            height=height, width=width, num_videos_per_prompt=num_videos_per_prompt, latents=latents,
+            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_prompt_embeds)
 
         with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):

@@ -23,8 +23,10 @@ from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.provenance import machine_summary
 from cachepilot.video import save_video
 
-KIND_ORDER = {"reference": 0, "learned": 1, "oracle": 2, "dp": 3, "schedule": 4, "baseline": 5, "peer": 6}
-HINDSIGHT = ("oracle", "dp")  # schedules chosen per pair knowing its reference: not methods one can deploy
+from .config import Kind
+
+KIND_ORDER = {kind: i for i, kind in enumerate(Kind)}
+HINDSIGHT = (Kind.ORACLE, Kind.DP)  # schedules chosen per pair knowing its reference: not methods one can deploy
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Point:
 
     @property
     def knob_label(self) -> str:
-        return "-" if self.kind == "reference" else self.label
+        return "-" if self.kind == Kind.REFERENCE else self.label
 
 
 def _mean_psnr(values) -> float:
@@ -92,7 +94,7 @@ def pareto_table(found: list[Point]) -> str:
         if not p.own_front:
             continue
         lpips = "-" if p.lpips is None else f"{p.lpips:.4f}"
-        mark = "★" if p.global_front else ("limit" if p.kind == "oracle" else "")
+        mark = "★" if p.global_front else ("limit" if p.kind == Kind.ORACLE else "")
         lines.append(f"| {p.method} | {p.knob_label} | {p.computed_fraction:.3f} | {p.flops_speedup:.2f}x | "
                      f"{p.wall_speedup:.2f}x | {_fmt_psnr(p.psnr)} | {p.ssim:.4f} | {lpips} | {mark} |")
     return "\n".join(lines)
@@ -103,16 +105,16 @@ def plot_pareto(found: list[Point], title: str) -> bytes:
     oracles dashed."""
     fig = Figure(figsize=(9, 5.5), dpi=110)  # no pyplot: nothing global (backend, open figures) is touched
     ax = fig.subplots()
-    methods = dict.fromkeys(p.method for p in found if p.kind != "reference")
+    methods = dict.fromkeys(p.method for p in found if p.kind != Kind.REFERENCE)
     ax.set_prop_cycle(color=[colormaps["tab20"](i % 20) for i in range(len(methods))])
     for method in methods:
         mine = sorted((p for p in found if p.method == method), key=lambda p: p.flops_speedup)
         kind = mine[0].kind
-        style = {"oracle": dict(color="black", linestyle="--", marker="x", linewidth=1.5),
-                 "dp": dict(color="gray", linestyle="--", marker="+", linewidth=1.0),
-                 "learned": dict(linestyle="-", marker="o", linewidth=2.5),
-                 "peer": dict(linestyle=":", marker="s", linewidth=1.2)}.get(kind, dict(linestyle="-", marker=".", linewidth=1.2))
-        label = f"{method} (limit)" if kind == "oracle" else method
+        style = {Kind.ORACLE: dict(color="black", linestyle="--", marker="x", linewidth=1.5),
+                 Kind.DP: dict(color="gray", linestyle="--", marker="+", linewidth=1.0),
+                 Kind.LEARNED: dict(linestyle="-", marker="o", linewidth=2.5),
+                 Kind.PEER: dict(linestyle=":", marker="s", linewidth=1.2)}.get(kind, dict(linestyle="-", marker=".", linewidth=1.2))
+        label = f"{method} (limit)" if kind == Kind.ORACLE else method
         front = [p for p in mine if p.own_front]
         line, = ax.plot([p.flops_speedup for p in front], [p.psnr for p in front], label=label, **style)
         rest = [p for p in mine if not p.own_front]
@@ -132,8 +134,8 @@ def plot_pareto(found: list[Point], title: str) -> bytes:
 
 def gif_columns(found: list[Point], budget: float) -> list[Point]:
     """The reference, then for each method its point whose computed fraction is closest to `budget`."""
-    columns = [p for p in found if p.kind == "reference"]
-    for method in dict.fromkeys(p.method for p in found if p.kind != "reference"):
+    columns = [p for p in found if p.kind == Kind.REFERENCE]
+    for method in dict.fromkeys(p.method for p in found if p.kind != Kind.REFERENCE):
         mine = [p for p in found if p.method == method]
         columns.append(min(mine, key=lambda p: (abs(p.computed_fraction - budget), -p.psnr)))
     return columns
@@ -200,7 +202,7 @@ def write_report(out: Path, setting, runs) -> list[Point]:
     columns = gif_columns(found, config.gif_budget)
     entries = {run.entry.key: run.entry for run in runs}
     videos = [setting.frames(entries[p.key]) for p in columns]
-    labels = [(p.method, "reference" if p.kind == "reference" else f"{p.flops_speedup:.1f}x {_fmt_psnr(p.psnr)} dB")
+    labels = [(p.method, "reference" if p.kind == Kind.REFERENCE else f"{p.flops_speedup:.1f}x {_fmt_psnr(p.psnr)} dB")
               for p in columns]
     save_video(side_by_side(videos, labels), out / "side_by_side.gif", fps=4, scale=1)
     return found

@@ -1,0 +1,57 @@
+"""`cachepilot ablate`: every cache method on the same pairs: results.csv/json, table.md, pareto.png, the GIF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import COUNT, FOLDER, GUIDANCE, add_model_arguments, budgets, model_source, read_prompts
+
+HELP = "run every cache method on the same prompts and seeds; tables, Pareto plot, GIF"
+
+
+def add_arguments(p) -> None:
+    add_model_arguments(p, "one prompt per line, instead of a toy-wan split (real models)")
+    p.add_argument("--methods", default="all", help="all, or a comma list: baseline and peer names, oracle (searched, "
+                   "with the DP), oracle-dp, uniform, learned, learned-<policy>")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--pairs", type=COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
+    p.add_argument("--steps", type=COUNT, help="default 50")
+    p.add_argument("--guidance", type=GUIDANCE, help="default 5")
+    p.add_argument("--budgets", type=budgets, help="learned policies' budgets (default 0.15,0.2,0.25,0.35,0.5,0.6)")
+    p.add_argument("--oracle-budgets", type=budgets, help="the oracles' and uniform schedules' (default "
+                   "0.15,0.25,0.35,0.5)")
+    p.add_argument("--search-rounds", type=COUNT, help="rounds of the searched oracle's local search (default 8; "
+                   "--quick: 2)")
+    p.add_argument("--policies", help="comma list of policy folders (default: every policy-* beside the weights)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 2 pairs, default knobs, one budget")
+    p.add_argument("--out", type=FOLDER, default="results/ablation", help="output folder; its runs/ are reused on a "
+                   "rerun")
+
+
+def run(args) -> int:
+    from cachepilot.infer.ablation import AblationConfig, ablate  # imported when run (cachepilot.cli)
+
+    source = model_source(args)
+    settings = {"model": args.model, "model_path": args.model_path, "split": args.split, "methods": args.methods,
+                "device": source.device, "dtype": source.dtype, "options": source.options}
+    if args.prompts_file:
+        settings["prompts"] = tuple(read_prompts(args.prompts_file))
+    for name in ("pairs", "steps", "guidance"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    if args.budgets:
+        settings["budgets"] = args.budgets
+    if args.oracle_budgets:
+        settings["oracle_budgets"] = args.oracle_budgets
+    if args.policies:
+        settings["policies"] = tuple(p for p in args.policies.split(",") if p)
+    if args.search_rounds is not None:
+        from cachepilot.evaluation.search import SearchConfig  # imported when run (cachepilot.cli)
+
+        settings["oracle_search"] = SearchConfig(rounds=args.search_rounds)
+    config = AblationConfig.quick(**settings) if args.quick else AblationConfig(**settings)
+    out = Path(args.out)
+    ablate(config, out)
+    print((out / "table.md").read_text())
+    print(f"wrote {out}/results.csv, results.json, table.md, pareto.png, side_by_side.gif")
+    return 0

@@ -1,0 +1,42 @@
+"""`cachepilot references build`: pre-build the full-compute references the environments score against."""
+
+from __future__ import annotations
+
+from .common import COUNT, FOLDER, GUIDANCE, add_model_arguments, model_source, prompts_for
+
+HELP = "the store of full-compute reference outputs used by the environments"
+
+
+def add_arguments(p) -> None:
+    refs = p.add_subparsers(dest="references_command", required=True)
+    p = refs.add_parser("build", help="pre-build the references of a prompt split (missing or corrupted ones only)")
+    add_model_arguments(p, "one prompt per line, instead of a toy-wan split")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--pairs", type=COUNT, default=64, help="(prompt i, seed i) pairs, the environments' default count")
+    p.add_argument("--steps", type=COUNT, default=50)
+    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    p.add_argument("--trajectory", action="store_true", help="also store per-step latents and signals")
+    p.add_argument("--batch-size", type=COUNT, default=16)
+    p.add_argument("--root", type=FOLDER, help="store folder (default: $CACHEPILOT_REFERENCES or "
+                   "~/.cache/cachepilot/references)")
+    p.set_defaults(func=build)
+
+
+def run(args) -> int:
+    return args.func(args)
+
+
+def build(args) -> int:
+    # imported when run (cachepilot.cli)
+    from cachepilot.envs.references import ReferenceStore
+    from cachepilot.envs.spec import make_pairs
+    from cachepilot.models.registry import get_spec
+
+    prompts = prompts_for(args, get_spec(args.model).family, args.split, "build references")
+    pairs = make_pairs(args.model, prompts, args.pairs)
+    pipe = model_source(args).load()
+    store = ReferenceStore(pipe, args.model, steps=args.steps, guidance=args.guidance, root=args.root)
+    store.get_many(pairs, trajectory=args.trajectory, batch_size=args.batch_size)
+    print(f"{len(pairs)} references ready in {store.root} (model hash {store.model_hash}, {args.steps} steps, "
+          f"guidance {args.guidance}{', with trajectories' if args.trajectory else ''})")
+    return 0

@@ -1,0 +1,124 @@
+"""`cachepilot train`: a cache policy for a model, by distillation from the oracle or by PPO; prints its validation
+table. The command builds the `RunSpec` (what is trained on) and the algorithm's config (how), then learns."""
+
+from __future__ import annotations
+
+from cachepilot.errors import CachepilotError, InvalidInputError
+
+from .common import (COUNT, COUNT0, FOLDER, GUIDANCE, RUNS, SEED, add_model_arguments, budgets, budgets_or_none,
+                     model_source, read_prompts)
+
+HELP = "train a cache policy (distillation from the oracle, or PPO) and save it"
+
+# Flags of one algorithm only, with their defaults: given with the other algorithm they are refused, not ignored.
+ALGORITHM_FLAGS = {
+    "distill": {"rounds": 2, "relabel": "reference", "searched_budgets": (0.15,), "epochs": 200, "val_every": 50,
+                "accelerator": "cpu", "devices": "1", "strategy": "auto"},
+    "ppo": {"timesteps": 12_000, "init_from": None, "fresh": False},
+}
+
+
+def add_arguments(p) -> None:
+    add_model_arguments(p, "one prompt per line (real models): the first --pairs train, the next --val-pairs validate")
+    p.add_argument("--algo", choices=["distill", "ppo"], default="distill")
+    p.add_argument("--out", type=FOLDER, help="policy directory (default: runs/<model>/policy-<algo>)")
+    p.add_argument("--force", action="store_true", help="replace a shipped policy (one beside the model's weights)")
+    p.add_argument("--run-dir", type=FOLDER, help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: "
+                   "<out>.run); a rerun resumes from it")
+    p.add_argument("--steps", type=COUNT, default=50)
+    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    p.add_argument("--pairs", type=COUNT, default=16, help="training (prompt, seed) pairs from the train split")
+    p.add_argument("--val-pairs", type=COUNT, default=8)
+    p.add_argument("--budgets", type=budgets, default="0.15,0.2,0.3,0.4,0.5,0.6",
+                   help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
+    p.add_argument("--rounds", type=COUNT0, help="distill: DAgger rounds after the oracle's own (default 2)")
+    p.add_argument("--relabel", choices=["reference", "reached"],
+                   help="distill: DAgger costs the segment under way from the oracle's table (reference, the default) "
+                   "or measures it from the state the student reached (real forks of its trajectory; slower)")
+    p.add_argument("--searched-budgets", type=budgets_or_none,
+                   help="distill: those of --budgets taught by one schedule searched with real rollouts on train pairs "
+                   "instead of the DP (default 0.15; about 4 minutes each on 2 cores for toy-wan; none: the DP "
+                   "everywhere)")
+    p.add_argument("--epochs", type=COUNT, help="distill: epochs per round (default 200)")
+    p.add_argument("--val-every", type=COUNT, help="distill: epochs between real-generation scores of the student on "
+                   "the val pairs (default 50; 1: every epoch; each costs a few seconds)")
+    p.add_argument("--timesteps", type=COUNT, help="ppo: environment steps in total (default 12000); a rerun may ask "
+                   "for more to train on")
+    p.add_argument("--init-from", help="ppo: warm-start the actor from this policy file (e.g. the distilled one)")
+    p.add_argument("--fresh", action="store_true", default=None, help="ppo: delete the run folder's checkpoint and "
+                   "start over (a rerun otherwise resumes it, and refuses other settings than it was made with)")
+    p.add_argument("--num-envs", type=COUNT, default=8, help="episodes run in one batch")
+    p.add_argument("--references", type=FOLDER, help="reference store folder (default: $CACHEPILOT_REFERENCES or "
+                   "~/.cache)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--accelerator", help="distill: Lightning Trainer flag (default cpu)")
+    p.add_argument("--devices", help="distill: Lightning Trainer flag (default 1; e.g. 2 with --strategy ddp)")
+    p.add_argument("--strategy", help="distill: Lightning Trainer flag (default auto; ddp, ddp_spawn, ...)")
+
+
+def algorithm_flags(args) -> None:
+    """Refuse the flags of the other algorithm; fill in the defaults of this one's."""
+    for algo, flags in ALGORITHM_FLAGS.items():
+        for name, default in flags.items():
+            given = getattr(args, name)
+            if algo != args.algo and given is not None:
+                raise InvalidInputError(f"--{name.replace('_', '-')} applies to --algo {algo}, not {args.algo}")
+            if given is None:
+                setattr(args, name, default)
+
+
+def prompt_pairs(args, family: str) -> tuple:
+    """Training and validation prompts: toy-wan's splits, or a prompts file's first --pairs prompts and the
+    --val-pairs after them (pair i takes seed i, so the two sets must not share prompts)."""
+    if not args.prompts_file:
+        if family != "toy-wan":
+            raise CachepilotError(f"pass --prompts-file (one prompt per line) to train on {args.model!r}")
+        return "train", "val"
+    prompts, train, val = read_prompts(args.prompts_file), args.pairs, args.val_pairs
+    if len(prompts) < train + val:
+        raise InvalidInputError(f"{args.prompts_file} has {len(prompts)} prompts; --pairs {train} and --val-pairs {val} "
+                                f"need {train + val} (the first for training, the rest for validation)")
+    return tuple(prompts[:train]), tuple(prompts[train : train + val])
+
+
+def run_spec(args):
+    """What the command trains on."""
+    from cachepilot.envs.spec import RunSpec  # imported when run (cachepilot.cli)
+    from cachepilot.models.registry import get_spec
+
+    prompts, val_prompts = prompt_pairs(args, get_spec(args.model).family)
+    return RunSpec(model_source(args), prompts, args.pairs, val_prompts, args.val_pairs, args.steps, args.guidance,
+                   args.budgets, args.references)
+
+
+def trainer(args, spec, run_dir):
+    """The algorithm's trainer, with its config from the flags."""
+    # imported when run (cachepilot.cli)
+    from cachepilot.train.distill import DistillConfig, Distiller
+    from cachepilot.train.rl import PPOConfig, PPOTrainer
+
+    if args.algo == "distill":
+        config = DistillConfig(dagger_rounds=args.rounds, epochs=args.epochs, num_envs=args.num_envs, seed=args.seed,
+                               student_val_every=args.val_every, relabel=args.relabel,
+                               searched_budgets=args.searched_budgets,
+                               trainer={"accelerator": args.accelerator, "devices": args.devices,
+                                        "strategy": args.strategy})
+        return Distiller(spec, config, run_dir)
+    config = PPOConfig(total_timesteps=args.timesteps, num_envs=args.num_envs, init_from=args.init_from, seed=args.seed)
+    return PPOTrainer(spec, config, run_dir)
+
+
+def run(args) -> int:
+    from cachepilot.models.registry import check_output, weights_path  # imported when run (cachepilot.cli)
+    from cachepilot.train.export import run_folder
+
+    algorithm_flags(args)
+    spec = run_spec(args)
+    out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force,
+                       weights_path(args.model, args.model_path))
+    chosen = trainer(args, spec, run_folder(out, args.run_dir))
+    chosen.learn(**({"fresh": args.fresh} if args.algo == "ppo" else {}))
+    bundle = chosen.save(out)
+    print(f"policy saved to {out} ({bundle.net.num_parameters} parameters, "
+          f"{bundle.card.training['wall_minutes']} min)")
+    return 0

@@ -1,0 +1,8 @@
+"""`cachepilot ablate`: every cache method on the same pairs, and the report of what each achieves."""
+
+from .config import UNIFORM, AblationConfig, Entry, Kind, Run, sweep_entries
+from .runner import Ablation, Runner, ablate
+from .setting import Setting
+
+__all__ = ["AblationConfig", "Ablation", "Entry", "Kind", "Run", "Runner", "Setting", "UNIFORM", "ablate",
+           "sweep_entries"]
