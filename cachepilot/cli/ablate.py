@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import COUNT, FOLDER, GUIDANCE, add_model_arguments, budgets, model_source, read_prompts
+from .common import COUNT, FOLDER, add_model_arguments, add_setting_arguments, budgets, model_source, read_prompts
 
 HELP = "run every cache method on the same prompts and seeds; tables, Pareto plot, GIF"
 
@@ -15,8 +15,7 @@ def add_arguments(p) -> None:
                    "with the DP), oracle-dp, uniform, learned, learned-<policy>")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--pairs", type=COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
-    p.add_argument("--steps", type=COUNT, help="default 50")
-    p.add_argument("--guidance", type=GUIDANCE, help="default 5")
+    add_setting_arguments(p, None, None)
     p.add_argument("--budgets", type=budgets, help="learned policies' budgets (default 0.15,0.2,0.25,0.35,0.5,0.6)")
     p.add_argument("--oracle-budgets", type=budgets, help="the oracles' and uniform schedules' (default "
                    "0.15,0.25,0.35,0.5)")

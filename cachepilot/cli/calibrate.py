@@ -6,7 +6,7 @@ import random
 
 from cachepilot import checks
 
-from .common import COUNT, GUIDANCE, OUTPUT_FILE, RUNS, add_model_arguments, model_source, prompts_for
+from .common import COUNT, OUTPUT_FILE, RUNS, add_model_arguments, add_setting_arguments, model_source, prompts_for
 
 HELP = "fit TeaCache / MagCache / AdaCache / MixCache statistics for a model"
 
@@ -14,8 +14,7 @@ HELP = "fit TeaCache / MagCache / AdaCache / MixCache statistics for a model"
 def add_arguments(p) -> None:
     add_model_arguments(p, "one prompt per line (required for real models)")
     p.add_argument("--prompts", type=COUNT, default=16, help="how many prompts (toy-wan: sampled from the train split)")
-    p.add_argument("--steps", type=COUNT, default=50)
-    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    add_setting_arguments(p)
     p.add_argument("--out", type=OUTPUT_FILE, help="default: runs/<model>/calibration.json")
     p.add_argument("--force", action="store_true", help="replace a shipped calibration (one beside the model's weights)")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from cachepilot import checks
 from cachepilot.errors import CachepilotError, InvalidInputError
 
-from .common import COUNT, GUIDANCE, print_table
+from .common import COUNT, add_setting_arguments, print_table
 
 HELP = "judge toy-wan generations: colour and motion accuracy on a split"
 
@@ -18,8 +18,7 @@ def add_arguments(p) -> None:
     p.add_argument("--model-path")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--pairs", type=COUNT, default=64)
-    p.add_argument("--steps", type=COUNT, default=50)
-    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    add_setting_arguments(p)
     p.add_argument("--json", help="write per-video verdicts here")
     p.add_argument("--update-card", action="store_true", help="store the scores in the card of the model folder given "
                    "by --model-path (never in a shipped one)")

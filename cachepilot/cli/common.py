@@ -132,3 +132,11 @@ def add_model_arguments(p, prompts_file: str | None = None) -> None:
     p.add_argument("--num-frames", type=COUNT, help="video length in frames (default: the pipeline's)")
     if prompts_file:
         p.add_argument("--prompts-file", help=prompts_file)
+
+
+def add_setting_arguments(p, steps: int | None = 50, guidance: float | None = 5.0) -> None:
+    """The generation setting a command runs at (None: its config's default, said in the help)."""
+    p.add_argument("--steps", type=COUNT, default=steps,
+                   help="denoising steps" + (" (default 50)" if steps is None else ""))
+    p.add_argument("--guidance", type=GUIDANCE, default=guidance,
+                   help="classifier-free guidance scale" + (" (default 5)" if guidance is None else ""))

@@ -6,7 +6,7 @@ import time
 
 from cachepilot.errors import InvalidInputError
 
-from .common import BUDGET, COUNT, GUIDANCE, NUMBER, SEED, add_model_arguments, model_source
+from .common import BUDGET, COUNT, NUMBER, SEED, add_model_arguments, add_setting_arguments, model_source
 
 HELP = "generate a video (GIF or MP4 by extension)"
 
@@ -15,8 +15,7 @@ def add_arguments(p) -> None:
     add_model_arguments(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--steps", type=COUNT, default=50)
-    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    add_setting_arguments(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True, help="output path ending in .gif or .mp4")
     p.add_argument("--fps", type=COUNT, default=8)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import COUNT, FOLDER, GUIDANCE, add_model_arguments, model_source, prompts_for
+from .common import COUNT, FOLDER, add_model_arguments, add_setting_arguments, model_source, prompts_for
 
 HELP = "the store of full-compute reference outputs used by the environments"
 
@@ -13,8 +13,7 @@ def add_arguments(p) -> None:
     add_model_arguments(p, "one prompt per line, instead of a toy-wan split")
     p.add_argument("--split", default="train", choices=["train", "val", "test"])
     p.add_argument("--pairs", type=COUNT, default=64, help="(prompt i, seed i) pairs, the environments' default count")
-    p.add_argument("--steps", type=COUNT, default=50)
-    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    add_setting_arguments(p)
     p.add_argument("--trajectory", action="store_true", help="also store per-step latents and signals")
     p.add_argument("--batch-size", type=COUNT, default=16)
     p.add_argument("--root", type=FOLDER, help="store folder (default: $CACHEPILOT_REFERENCES or "

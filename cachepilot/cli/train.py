@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from cachepilot.errors import CachepilotError, InvalidInputError
 
-from .common import (COUNT, COUNT0, FOLDER, GUIDANCE, RUNS, SEED, add_model_arguments, budgets, budgets_or_none,
-                     model_source, read_prompts)
+from .common import (COUNT, COUNT0, FOLDER, RUNS, SEED, add_model_arguments, add_setting_arguments, budgets,
+                     budgets_or_none, model_source, read_prompts)
 
 HELP = "train a cache policy (distillation from the oracle, or PPO) and save it"
 
@@ -25,8 +25,7 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="replace a shipped policy (one beside the model's weights)")
     p.add_argument("--run-dir", type=FOLDER, help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: "
                    "<out>.run); a rerun resumes from it")
-    p.add_argument("--steps", type=COUNT, default=50)
-    p.add_argument("--guidance", type=GUIDANCE, default=5.0)
+    add_setting_arguments(p)
     p.add_argument("--pairs", type=COUNT, default=16, help="training (prompt, seed) pairs from the train split")
     p.add_argument("--val-pairs", type=COUNT, default=8)
     p.add_argument("--budgets", type=budgets, default="0.15,0.2,0.3,0.4,0.5,0.6",
