@@ -16,6 +16,7 @@ the caller's thread rather than on a worker thread (envs/lockstep.py).
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import tempfile
 import threading
 import time
@@ -24,8 +25,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from cachepilot.envs import BatchedCacheEnv, CacheEnv, ReferenceStore
-from cachepilot.envs.episodes import make_pairs
+from cachepilot.envs import BatchedCacheEnv, CacheEnv, ReferenceStore, RunSpec
 from cachepilot.models.registry import load_pipeline
 from cachepilot.provenance import machine_summary
 
@@ -75,11 +75,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="cachepilot-refs-")
-    common = {"pairs": args.envs * (args.episodes + 1), "steps": args.steps, "references": root}
     pipes = [load_pipeline("toy-wan") for _ in range(args.envs)]
-    ReferenceStore(pipes[0], "toy-wan", args.steps, 5.0, root).get_many(make_pairs("toy-wan", "train", common["pairs"]))
-    single = DummyVecEnv([lambda p=p: CacheEnv(pipe=p, **common) for p in pipes])
-    batched = BatchedCacheEnv(args.envs, pipe=pipes[0], **common)
+    spec = RunSpec(pairs=args.envs * (args.episodes + 1), steps=args.steps, budgets=(0.2, 0.6), references=root)
+    ReferenceStore(pipes[0], "toy-wan", args.steps, 5.0, root).get_many(spec.pair_list())
+    single = DummyVecEnv([lambda p=p: CacheEnv(replace(spec, pipe=p)) for p in pipes])
+    batched = BatchedCacheEnv(replace(spec, pipe=pipes[0]), num_envs=args.envs)
     rate_single = steps_per_second(single, args.episodes, args.steps)
     single.close()
     rate_batched = steps_per_second(batched, args.episodes, args.steps)

@@ -458,3 +458,19 @@ def test_shipped_profiles_match_the_shipped_weights(toy_pipe):
     from cachepilot.models.registry import weights_path
 
     assert stored_gain(weights_path("toy-wan") / GAIN_FILE, model_hash(toy_pipe), 50, 5.0) is not None
+
+
+def test_a_trainer_saves_only_what_it_learned_and_its_spec_shares_one_pipeline(toy_pipe, tmp_path):
+    from cachepilot.envs import RunSpec
+    from cachepilot.errors import InvalidInputError
+    from cachepilot.train.distill import Distiller
+    from cachepilot.train.rl import PPOTrainer
+
+    spec = RunSpec(pairs=2, val_pairs=1, steps=STEPS, budgets=(0.3, 0.5), references=tmp_path / "refs", pipe=toy_pipe)
+    for trainer in (Distiller(spec, run_dir=tmp_path / "d.run"), PPOTrainer(spec, run_dir=tmp_path / "p.run")):
+        with pytest.raises(InvalidInputError, match="nothing to save yet: call learn\\(\\) first"):
+            trainer.save(tmp_path / "policy")
+    assert not (tmp_path / "policy").exists() and not (tmp_path / "d.run").exists()
+    val = spec.validation()
+    assert val.pipeline() is toy_pipe and val.pair_list() == [(RunSpec(prompts="val").pair_list()[0][0], 0)]
+    assert spec.budget_range == (0.3, 0.5) and spec.model.name == "toy-wan"

@@ -47,7 +47,7 @@ from cachepilot.policies.policy_file import PolicyBundle
 from cachepilot.policies.schedule import FixedSchedule
 
 from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
-from .export import Trainer, feasible_budgets, spec_record, validated_policy
+from .trainer import Trainer, feasible_budgets, spec_record, validated_policy
 from .quiet import silence_third_party_notices
 from .rollouts import OracleTeacher, relabel_from_reached, run_episodes
 

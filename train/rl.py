@@ -39,7 +39,7 @@ from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import PolicyBundle, load_policy
 from cachepilot.state_file import read_state, remove_state, write_state
 
-from .export import Trainer, feasible_budgets, spec_record, validated_policy
+from .trainer import Trainer, feasible_budgets, spec_record, validated_policy
 
 CHECKPOINT = "ppo_resume.json"  # and its tensors beside it, ppo_resume.json.<digest>.safetensors
 

@@ -109,7 +109,7 @@ def trainer(args, spec, run_dir):
 
 def run(args) -> int:
     from cachepilot.models.registry import check_output, weights_path  # imported when run (cachepilot.cli)
-    from cachepilot.train.export import run_folder
+    from cachepilot.train.trainer import run_folder
 
     algorithm_flags(args)
     spec = run_spec(args)

@@ -6,8 +6,8 @@ budgets. Each (method, knob) run is one batched generation of all pairs; its per
 frames of the first pairs, for the side-by-side GIF) are stored as soon as it finishes, under a folder
 named by the model hash and the setting, so a rerun only computes what is missing. A run that read files
 beside the weights (a policy, the calibration, the oracle's profile) records their digest and is computed
-again once they change. `ablation_report`
-turns the runs into results.csv / results.json, the Pareto table, pareto.png and the GIF.
+again once they change. `report` turns the runs into results.csv / results.json, the Pareto table, pareto.png and
+the GIF.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ class Runner:
 class Ablation:
     setting: Setting
     runs: list[Run]  # the reference first
-    points: list  # ablation_report.Point per run: means, speedups, Pareto marks
+    points: list  # report.Point per run: means, speedups, Pareto marks
 
 
 def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Ablation:
