@@ -26,6 +26,7 @@ from cachepilot.envs import CacheEpisodes, EpisodeConfig, RunSpec
 from cachepilot.evaluation.harness import ScoredPairs, run_method
 from cachepilot.infer.ablation import AblationConfig, Setting
 from cachepilot.policies.learned import LearnedPolicy
+from cachepilot.policies.trained_range import TrainedRange
 from cachepilot.provenance import machine_summary
 from cachepilot.train.distill import DistillConfig, fit
 from cachepilot.train.rollouts import ScheduleFollower, run_episodes
@@ -66,7 +67,8 @@ def main() -> None:
     teacher, config = PerPairTeacher(search.schedules, episodes), DistillConfig()
 
     def student_psnr(net, pairs: list[int]) -> float:
-        policy = LearnedPolicy(net, episodes.observation_spec, episodes.actions, episodes.num_blocks, budget, steps=steps)
+        policy = LearnedPolicy(net, episodes.observation_spec, episodes.actions, episodes.num_blocks, budget,
+                               trained=TrainedRange((steps, steps)))
         scored = ScoredPairs([episodes.pairs[i][0] for i in pairs], [episodes.pairs[i][1] for i in pairs], steps, guidance,
                              reference[pairs])
         results, _ = run_method(episodes.pipe, policy, scored, "learned", budget)

@@ -7,6 +7,7 @@ import numpy as np
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.policies.learned import LearnedPolicy, PolicyNet
 from cachepilot.policies.schedule import FixedSchedule
+from cachepilot.policies.trained_range import TrainedRange
 
 from .harness import ScoredPairs, run_method
 from .oracle import fulls_for_budget
@@ -24,7 +25,8 @@ def evaluate_student(episodes: CacheEpisodes, net: PolicyNet, budgets) -> dict[f
     """The network as a LearnedPolicy at each budget, on the pairs of `episodes` (one batched generation per budget)."""
     reference = episodes.store.outputs(episodes.pairs)
     return {float(b): _score(episodes, reference, LearnedPolicy(net, episodes.observation_spec, episodes.actions,
-                                                                episodes.num_blocks, b, steps=episodes.steps),
+                                                                episodes.num_blocks, b,
+                                                                trained=TrainedRange((episodes.steps,) * 2)),
                              "learned", b)
             for b in budgets}
 

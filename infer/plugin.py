@@ -21,8 +21,9 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
 
     - a policy file, loaded (`load_policy(path)`) or as a path (`str` or `Path`): a learned policy run at `budget`,
       the fraction of full compute to spend (within its trained range); it is checked against the transformer first
-      (same model config; the trained step count, when `num_inference_steps` is given), and each generation against
-      the trained step count and guidance scale (read from the pipeline, or given here for a bare transformer);
+      (same model config; the trained step counts, when `num_inference_steps` is given), and each generation against
+      the trained step counts and guidance scales (read from the pipeline, or given here for a bare transformer);
+      `extrapolate=True` runs it outside them too, with a warning;
     - a baseline's name ("static", "teacache", "magcache", "taylorseer", "first-block", "dbcache", "adacache",
       "mixcache") at its paper's defaults, or with knobs given by keyword (`threshold=0.12, max_skip_steps=4`);
       TeaCache and MagCache read `calibration` (default: `find_calibration(pipe)`, the calibration.json beside
@@ -45,10 +46,12 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
     if isinstance(method, PolicyBundle):
         if budget is None:
             raise CachepilotError("a learned policy needs a budget: apply_cache(pipe, policy, budget=0.35)")
+        extrapolate = bool(knobs.pop("extrapolate", False))
         if knobs:
-            raise CachepilotError(f"a learned policy takes a budget, not {', '.join(sorted(knobs))}")
-        method.check_pipeline(transformer, num_inference_steps, guidance_scale)
-        policy = method.policy(budget)
+            raise CachepilotError(f"a learned policy takes a budget (and extrapolate=True), not "
+                                  f"{', '.join(sorted(knobs))}")
+        method.check_pipeline(transformer, num_inference_steps, guidance_scale, extrapolate)
+        policy = method.policy(budget, extrapolate=extrapolate)
     elif budget is not None:
         raise CachepilotError("budget applies to learned policies; a baseline takes its own knob (e.g. threshold=0.1)")
     elif isinstance(method, str):

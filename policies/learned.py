@@ -24,6 +24,7 @@ from cachepilot.runtime import Action, Signals
 
 from .observation import ObservationSpec
 from .step_level import StepLevelPolicy
+from .trained_range import TrainedRange, span
 
 
 class PolicyNet(nn.Module):
@@ -89,20 +90,21 @@ def masked_argmax(logits: torch.Tensor | np.ndarray, masks: np.ndarray) -> list[
 
 
 class LearnedPolicy(StepLevelPolicy):
-    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it. `steps` and
-    `guidance`: the step count and guidance scale it was trained at; a generation with others is refused at its
-    first decision, as is a budget under what the step count allows (`lowest_budget`)."""
+    """Decides with `net` for a target `budget`; `budget_guard` keeps the measured compute within it. `trained`: the
+    step counts and guidance scales it was trained over; a generation outside them is refused at its first decision
+    (or runs with a warning, when the range says to extrapolate), as is a budget under what the step count allows
+    (`lowest_budget`)."""
 
     name = "learned"
 
     def __init__(self, net: PolicyNet, spec: ObservationSpec, actions: Sequence[Action], num_blocks: int,
-                 budget: float, budget_guard: bool = True, steps: int | None = None, guidance: float | None = None):
+                 budget: float, budget_guard: bool = True, trained: TrainedRange | None = None):
         super().__init__(actions)
         self.net, self.spec, self.num_blocks = net.eval(), spec, int(num_blocks)
         self.budget, self.budget_guard = checks.budget(budget), budget_guard
-        self.steps, self.guidance = steps, guidance
-        if steps is not None:
-            self._check_budget(steps)
+        self.trained = trained or TrainedRange()
+        if self.trained.steps is not None and not self.trained.extrapolate:
+            self._check_budget(self.trained.steps[1])
         self.signals = spec.signals_read
         # the network's weights as numpy arrays, read once: at batch 1 a numpy forward of this small MLP takes a
         # fraction of torch's per-op dispatch time, and it runs once per denoising step
@@ -126,25 +128,17 @@ class LearnedPolicy(StepLevelPolicy):
                                     "or run more steps")
 
     def check_generation(self, signals: Signals) -> None:
-        """Refuse a generation whose step count is unknown (the budget is spread over it), not the trained one, or
-        too short for the budget, and one run at another guidance scale than the trained one."""
+        """Refuse a generation whose step count is unknown (the budget is spread over it), outside the trained ones
+        (unless extrapolating), or too short for the budget, and one outside the trained guidance scales."""
         steps = signals.num_steps
         if steps is None:
             raise InvalidInputError("a learned policy needs the generation's step count, and this pipeline does not "
                                     "say it: pass num_inference_steps to apply_cache")
-        if self.steps is not None and steps != self.steps:
-            raise InvalidInputError(f"this policy was trained for {self.steps}-step generations and this one has "
-                                    f"{steps} steps; run it at {self.steps} steps or train one for {steps}")
+        self.trained.check(steps, signals.guidance)
         self._check_budget(steps)
-        if self.guidance is None:
-            return
-        if signals.guidance is None:
-            raise InvalidInputError("this policy was trained at one guidance scale and this pipeline does not say "
-                                    "its own: pass guidance_scale to apply_cache")
-        if abs(signals.guidance - self.guidance) > 1e-6:
-            raise InvalidInputError(f"this policy was trained at guidance {self.guidance:g} and this generation runs "
-                                    f"at {signals.guidance:g}; run it at guidance {self.guidance:g} or train one for "
-                                    f"{signals.guidance:g}")
+        if self.trained.guidance is not None and signals.guidance is None:
+            raise InvalidInputError(f"this policy was trained at guidance {span(self.trained.guidance)} and this "
+                                    "pipeline does not say its own: pass guidance_scale to apply_cache")
 
     def logits(self, obs: np.ndarray) -> np.ndarray:
         """The network's forward (`PolicyNet.forward`) on the weights read at construction."""

@@ -21,7 +21,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from cachepilot import checks
-from cachepilot.errors import CachepilotError
+from cachepilot.errors import CachepilotError, InvalidInputError
 from cachepilot.integrity import IntegrityError, seal, unseal
 from cachepilot.io import atomic_directory
 from cachepilot.models.adapters import num_blocks
@@ -30,6 +30,7 @@ from cachepilot.runtime import FULL, Action
 
 from .learned import LearnedPolicy, PolicyNet
 from .observation import ObservationSpec
+from .trained_range import TrainedRange
 
 SCHEMA = 1
 WEIGHTS, CARD, README = "policy.safetensors", "policy.json", "README.md"
@@ -59,12 +60,27 @@ class PolicyCard:
     hidden: tuple[int, ...] = (64, 64)
     training: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
+    steps_range: tuple[int, int] | None = None  # the step counts it was trained over (None: `steps` alone)
+    guidance_range: tuple[float, float] | None = None  # the guidance scales (None: `guidance` alone)
+
+    def __post_init__(self):
+        trained = TrainedRange(self.steps_range or (self.steps, self.steps),
+                               self.guidance_range or (self.guidance, self.guidance))
+        if not (trained.steps[0] <= self.steps <= trained.steps[1]
+                and trained.guidance[0] <= self.guidance <= trained.guidance[1]):
+            raise ValueError(f"the trained setting ({self.steps} steps, guidance {self.guidance:g}) lies outside the "
+                             f"trained ranges {list(trained.steps)} and {list(trained.guidance)}")
+        self.steps_range, self.guidance_range = trained.steps, trained.guidance
+
+    def trained(self, extrapolate: bool = False) -> TrainedRange:
+        return TrainedRange(self.steps_range, self.guidance_range, extrapolate)
 
     def to_dict(self, weights_sha256: str) -> dict:
         return {"schema": SCHEMA, "kind": "cachepilot-policy", "model": self.model,
                 "model_config_hash": self.model_config_hash, "actions": [str(a) for a in self.actions],
                 "num_blocks": self.num_blocks, "observation": self.observation.to_dict(),
                 "budget_range": list(self.budget_range), "steps": self.steps, "guidance": self.guidance,
+                "steps_range": list(self.steps_range), "guidance_range": list(self.guidance_range),
                 "network": {"type": "mlp", "hidden": list(self.hidden), "activation": "tanh"},
                 "weights_sha256": weights_sha256, "training": self.training, "results": self.results}
 
@@ -96,7 +112,18 @@ class PolicyCard:
                    observation=ObservationSpec.from_dict(data["observation"]), budget_range=(lo, hi),
                    steps=checks.count("steps", data["steps"]), guidance=checks.guidance(data["guidance"]),
                    hidden=tuple(checks.count("hidden width", h) for h in network["hidden"]),
-                   training=data.get("training", {}), results=data.get("results", {}))
+                   training=data.get("training", {}), results=data.get("results", {}),
+                   steps_range=_range(data, "steps_range"), guidance_range=_range(data, "guidance_range"))
+
+
+def _range(data: dict, name: str) -> tuple | None:
+    """A card's trained range; a card written before ranges were recorded has none (its one setting is its range)."""
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise ValueError(f"{name} must be [low, high], got {value!r}")
+    return tuple(value)
 
 
 def _action_set(names, num_blocks: int) -> tuple[Action, ...]:
@@ -123,17 +150,20 @@ class PolicyBundle:
     path: Path | None = None
     weights_sha256: str = ""  # checked against the card on load: identifies these weights
 
-    def policy(self, budget: float, budget_guard: bool = True) -> LearnedPolicy:
+    def policy(self, budget: float, budget_guard: bool = True, extrapolate: bool = False) -> LearnedPolicy:
+        """The runtime policy at `budget`; `extrapolate`: run at step counts and guidance scales outside the trained
+        ones too, with a warning, instead of refusing them."""
         budget = checks.budget(budget)
         lo, hi = self.card.budget_range
         if not lo - 1e-9 <= budget <= hi + 1e-9:
             raise PolicyFileError(f"budget {budget} is outside this policy's trained range [{lo}, {hi}]")
         return LearnedPolicy(self.net, self.card.observation, self.card.actions, self.card.num_blocks, budget,
-                             budget_guard, steps=self.card.steps, guidance=self.card.guidance)
+                             budget_guard, self.card.trained(extrapolate))
 
-    def check_pipeline(self, pipe, steps: int | None = None, guidance: float | None = None) -> None:
-        """Refuse a pipeline (or transformer) of another model, or another step count or guidance scale than the
-        trained ones (where they are given)."""
+    def check_pipeline(self, pipe, steps: int | None = None, guidance: float | None = None,
+                       extrapolate: bool = False) -> None:
+        """Refuse a pipeline (or transformer) of another model, or a step count or guidance scale outside the trained
+        ones (where they are given; with `extrapolate`, those are let through: the runtime policy warns)."""
         actual = model_config_hash(pipe)
         if actual != self.card.model_config_hash:
             raise PolicyFileError(f"this policy was trained for {self.card.model!r} (config hash "
@@ -143,12 +173,12 @@ class PolicyBundle:
         if self.card.num_blocks != blocks or wrong:
             raise PolicyFileError(f"this policy's action set ({', '.join(map(str, self.card.actions))}, for "
                                   f"{self.card.num_blocks} blocks) does not fit a transformer of {blocks} blocks")
-        if steps is not None and steps != self.card.steps:
-            raise PolicyFileError(f"this policy was trained for {self.card.steps}-step generations, not {steps}; run it "
-                                  f"at {self.card.steps} steps or train one for {steps}")
-        if guidance is not None and abs(checks.guidance(guidance) - self.card.guidance) > 1e-6:
-            raise PolicyFileError(f"this policy was trained at guidance {self.card.guidance:g}, not {guidance:g}; run it "
-                                  f"at guidance {self.card.guidance:g} or train one for {guidance:g}")
+        if extrapolate:
+            return
+        try:
+            self.card.trained().check(steps, None if guidance is None else checks.guidance(guidance))
+        except InvalidInputError as err:
+            raise PolicyFileError(str(err)) from None
 
 
 def save_policy(path, net: PolicyNet, card: PolicyCard) -> Path:

@@ -48,7 +48,7 @@ def _one_line_error(argv, capsys) -> str:
     (["--cache", "static", "--budget", "0.2"], "--budget applies to --cache learned; static takes --knob"),
     (["--cache", "learned", "--budget", "5"], "argument --budget: budget must be > 0 and <= 1, got 5"),
     (["--cache", "learned", "--knob", "3"], "--knob applies to the baselines"),
-    (["--steps", "20", "--cache", "learned"], "trained for 50-step generations, not 20"),
+    (["--steps", "20", "--cache", "learned"], "trained for 50-step generations and this one has 20 steps"),
     (["--prompt", "  "], "the prompt is empty"),
     (["--prompt", " ".join(["a red circle"] * 10)], "the prompt has 30 words; toy-wan reads at most 24"),
 ])
@@ -107,7 +107,7 @@ def test_a_policy_is_checked_against_the_steps_it_runs_with_when_not_told(toy_pi
 def test_ppo_refuses_to_warm_start_from_a_policy_of_another_step_count(capsys, tmp_path):
     err = _one_line_error(["train", "--algo", "ppo", "--init-from", str(SHIPPED_POLICY), "--steps", "10",
                            "--out", str(tmp_path / "policy"), "--references", str(tmp_path / "refs")], capsys)
-    assert "trained for 50-step generations, not 10" in err
+    assert "trained for 50-step generations and this one has 10 steps" in err
 
 
 # ---- integrity ----------------------------------------------------------------------------------
@@ -382,7 +382,9 @@ def _policy_for(tmp_path, **card_changes):
     from cachepilot.policies.policy_file import save_policy
 
     bundle = load_policy(SHIPPED_POLICY)
-    return load_policy(save_policy(tmp_path / "policy", bundle.net, replace(bundle.card, **card_changes)))
+    ranges = {"steps_range": None} if "steps" in card_changes else {}  # the new setting alone, unless given
+    ranges |= {"guidance_range": None} if "guidance" in card_changes else {}
+    return load_policy(save_policy(tmp_path / "policy", bundle.net, replace(bundle.card, **(ranges | card_changes))))
 
 
 def test_a_budget_under_what_the_step_count_allows_is_refused(tmp_path, toy_pipe):
@@ -397,7 +399,7 @@ def test_a_budget_under_what_the_step_count_allows_is_refused(tmp_path, toy_pipe
 
 def test_a_policy_refuses_a_guidance_it_was_not_trained_at(toy_pipe, capsys, tmp_path):
     err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--guidance", "3"], capsys)
-    assert "this policy was trained at guidance 5, not 3" in err
+    assert "this policy was trained at guidance 5 and this generation runs at 3" in err
     apply_cache(toy_pipe, load_policy(SHIPPED_POLICY), budget=0.35)
     try:
         with pytest.raises(InvalidInputError, match="trained at guidance 5 and this generation runs at 7"):
@@ -493,3 +495,40 @@ def test_videos_get_the_permissions_of_every_other_file(tmp_path):
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
     finally:
         os.umask(old)
+
+
+def test_a_policy_runs_inside_its_trained_ranges_and_outside_them_only_when_asked(toy_pipe, tmp_path):
+    from cachepilot.policies.trained_range import ExtrapolationWarning
+    from cachepilot.runtime import Signals
+
+    bundle = _policy_for(tmp_path, steps_range=(10, 60), guidance_range=(3.0, 6.0))
+    bundle.check_pipeline(toy_pipe, 20, 4.0)
+    bundle.policy(0.35).check_generation(Signals(0, 20, "cond", 0, guidance=4.0))
+    with pytest.raises(PolicyFileError, match="trained for 10-60-step generations and this one has 70 steps"):
+        bundle.check_pipeline(toy_pipe, 70)
+    with pytest.raises(InvalidInputError, match="trained at guidance 3-6 and this generation runs at 7; run it inside "
+                                                "what it was trained for, .* or pass extrapolate=True"):
+        bundle.policy(0.35).check_generation(Signals(0, 20, "cond", 0, guidance=7.0))
+    bundle.check_pipeline(toy_pipe, 70, extrapolate=True)
+    with pytest.warns(ExtrapolationWarning, match="70 steps: extrapolating, as asked"):
+        bundle.policy(0.35, extrapolate=True).check_generation(Signals(0, 70, "cond", 0, guidance=4.0))
+    with pytest.raises(InvalidInputError, match="steps range \\[60, 10\\] is empty"):
+        _policy_for(tmp_path / "bad", steps_range=(60, 10))
+
+
+def test_a_card_written_before_ranges_keeps_its_one_setting_as_its_range():
+    from cachepilot.policies.policy_file import PolicyCard
+
+    data = json.loads((SHIPPED_POLICY / "policy.json").read_text())
+    for key in ("steps_range", "guidance_range"):
+        data.pop(key, None)
+    card = PolicyCard.from_dict(data)
+    assert card.steps_range == (50, 50) and card.guidance_range == (5.0, 5.0)
+
+
+def test_generate_extrapolates_only_when_asked(tmp_path, capsys):
+    argv = [*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--steps", "20"]
+    assert "and this one has 20 steps" in _one_line_error(argv, capsys)
+    with pytest.warns(UserWarning, match="extrapolating, as asked"):
+        assert main([*argv, "--extrapolate"]) == 0
+    assert (tmp_path / "x.gif").is_file()

@@ -26,6 +26,8 @@ def add_arguments(p) -> None:
     p.add_argument("--calibration", help="teacache / magcache: a calibration.json (default: the one beside the model's "
                    "weights, else the model's published constants)")
     p.add_argument("--budget", type=BUDGET, help="learned: fraction of full compute to spend (default 0.35)")
+    p.add_argument("--extrapolate", action="store_true", help="learned: run at a step count or guidance scale outside "
+                   "the ones the policy was trained over (it warns; its quality there is not measured)")
     p.add_argument("--knob", type=NUMBER, help="the method's knob (threshold / interval / scale); default: the paper's")
 
 
@@ -45,6 +47,8 @@ def run(args) -> int:
     check_writable(args.out)
     if args.budget is not None and args.cache != "learned":
         raise InvalidInputError(f"--budget applies to --cache learned; {args.cache} takes --knob")
+    if args.extrapolate and args.cache != "learned":
+        raise InvalidInputError("--extrapolate applies to --cache learned")
     if args.knob is not None and args.cache in ("none", "learned"):
         raise InvalidInputError(f"--knob applies to the baselines; --cache {args.cache} takes none")
     pipe = model_source(args).load()
@@ -55,7 +59,7 @@ def run(args) -> int:
         policy = args.policy or weights_path(args.model, args.model_path) / "policy-distill"
         budget = 0.35 if args.budget is None else args.budget
         apply_cache(pipe, load_policy(policy), num_inference_steps=args.steps, guidance_scale=args.guidance,
-                    budget=budget)
+                    budget=budget, extrapolate=args.extrapolate)
     elif args.cache != "none":
         knobs = {} if args.knob is None else {get_baseline(args.cache).knob: args.knob}
         calibration = load_calibration(args.calibration) if args.calibration else find_calibration(pipe, args.model)
