@@ -53,6 +53,11 @@ class Call:
     plan: list[Action] | None = None
     block_flops: float = 0.0
 
+    @property
+    def when(self) -> tuple[int, float | None]:
+        """(step, sigma): the time of the call, as kept values and forecasts count it."""
+        return self.step, self.sigma
+
 
 class CacheRuntime:
     def __init__(self, transformer: torch.nn.Module, adapter: ModelAdapter, policy: Policy,
@@ -209,20 +214,17 @@ class CacheRuntime:
             self.summary.decisions.append(Decision(call.step, branch, sample, str(action), ran, flops, full, self.expert))
 
     # ---- decisions ------------------------------------------------------------------------
-    def _now(self) -> tuple[int, float | None]:
-        return self.call.step, self.call.sigma
-
     def _cond_computes(self, sample: int) -> bool:
         cond = self.branches.get("cond")
         return (cond is not None and sample < cond.size
                 and (cond.out_step[sample] == self.call.step or ("cond", sample) in self.call.rows))
 
     def valid_actions(self, branch: str, sample: int) -> tuple[Action, ...]:
-        return self.validity.for_branch(self.branches, branch, sample, self._now(),
+        return self.validity.for_branch(self.branches, branch, sample, self.call.when,
                                         branch == "uncond" and self._cond_computes(sample))
 
     def valid_step_actions(self, sample: int) -> tuple[Action, ...]:
-        return self.validity.for_step(self.branches, sample, self._now())
+        return self.validity.for_step(self.branches, sample, self.call.when)
 
     def _signals(self, row: int) -> Signals:
         call, (branch, sample) = self.call, self.call.rows[row]

@@ -24,12 +24,9 @@ class Executor:
         self.back_start = num_blocks - runtime.back  # first trailing block (== num_blocks when back == 0)
         self.capture_at = frozenset(runtime.block_ks) | ({self.back_start} if runtime.back else frozenset())
 
-    def _now(self):
-        return self.rt.call.step, self.rt.call.sigma
-
     def _refresh(self, state: BranchState, name: str, sample: int, value: Streams, gap: int | None) -> None:
         rt = self.rt
-        rt.meter.refresh(state, name, sample, value, gap, self._now(), rt.call.frames, rt.forecaster)
+        rt.meter.refresh(state, name, sample, value, gap, rt.call.when, rt.call.frames, rt.forecaster)
 
     def keep_captured(self) -> None:
         """After the decision: the per-call quantities the signals compare, kept every call or at each FULL."""
@@ -96,7 +93,7 @@ class Executor:
         current = tuple(c.clone() for c in current)
         for row in rows:
             branch, sample = call.rows[row]
-            for c, t in zip(current, rt.forecaster.added_back(rt.branches[branch], sample, call.plan[row], self._now())):
+            for c, t in zip(current, rt.forecaster.added_back(rt.branches[branch], sample, call.plan[row], call.when)):
                 c[row] = c[row] + t
         args, kwargs = rt.adapter.with_streams(args, kwargs, current)
         return args, kwargs, current
@@ -138,10 +135,10 @@ class Executor:
                 self._store_full(state, row, sample, out)
             elif action.kind is Kind.CFG:
                 cond_out = rt.branches["cond"].get("out", sample)
-                for o, c, d in zip(out, cond_out, rt.forecaster.added_back(state, sample, action, self._now())):
+                for o, c, d in zip(out, cond_out, rt.forecaster.added_back(state, sample, action, call.when)):
                     o[row] = c + d
             elif not action.back:  # STEP, BLOCK_k (BLOCK_k_b added its middle before the trailing blocks)
-                for o, t in zip(out, rt.forecaster.added_back(state, sample, action, self._now())):
+                for o, t in zip(out, rt.forecaster.added_back(state, sample, action, call.when)):
                     o[row] = o[row] + t
             if action.kind is not Kind.FULL and state.since_full[sample] is not None:
                 state.since_full[sample] += 1
@@ -167,7 +164,7 @@ class Executor:
         end = call.h_at[self.back_start] if rt.back else out  # the reused segment ends where trailing blocks begin
         for k in rt.block_ks:
             tail = subtract(index(end, slice(row, row + 1)), index(call.h_at[k], slice(row, row + 1)))
-            state.put(f"tail{k}", sample, tail, self._now(), rt.forecaster.depth(f"tail{k}"))
+            state.put(f"tail{k}", sample, tail, call.when, rt.forecaster.depth(f"tail{k}"))
         state.since_full[sample] = 0
         rt.meter.restart(state, sample)
         rt.summary.full_stats.append({"step": call.step, "branch": call.rows[row][0], "sample": sample}
