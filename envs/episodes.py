@@ -16,7 +16,6 @@ from cachepilot.policies.observation import CLIP, ObservationSpec
 from cachepilot.runtime import Action, step_actions
 
 from .lockstep import Lockstep, Pause
-from .references import ReferenceStore
 from .reward import RewardConfig, trajectory_distance
 from .spec import RunSpec
 
@@ -79,9 +78,7 @@ class CacheEpisodes:
             raise InvalidInputError(str(err)) from None
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.observation_spec.size,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))
-        references = self.run.references
-        self.store = references if isinstance(references, ReferenceStore) else ReferenceStore(
-            self.pipe, self.model, self.steps, self.guidance, root=references)
+        self.store = self.run.reference_store()
         self.lockstep = Lockstep(self.pipe, self.actions, self.observation_spec, self.steps, self.guidance)
         self._refs: dict = {}
         self.episodes: list[Episode] = []

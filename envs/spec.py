@@ -17,6 +17,9 @@ from cachepilot.errors import InvalidInputError
 from cachepilot.models.registry import ModelSource
 from cachepilot.models.toy_wan.scenes import load_split
 
+from .references import ReferenceStore
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """The model (with its device and dtype), the (prompt, seed) pairs, the steps, the guidance, the budgets and the
@@ -62,6 +65,13 @@ class RunSpec:
     @cached_property
     def _loaded(self):
         return self.model.load()
+
+    def reference_store(self) -> ReferenceStore:
+        """The store of the pairs' uncached outputs: the one given, else one at `references` (None: the default
+        folder) for this pipeline, step count and guidance."""
+        if isinstance(self.references, ReferenceStore):
+            return self.references
+        return ReferenceStore(self.pipeline(), self.model.name, self.steps, self.guidance, root=self.references)
 
     def pair_list(self) -> list[tuple[str, int]]:
         """The training (prompt, seed) pairs."""

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cachepilot.envs.references import ReferenceStore
 from cachepilot.envs.spec import RunSpec
 from cachepilot.models.adapters import num_blocks as count_blocks
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import CFG, FULL, STEP, Action, Kind
 
-from .harness import computed_fractions, generate_logged, score
+from .harness import ScoredPairs, computed_fractions, generate_logged, score
 
 
 @dataclass(frozen=True)
@@ -228,32 +227,27 @@ def realise(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guid
 
 @dataclass
 class Rollouts:
-    """What the search replays schedules on: a `RunSpec`'s pipeline and training pairs, scored against `reference`
-    (the pairs' uncached frames; by default the spec's reference store's)."""
+    """What the search replays schedules on: a `RunSpec`'s pipeline and its training pairs, scored against their
+    uncached frames (by default the spec's reference store's)."""
 
     pipe: object
-    prompts: list[str]
-    seeds: list[int]
-    reference: np.ndarray
-    steps: int
-    guidance: float
+    pairs: ScoredPairs
     num_blocks: int
 
     @classmethod
     def of(cls, spec: RunSpec, reference: np.ndarray | None = None) -> "Rollouts":
         pipe, pairs = spec.pipeline(), spec.pair_list()
         if reference is None:
-            store = spec.references if isinstance(spec.references, ReferenceStore) else ReferenceStore(
-                pipe, spec.model.name, spec.steps, spec.guidance, root=spec.references)
-            reference = store.outputs(pairs)
-        return cls(pipe, [p for p, _ in pairs], [s for _, s in pairs], reference, spec.steps, spec.guidance,
-                   count_blocks(pipe.transformer))
+            reference = spec.reference_store().outputs(pairs)
+        scored = ScoredPairs([p for p, _ in pairs], [s for _, s in pairs], spec.steps, spec.guidance, reference)
+        return cls(pipe, scored, count_blocks(pipe.transformer))
 
     def replay(self, schedules: list[list[Action]], owner: list[int] | None = None, basis: str = "step"):
         """`replay` of per-sample schedules, sample i on pair `owner[i]` (default: pair i)."""
         owner = list(range(len(schedules))) if owner is None else owner
-        return replay(self.pipe, schedules, [self.prompts[i] for i in owner], [self.seeds[i] for i in owner],
-                      self.reference[owner], self.steps, self.guidance, basis)
+        p = self.pairs
+        return replay(self.pipe, schedules, [p.prompts[i] for i in owner], [p.seeds[i] for i in owner],
+                      p.reference[owner], p.steps, p.guidance, basis)
 
 
 def search(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[list[Action]]],
@@ -263,7 +257,7 @@ def search(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str,
     batched). `reference`: the pairs' uncached frames, when the caller has them (else the spec's reference store's)."""
     wall, cpu = time.perf_counter(), time.process_time()
     rollouts = Rollouts.of(spec, reference)
-    num_blocks, n = rollouts.num_blocks, len(rollouts.prompts)
+    num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
     rng = np.random.default_rng(config.seed)
     best = [None] * n
     best_psnr = np.full(n, -np.inf)
@@ -339,7 +333,7 @@ def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: di
     every pair (one batched generation) and the best is kept only when it raises the mean."""
     wall, cpu = time.perf_counter(), time.process_time()
     rollouts = Rollouts.of(spec, reference)
-    num_blocks, n = rollouts.num_blocks, len(rollouts.prompts)
+    num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
 
     def mean_psnr(candidates: list[list[Action]]) -> tuple[np.ndarray, np.ndarray, bool]:
         batch = [c for c in candidates for _ in range(n)]
