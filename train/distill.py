@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -47,7 +48,7 @@ from cachepilot.policies.policy_file import PolicyBundle
 from cachepilot.policies.schedule import FixedSchedule
 
 from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
-from .trainer import Trainer, feasible_budgets, spec_record, validated_policy
+from .trainer import Trainer, feasible_budgets, validated_policy
 from .quiet import silence_third_party_notices
 from .rollouts import OracleTeacher, relabel_from_reached, run_episodes
 
@@ -194,21 +195,17 @@ class Distiller(Trainer):
     def __init__(self, spec: RunSpec, config: DistillConfig | None = None, run_dir="runs/distill.run", log=print):
         super().__init__(spec, config or DistillConfig(), run_dir, log)
         self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps, log)
-        self._episodes = self._val = self._reference_latents = None
+        self._reference_latents = None
 
-    @property
+    @cached_property
     def episodes(self) -> CacheEpisodes:
         """The training pairs' episodes (built on first use: it loads the pipeline)."""
-        if self._episodes is None:
-            self._episodes = CacheEpisodes(self.spec)
-        return self._episodes
+        return CacheEpisodes(self.spec)
 
-    @property
+    @cached_property
     def val(self) -> CacheEpisodes:
         """The validation pairs' episodes, on the same pipeline and reference store."""
-        if self._val is None:
-            self._val = CacheEpisodes(self.spec.validation(self.episodes.pipe, self.episodes.store))
-        return self._val
+        return CacheEpisodes(self.spec.validation(self.episodes.pipe, self.episodes.store))
 
     @property
     def searched_budgets(self) -> tuple[float, ...]:
@@ -249,18 +246,14 @@ class Distiller(Trainer):
         self.logger.experiment.flush()
         selected, net, scores = best
         log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
-        training = {"algorithm": "distill", "config": asdict(config), "spec": spec_record(self.spec),
-                    "train_pairs": len(episodes.pairs), "split": spec_record(self.spec)["split"],
-                    "rounds": history, "selected_round": selected,
-                    "wall_minutes": round((time.perf_counter() - started) / 60, 1),
-                    "oracle": "segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the "
-                              "searched budgets a shared schedule searched with real rollouts "
-                              "(cachepilot.evaluation.search)",
-                    "searched_schedules": {f"{b:g}": {"schedule": [str(a) for a in r.schedule],
-                                                      "train_psnr": round(float(np.mean(r.psnr)), 2),
-                                                      "start_psnr": r.start_psnr,
-                                                      "cpu_minutes": round(r.cpu_seconds / 60, 1)}
-                                           for b, r in searched.items()}}
+        training = self.training_record(
+            "distill", started, rounds=history, selected_round=selected,
+            oracle="segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the searched "
+                   "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search)",
+            searched_schedules={f"{b:g}": {"schedule": [str(a) for a in r.schedule],
+                                           "train_psnr": round(float(np.mean(r.psnr)), 2), "start_psnr": r.start_psnr,
+                                           "cpu_minutes": round(r.cpu_seconds / 60, 1)}
+                                for b, r in searched.items()})
         self.policy, self.table = validated_policy(net, episodes, self.val, training, self.eval_budgets, scores, log)
         return self.policy
 

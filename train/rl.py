@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import PolicyBundle, load_policy
 from cachepilot.state_file import read_state, remove_state, write_state
 
-from .trainer import Trainer, feasible_budgets, spec_record, validated_policy
+from .trainer import Trainer, feasible_budgets, validated_policy
 
 CHECKPOINT = "ppo_resume.json"  # and its tensors beside it, ppo_resume.json.<digest>.safetensors
 
@@ -246,12 +246,10 @@ class PPOTrainer(Trainer):
         else:
             log(f"{checkpoint} holds a finished run of {agent.num_timesteps} steps; exporting it without training")
         env.close()
-        training = {"algorithm": "ppo", "library": "sb3-contrib MaskablePPO", "config": asdict(config),
-                    "spec": spec_record(spec), "train_pairs": len(env.episodes.pairs),
-                    "split": spec_record(spec)["split"], "timesteps": int(agent.num_timesteps),
-                    "episodes": int(agent.num_timesteps // spec.steps),
-                    "wall_minutes": round((time.perf_counter() - started) / 60, 1),
-                    **({"init_weights_sha256": self.warm_start.weights_sha256} if self.warm_start else {})}
+        training = self.training_record(
+            "ppo", started, library="sb3-contrib MaskablePPO", timesteps=int(agent.num_timesteps),
+            episodes=int(agent.num_timesteps // spec.steps),
+            **({"init_weights_sha256": self.warm_start.weights_sha256} if self.warm_start else {}))
         self.policy, self.table = validated_policy(actor_to_net(agent, config.hidden), env.episodes, val, training,
                                                    self.eval_budgets, log=log)
         return self.policy

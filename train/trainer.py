@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 from cachepilot import checks
 from cachepilot.errors import InvalidInputError
-
 from cachepilot.evaluation.validation import evaluate_student, evaluate_uniform, summary_table
 from cachepilot.policies.learned import PolicyNet, lowest_budget
 from cachepilot.policies.policy_file import PolicyBundle, PolicyCard, load_policy, model_config_hash, save_policy
@@ -56,13 +57,6 @@ def validated_policy(net: PolicyNet, episodes, val, training: dict, eval_budgets
     return PolicyBundle(net, card), table
 
 
-def spec_record(spec) -> dict:
-    """What a card says a policy was trained on (a path to a prompts file may not last: only whether one was used)."""
-    return {"model": spec.model.name, "steps": spec.steps, "guidance": spec.guidance, "pairs": spec.pairs,
-            "val_pairs": spec.val_pairs, "budgets": list(spec.budgets),
-            "split": spec.prompts if isinstance(spec.prompts, str) else "prompts file"}
-
-
 class Trainer:
     """What `Distiller` and `PPOTrainer` share: a run over a `RunSpec` whose reusable state lives in `run_dir`;
     `learn()` returns the trained policy, `save(out)` writes its policy file."""
@@ -71,6 +65,17 @@ class Trainer:
         self.spec, self.config, self.run_dir, self.log = spec, config, checks.folder(run_dir), log
         self.policy: PolicyBundle | None = None
         self.table: str | None = None  # the final validation table, learned vs uniform
+
+    def training_record(self, algorithm: str, started: float, **details) -> dict:
+        """The card's training section: the algorithm, its config, what it was trained on (a path to a prompts file
+        may not last: only whether one was used) and the wall time since `started`, with the algorithm's `details`."""
+        spec = self.spec
+        split = spec.prompts if isinstance(spec.prompts, str) else "prompts file"
+        trained_on = {"model": spec.model.name, "steps": spec.steps, "guidance": spec.guidance, "pairs": spec.pairs,
+                      "val_pairs": spec.val_pairs, "budgets": list(spec.budgets), "split": split}
+        return {"algorithm": algorithm, "config": asdict(self.config), "spec": trained_on,
+                "train_pairs": len(spec.pair_list()), "split": split,
+                "wall_minutes": round((time.perf_counter() - started) / 60, 1), **details}
 
     def save(self, out) -> PolicyBundle:
         """Write the learned policy as a policy file at `out`; the policy as read back from it."""
