@@ -105,10 +105,9 @@ def policy_from_config(config, calibration: dict | None = None):
     if policy is None:
         raise CachepilotError(f"{type(config).__name__} is not a cache config; use one of "
                               f"{', '.join(c.__name__ for c in CONFIG_POLICIES)}")
-    if isinstance(config, TeaCacheConfig) and config.coefficients is None and calibration_covers(calibration, BASELINES["teacache"]):
-        fit = calibration["teacache"]
-        config = replace(config, coefficients=tuple(fit["coefficients"]),
-                         expert_coefficients=tuple(tuple(e["coefficients"]) for e in fit.get("per_expert", ())))
+    if (isinstance(config, TeaCacheConfig) and config.coefficients is None
+            and calibration_covers(calibration, BASELINES["teacache"])):
+        config = config.calibrated(calibration)
     if isinstance(config, MagCacheConfig) and not config.mag_ratios:
         record = MagCacheConfig.from_calibration(_need(calibration, "MagCache"))
         config = replace(config, mag_ratios=record.mag_ratios)

@@ -8,7 +8,7 @@ and, without ret-steps, the last step are always computed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -39,6 +39,12 @@ class TeaCacheConfig:
     def __post_init__(self):
         self.threshold = checks.threshold("TeaCache threshold", self.threshold)
 
+    def calibrated(self, record: dict) -> "TeaCacheConfig":
+        """This config with the polynomial (and the per-expert ones) fitted by `cachepilot calibrate`."""
+        fit = record["teacache"]
+        return replace(self, coefficients=tuple(fit["coefficients"]),
+                       expert_coefficients=tuple(tuple(e["coefficients"]) for e in fit.get("per_expert", ())))
+
 
 class TeaCache(BasePolicy):
     name = "teacache"
@@ -47,9 +53,7 @@ class TeaCache(BasePolicy):
     @classmethod
     def from_calibration(cls, record: dict, **overrides) -> "TeaCache":
         """Use the polynomial fitted by `cachepilot calibrate` for this model."""
-        fit = record["teacache"]
-        experts = tuple(tuple(e["coefficients"]) for e in fit.get("per_expert", ()))
-        return cls(TeaCacheConfig(coefficients=tuple(fit["coefficients"]), expert_coefficients=experts, **overrides))
+        return cls(TeaCacheConfig(**overrides).calibrated(record))
 
     def __init__(self, config: TeaCacheConfig | None = None, **overrides):
         self.config = config or TeaCacheConfig(**overrides)
