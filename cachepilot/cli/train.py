@@ -3,10 +3,10 @@ table. The command builds the `RunSpec` (what is trained on) and the algorithm's
 
 from __future__ import annotations
 
-from cachepilot.errors import CachepilotError, InvalidInputError
+from cachepilot.errors import InvalidInputError
 
 from .common import (COUNT, COUNT0, FOLDER, RUNS, SEED, add_model_arguments, add_setting_arguments, budgets,
-                     budgets_or_none, model_source, read_prompts)
+                     budgets_or_none, model_source, prompts_for)
 
 HELP = "train a cache policy (distillation from the oracle, or PPO) and save it"
 
@@ -69,11 +69,9 @@ def algorithm_flags(args) -> None:
 def prompt_pairs(args, family: str) -> tuple:
     """Training and validation prompts: toy-wan's splits, or a prompts file's first --pairs prompts and the
     --val-pairs after them (pair i takes seed i, so the two sets must not share prompts)."""
-    if not args.prompts_file:
-        if family != "toy-wan":
-            raise CachepilotError(f"pass --prompts-file (one prompt per line) to train on {args.model!r}")
-        return "train", "val"
-    prompts, train, val = read_prompts(args.prompts_file), args.pairs, args.val_pairs
+    prompts, train, val = prompts_for(args, family, "train", "train"), args.pairs, args.val_pairs
+    if isinstance(prompts, str):
+        return prompts, "val"
     if len(prompts) < train + val:
         raise InvalidInputError(f"{args.prompts_file} has {len(prompts)} prompts; --pairs {train} and --val-pairs {val} "
                                 f"need {train + val} (the first for training, the rest for validation)")
