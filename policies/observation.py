@@ -59,9 +59,11 @@ class Feature:
 
 
 BUDGET_FEATURES = (Feature("budget", center=0.5, scale=0.5), Feature("budget_left", center=0.5, scale=0.5))
-DEFAULT_SIGNALS = ("step_fraction", "sigma", "temb_rel_l1", "modulated_rel_l1", "residual_norm_ratio",
-                   "mag_accumulated_error", "residual_rel_l1", "motion_energy", "cfg_diff_drift", "steps_since_full",
-                   "compute_spent")
+# Every default feature means the same at any step count and guidance: time is sigma, gaps are falls in sigma,
+# changes are rates per unit of sigma, compute is a fraction. The timestep embedding's change is left out: it is
+# a function of the time alone (no per-sample information), and does not scale with the step in sigma.
+DEFAULT_SIGNALS = ("sigma", "sigma_step", "sigma_since_full", "guidance", "modulated_rate", "residual_rate",
+                   "residual_norm_rate", "motion_energy", "compute_spent")
 DEFAULT_FEATURES: tuple[Feature, ...] = (*map(Feature.of_signal, DEFAULT_SIGNALS), *BUDGET_FEATURES)
 
 

@@ -35,6 +35,11 @@ class InvalidActionError(CachepilotError):
     pass
 
 
+def _fall(before: float | None, sigma: float | None) -> float | None:
+    """The fall in sigma from `before` to `sigma` (None where either is unknown)."""
+    return None if before is None or sigma is None else before - sigma
+
+
 @dataclass
 class Call:
     """One transformer call in flight."""
@@ -198,6 +203,7 @@ class CacheRuntime:
             return
         for b in {b for b, _ in call.rows}:
             self.branches[b].calls += 1
+            self.branches[b].last_sigma = call.sigma
         if call.plan is None:  # the model ran no block at all (should not happen); count a full call
             call.plan = [FULL] * len(call.rows)
         device = next(self.experts[self.expert].parameters()).device
@@ -229,10 +235,12 @@ class CacheRuntime:
     def _signals(self, row: int) -> Signals:
         call, (branch, sample) = self.call, self.call.rows[row]
         state = self.branches[branch]
-        measured = self.meter.measure(state, sample, call.captured, row)
+        measured = self.meter.measure(state, sample, call.captured, row, call.sigma)
         full = self.full.get(sample, 0.0)
         return Signals(call.step, call.num_steps, branch, sample, sigma=call.sigma, timestep=call.timestep,
                        expert=self.expert, guidance=call.guidance, steps_since_full=state.since_full[sample],
+                       sigma_step=_fall(state.last_sigma, call.sigma),
+                       sigma_since_full=_fall(state.full_sigma(sample), call.sigma),
                        compute_spent=self.spent.get(sample, 0.0) / full if full else 0.0, **measured)
 
     def decide(self) -> None:

@@ -13,6 +13,14 @@ from .signals import INDICATOR, Signal, rel_l1, resolve
 from .state import BranchState, Streams
 
 
+def per_sigma(change: float | None, state: BranchState, name: str, sample: int, sigma: float | None) -> float | None:
+    """A change against the kept value of a quantity, per unit of the fall in sigma since that value was kept."""
+    if change is None or sigma is None or not state.holds(name, sample):
+        return None
+    kept = state.times[name][sample][0][1]
+    return None if kept is None or kept - sigma <= 0 else change / (kept - sigma)
+
+
 class SignalMeter:
     """The change, refresh and accumulated signals of a policy reading `wanted` (None: every one), on a model whose
     adapter names its TeaCache indicator."""
@@ -33,15 +41,17 @@ class SignalMeter:
         """A signal's quantity on this model (the TeaCache indicator is the family's own)."""
         return self.indicator if name == INDICATOR else name
 
-    def measure(self, state: BranchState, sample: int, captured: dict[str, torch.Tensor], row: int) -> dict:
-        """Every measured signal of one row before the decision: changes of what this call captured against what
-        the branch keeps, the values its last refreshes measured, and the accumulated errors."""
+    def measure(self, state: BranchState, sample: int, captured: dict[str, torch.Tensor], row: int,
+                sigma: float | None) -> dict:
+        """Every measured signal of one row before the decision (at noise level `sigma`): changes of what this call
+        captured against what the branch keeps, the values its last refreshes measured, and the accumulated errors."""
         measured = {}
         for signal in self.change:
             name = self.quantity(signal.quantity)
             now = captured.get(name)
             if now is not None and now.shape[0] > row and state.holds(name, sample):
-                measured[signal.name] = rel_l1(now[row], state.get(name, sample)[0])
+                change = rel_l1(now[row], state.get(name, sample)[0])
+                measured[signal.name] = per_sigma(change, state, name, sample, sigma) if signal.rate else change
         for signals in self.refreshed.values():
             for signal in signals:
                 measured[signal.name] = state.value(signal.name, sample)
@@ -61,7 +71,9 @@ class SignalMeter:
                 old = forecast[0] if forecast is not None else None
             else:
                 old = state.get(name, sample)[0] if state.holds(name, sample) else None
-            state.set_value(signal.name, sample, signal.measure(value[0][0], old, gap, frames))
+            measured = signal.measure(value[0][0], old, gap, frames)
+            state.set_value(signal.name, sample, per_sigma(measured, state, name, sample, now[1]) if signal.rate
+                            else measured)
         state.put(name, sample, value, now, forecaster.depth(name))
 
     def accumulate(self, state: BranchState, sample: int) -> None:

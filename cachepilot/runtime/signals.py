@@ -18,10 +18,18 @@ How a signal is measured (`Signal.source`):
 
 All "rel-L1" values are mean|x - x_prev| / mean|x_prev| (dimensionless, >= 0). A value is None where it is not
 defined yet (no previous call, no FULL so far) or not computed (an optional signal no policy reads).
+
+A `rate` signal is a change divided by the fall in noise level (sigma) over which it was measured: a change per
+unit of sigma. A change between consecutive calls grows with the step size, so its raw value shifts with the step
+count (3-7x from 10 to 75 steps on toy-wan), while block 0's modulated input and the block-stack residual change
+in proportion to sigma (their rates stay within 10-13% from 10 to 75 steps; benchmarks/signal_scaling.py). The
+rates, the noise level and the gaps measured in sigma are what an observation reads to mean the same at every
+step count. A rate is None where the pipeline passes no sigma (CogVideoX's DDIM scheduler).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,6 +94,10 @@ def _rel_l1(new, old, gap, frames):
     return None if old is None else rel_l1(new, old)
 
 
+def _log_norm_ratio(new, old, gap, frames):
+    return None if old is None else math.log(max(norm_ratio(new, old), 1e-12))
+
+
 def _motion(new, old, gap, frames):
     return motion_energy(new, frames)
 
@@ -98,6 +110,7 @@ class Signal:
     quantity: str | None = None  # the quantity it is measured on (accumulated: the ratio signal it accumulates)
     measure: Measure | None = None  # refresh signals only
     against: str = "last"  # refresh signals: measure against the last value, or its "forecast" at this call
+    rate: bool = False  # divided by the fall in sigma since the value it is measured against (module docstring)
     optional: bool = False  # computed only for policies that read it (it costs a pass over a residual)
     # how an observation normalises it: clip((f(x) - center) / scale), f = log10(x + 1e-4) when log; missing: None
     center: float = 0.0
@@ -127,6 +140,8 @@ def register_signal(signal: Signal) -> Signal:
         raise ValueError(f"signal {signal.name!r}: a measure goes with source 'refresh', and only there")
     if signal.against not in ("last", "forecast") or (signal.against != "last" and signal.source != "refresh"):
         raise ValueError(f"signal {signal.name!r}: against is 'last', or 'forecast' for a refresh signal")
+    if signal.rate and (signal.source not in ("change", "refresh") or signal.against != "last"):
+        raise ValueError(f"signal {signal.name!r}: a rate is a change or refresh signal measured against the last value")
     SIGNALS[signal.name] = signal
     if signal.optional:
         OPTIONAL_SIGNALS.add(signal.name)
@@ -148,7 +163,8 @@ def resolve(wanted: frozenset[str] | None) -> tuple[Signal, ...]:
 
 
 # The call's context beyond step, step count, branch and sample, with the value it has where it is not given
-CONTEXT = {"sigma": None, "timestep": None, "steps_since_full": None, "compute_spent": 0.0, "expert": 0, "guidance": None}
+CONTEXT = {"sigma": None, "timestep": None, "steps_since_full": None, "compute_spent": 0.0, "expert": 0, "guidance": None,
+           "sigma_step": None, "sigma_since_full": None}
 
 
 class Signals:
@@ -156,7 +172,7 @@ class Signals:
     not measured). Units and meaning: `SIGNALS`."""
 
     __slots__ = ("step", "num_steps", "branch", "sample", "sigma", "timestep", "steps_since_full", "compute_spent",
-                 "expert", "guidance", "measured")
+                 "expert", "guidance", "sigma_step", "sigma_since_full", "measured")
 
     def __init__(self, step: int, num_steps: int | None, branch: str, sample: int, **values: float | None):
         """`values`: the rest of the call's context (`CONTEXT`, with its defaults) and the measured signals."""
@@ -195,12 +211,19 @@ class Signals:
 
 
 _REL = dict(center=-2.0, scale=2.0, log=True, missing=-1.0)  # rel-L1 spans decades: 1e-4 .. 1 maps to -1 .. 1
+_RATE = dict(center=0.0, scale=1.5, log=True, missing=-1.0)  # rel-L1 per unit sigma: about 0.05 .. 20 on toy-wan
 for _signal in (
     Signal("step_fraction", "denoising step / (steps - 1), in [0, 1]", center=0.5, scale=0.5),
     Signal("sigma", "noise level of this step (flow-matching sigma), when the pipeline passes it", center=0.5, scale=0.5),
     Signal("steps_since_full", "calls of this branch since its last FULL (None: never computed)", scale=5.0, missing=-1.0),
     Signal("compute_spent", "fraction of full compute spent so far in this generation (this sample, both branches)",
            center=0.5, scale=0.5),
+    Signal("sigma_step", "fall in sigma from this branch's previous call to this one (the step size in noise level)",
+           center=0.05, scale=0.05),
+    Signal("sigma_since_full", "fall in sigma since this branch's last FULL (None: never computed)", center=0.2,
+           scale=0.2, missing=-1.0),
+    Signal("guidance", "the generation's classifier-free guidance scale, where the pipeline gives it", center=5.0,
+           scale=3.0),
     Signal("expert", "which of the pipeline's transformers runs this call (0; Wan2.2: 0 high noise, 1 low noise)"),
     Signal("temb_rel_l1", "change of the timestep embedding vs this branch's previous call", "change", "temb", **_REL),
     Signal("temb_proj_rel_l1", "change of the blocks' timestep argument vs this branch's previous call (TeaCache's "
@@ -224,6 +247,15 @@ for _signal in (
            "(AdaCache's distance)", "refresh", "mid_residual", _rel_l1_per_call, optional=True, **_REL),
     Signal("cfg_diff_drift", "rel-L1 change between the last two kept (uncond - cond) differences", "refresh",
            "cfg_diff", _rel_l1, optional=True, **_REL),
+    Signal("modulated_rate", "modulated_rel_l1 per unit of sigma since this branch's previous call", "change",
+           "modulated", optional=True, rate=True, **_RATE),
+    Signal("residual_rate", "rel-L1 change of the block-stack residual between the last two FULLs, per unit of sigma "
+           "between them", "refresh", "residual", _rel_l1, optional=True, rate=True, **_RATE),
+    Signal("residual_norm_rate", "log of the ||r|| ratio between the last two FULL residuals, per unit of sigma "
+           "between them (MagCache's ratio, step-free)", "refresh", "residual", _log_norm_ratio, optional=True,
+           rate=True, center=0.0, scale=2.0),
+    Signal("cfg_diff_rate", "rel-L1 change between the last two kept (uncond - cond) differences, per unit of sigma "
+           "between them", "refresh", "cfg_diff", _rel_l1, optional=True, rate=True, **_RATE),
     Signal("mag_accumulated_error", "sum over calls since the last FULL of |1 - product of residual_norm_ratio| "
            "(MagCache's error estimate)", "accumulated", "residual_norm_ratio", optional=True, **_REL),
 ):

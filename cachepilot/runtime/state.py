@@ -36,6 +36,7 @@ class BranchState:
     out_step: list[int] = field(default_factory=list)  # step of the kept cond output, per sample
     steps_seen: set = field(default_factory=set)
     calls: int = 0
+    last_sigma: float | None = None  # sigma of the branch's previous call
 
     def __post_init__(self):
         self.since_full, self.out_step = [None] * self.size, [-1] * self.size
@@ -59,6 +60,10 @@ class BranchState:
         for t, v in zip(target, values):
             t[slot, sample].copy_(v[0])
         self.times[name][sample] = [when, *self.times[name][sample][: depth - 1]]
+
+    def full_sigma(self, sample: int) -> float | None:
+        """Sigma at the sample's last FULL (when its residual was kept; None: never computed, or no sigma)."""
+        return self.times["residual"][sample][0][1] if self.holds("residual", sample) else None
 
     def get(self, name: str, sample: int, ago: int = 0) -> Streams:
         """The sample's value kept `ago` values before its latest (0: the latest), one tensor per stream."""
