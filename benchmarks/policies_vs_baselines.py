@@ -29,44 +29,10 @@ from matplotlib.figure import Figure
 
 from cachepilot.evaluation.peers import available_peers
 from cachepilot.infer.ablation import AblationConfig, ablate
+from cachepilot.infer.ablation.compare import at_or_below, delta, interpolated
 from cachepilot.io import atomic_write_bytes
 from cachepilot.policies.registry import BASELINES
 from cachepilot.provenance import machine_summary
-
-
-def bootstrap_ci(diff: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (rounds, len(diff)))].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def at_or_below(runs: list, budget: float):
-    """The run scoring best among those whose mean computed fraction is within the budget (None: none is)."""
-    within = [r for r in runs if np.mean(r.computed_fraction) <= budget + 1e-9]
-    return max(within, key=lambda r: np.mean(r.psnr)) if within else None
-
-
-def interpolated(runs: list, budget: float) -> np.ndarray | None:
-    """Per-pair PSNR of the method's own front read at `budget` (None: the front does not span it)."""
-    points = sorted(((np.mean(r.computed_fraction), np.mean(r.psnr), r) for r in runs), key=lambda p: p[0])
-    front = [p for p in points if not any(q[0] <= p[0] and q[1] > p[1] for q in points if q is not p)]
-    below = [p for p in front if p[0] <= budget + 1e-9]
-    above = [p for p in front if p[0] >= budget - 1e-9]
-    if not below or not above:
-        return None
-    (f0, _, r0), (f1, _, r1) = below[-1], above[0]
-    if f1 - f0 < 1e-9:
-        return np.array(r0.psnr)
-    w = (budget - f0) / (f1 - f0)
-    return (1 - w) * np.array(r0.psnr) + w * np.array(r1.psnr)
-
-
-def delta(best: np.ndarray | None, other: np.ndarray | None) -> str:
-    if best is None or other is None:
-        return "-"
-    diff = best - other
-    lo, hi = bootstrap_ci(diff)
-    return f"{diff.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def main() -> None:

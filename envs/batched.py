@@ -34,7 +34,10 @@ class BatchedCacheEnv(VecEnv):
         for i, seed in enumerate(self._seeds):
             if seed is not None:
                 self.rngs[i] = seeding.np_random(seed)[0]
-        drawn = [self.episodes.draw(rng, options) for rng, options in zip(self.rngs, self._options)]
+        # the batch shares one setting, drawn by the first environment
+        setting = self.episodes.draw_setting(self.rngs[0], self._options[0])
+        shared = {"steps": setting.steps, "guidance": setting.guidance}
+        drawn = [self.episodes.draw(rng, (options or {}) | shared) for rng, options in zip(self.rngs, self._options)]
         obs, self.reset_infos = self.episodes.begin(drawn)
         self._reset_seeds()
         self._reset_options()

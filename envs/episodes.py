@@ -17,7 +17,7 @@ from cachepilot.runtime import Action, step_actions
 
 from .lockstep import Lockstep, Pause
 from .reward import RewardConfig, trajectory_distance
-from .spec import RunSpec
+from .spec import RunSpec, Setting
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class Episode:
     prompt: str
     seed: int
     budget: float  # target fraction of full compute
+    steps: int | None = None  # the setting it runs at (None: the spec's primary one)
+    guidance: float | None = None
+
+    def setting(self, primary: Setting) -> Setting:
+        return Setting(self.steps or primary.steps, primary.guidance if self.guidance is None else self.guidance)
 
 
 def default_block_ks(num_blocks: int) -> tuple[int, ...]:
@@ -55,7 +60,9 @@ class EpisodeConfig:
 
 
 class CacheEpisodes:
-    """Episodes over a `RunSpec`'s training pairs, budgets drawn from its budgets' range, run as `config` says."""
+    """Episodes over a `RunSpec`'s training pairs, budgets drawn from its budgets' range and settings from its
+    settings, run as `config` says. The episodes of one batch share a setting; `steps`, `guidance` and `store` are
+    the current batch's (the primary setting's before the first)."""
 
     def __init__(self, spec: RunSpec | None = None, config: EpisodeConfig | None = None):
         self.run, self.config = spec or RunSpec(), config or EpisodeConfig()
@@ -65,7 +72,9 @@ class CacheEpisodes:
             lpips_model()  # fail now, with the message saying where the weights go, not at the first episode end
         self.source, self.pipe = self.run.model, self.run.pipeline()
         self.model, self.quality = self.source.name, self.config.quality
-        self.steps, self.guidance = self.run.steps, self.run.guidance
+        self.settings = self.run.setting_list()
+        self.setting = self.run.primary
+        self.steps, self.guidance = self.setting.steps, self.setting.guidance
         self.reward = self.config.reward
         self.num_blocks = num_blocks = count_blocks(self.pipe.transformer)
         self.budget_guard = self.config.budget_guard
@@ -79,15 +88,26 @@ class CacheEpisodes:
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.observation_spec.size,), np.float32)
         self.action_space = spaces.Discrete(len(self.actions))
         self.store = self.run.reference_store()
+        self._stores = {self.setting: self.store}
         self.lockstep = Lockstep(self.pipe, self.actions, self.observation_spec, self.steps, self.guidance)
         self._refs: dict = {}
         self.episodes: list[Episode] = []
         self.masks: list[np.ndarray] = []
 
     # ---- episodes ---------------------------------------------------------------------------
-    def draw(self, rng: np.random.Generator, options: dict | None = None) -> Episode:
-        """A (prompt, seed) pair and a budget, from `rng` unless `options` fixes them ("pair", "budget")."""
+    def draw_setting(self, rng: np.random.Generator, options: dict | None = None) -> Setting:
+        """A setting of the spec's, from `rng` unless `options` fixes it ("steps", "guidance"); with one setting,
+        that one (and `rng` is left as it was)."""
         options = options or {}
+        if "steps" in options or "guidance" in options:
+            return Setting(options.get("steps", self.run.steps), options.get("guidance", self.run.guidance))
+        return self.settings[int(rng.integers(len(self.settings)))] if len(self.settings) > 1 else self.settings[0]
+
+    def draw(self, rng: np.random.Generator, options: dict | None = None) -> Episode:
+        """A (prompt, seed) pair, a budget and a setting, from `rng` unless `options` fixes them ("pair", "budget",
+        "steps", "guidance")."""
+        options = options or {}
+        setting = self.draw_setting(rng, options)
         if "pair" in options:
             pair = checks.count("pair", options["pair"], low=0, high=len(self.pairs) - 1)
         else:
@@ -95,24 +115,45 @@ class CacheEpisodes:
         lo, hi = self.budget_range
         budget = checks.budget(options["budget"]) if "budget" in options else float(rng.uniform(lo, hi))
         prompt, seed = self.pairs[pair]
-        return Episode(pair, prompt, seed, budget)
+        if setting == self.run.primary:
+            return Episode(pair, prompt, seed, budget)
+        return Episode(pair, prompt, seed, budget, setting.steps, setting.guidance)
+
+    def store_at(self, setting: Setting):
+        """The reference store of a setting (one root, keyed by steps and guidance)."""
+        if setting not in self._stores:
+            self._stores[setting] = self.run.at(setting).reference_store()
+        return self._stores[setting]
+
+    def _enter(self, setting: Setting) -> None:
+        """Make `setting` the current batch's."""
+        self.setting, self.steps, self.guidance = setting, setting.steps, setting.guidance
+        self.store = self.store_at(setting)
+        self.lockstep.steps, self.lockstep.guidance = setting.steps, setting.guidance
 
     def references(self, episodes: list[Episode]) -> list:
-        wanted = [(e.prompt, e.seed) for e in episodes if (e.prompt, e.seed) not in self._refs]
+        """The episodes' references (at the current setting)."""
+        keys = [(e.prompt, e.seed, self.setting) for e in episodes]
+        wanted = list(dict.fromkeys(k for k in keys if k not in self._refs))
         if wanted:
             trajectory = self.reward.shaping_weight > 0
-            for pair, ref in zip(wanted, self.store.get_many(wanted, trajectory=trajectory, progress=False)):
-                self._refs[pair] = ref
-        return [self._refs[(e.prompt, e.seed)] for e in episodes]
+            found = self.store.get_many([(p, s) for p, s, _ in wanted], trajectory=trajectory, progress=False)
+            self._refs.update(zip(wanted, found))
+        return [self._refs[k] for k in keys]
 
     def begin(self, episodes: list[Episode]) -> tuple[np.ndarray, list[dict]]:
         self.lockstep.abort()  # the hooks come off before references are built
+        settings = {e.setting(self.run.primary) for e in episodes}
+        if len(settings) != 1:
+            raise InvalidInputError(f"the episodes of one batch share a setting; got {', '.join(map(str, sorted(settings)))}")
+        self._enter(settings.pop())
         self.references(episodes)
         self.episodes = list(episodes)
         self._costs = [[] for _ in episodes]
         pause = self.lockstep.start([e.prompt for e in episodes], [e.seed for e in episodes])
         obs = self._observe(pause)
-        return obs, [{"prompt": e.prompt, "seed": e.seed, "budget": e.budget, "pair": e.pair} for e in episodes]
+        return obs, [{"prompt": e.prompt, "seed": e.seed, "budget": e.budget, "pair": e.pair, "steps": self.steps,
+                      "guidance": self.guidance} for e in episodes]
 
     def advance(self, picks) -> tuple[np.ndarray, np.ndarray, bool, list[dict]]:
         picks = [checks.count("action", p, low=0, high=len(self.actions) - 1) for p in np.asarray(picks).reshape(-1)]

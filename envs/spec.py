@@ -20,10 +20,39 @@ from cachepilot.models.toy_wan.scenes import load_split
 from .references import ReferenceStore
 
 
+@dataclass(frozen=True, order=True)
+class Setting:
+    """A generation setting a policy meets: the step count and the guidance scale."""
+
+    steps: int
+    guidance: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "steps", checks.count("steps", self.steps))
+        object.__setattr__(self, "guidance", checks.guidance(self.guidance))
+
+    @classmethod
+    def of(cls, value) -> "Setting":
+        return value if isinstance(value, Setting) else cls(*value)
+
+    def __str__(self) -> str:
+        return f"{self.steps} steps, guidance {self.guidance:g}"
+
+
+def setting_cross(steps, guidance, primary: Setting) -> tuple[Setting, ...]:
+    """Every step count at the primary guidance and every guidance at the primary step count: a cross through the
+    primary setting, whose cost grows with the sum of the two lists rather than their product."""
+    cells = {primary, *(Setting(s, primary.guidance) for s in steps), *(Setting(primary.steps, g) for g in guidance)}
+    return tuple(sorted(cells))
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """The model (with its device and dtype), the (prompt, seed) pairs, the steps, the guidance, the budgets and the
     reference store. Pair i is prompt i of `prompts` with seed i; the validation pairs come from `val_prompts`.
+
+    `steps` and `guidance` are the primary setting (where validation runs during training and the card's results
+    are measured); `settings` lists every setting the run covers (empty: the primary one alone).
 
     `pipe` is a pipeline already loaded for `model` (tests, notebooks); without one the spec loads it once, on first
     use. `references` is a store folder, a `ReferenceStore`, or None for the default folder."""
@@ -37,6 +66,7 @@ class RunSpec:
     guidance: float = 5.0
     budgets: tuple[float, ...] = (0.15, 0.2, 0.3, 0.4, 0.5, 0.6)
     references: object = None
+    settings: tuple[Setting, ...] = ()
     pipe: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -47,6 +77,10 @@ class RunSpec:
         set_("steps", checks.count("steps", self.steps))
         set_("guidance", checks.guidance(self.guidance))
         set_("budgets", _budgets(self.budgets))
+        if not isinstance(self.settings, (tuple, list)):
+            raise InvalidInputError(f"settings is a list of (steps, guidance) settings, got {self.settings!r}")
+        settings = sorted({Setting.of(s) for s in self.settings})
+        set_("settings", () if settings in ([], [self.primary]) else tuple(sorted({*settings, self.primary})))
         if isinstance(self.references, (str, Path)):
             set_("references", checks.folder(self.references))
 
@@ -57,6 +91,29 @@ class RunSpec:
     @property
     def budget_range(self) -> tuple[float, float]:
         return min(self.budgets), max(self.budgets)
+
+    @property
+    def primary(self) -> Setting:
+        return Setting(self.steps, self.guidance)
+
+    def setting_list(self) -> tuple[Setting, ...]:
+        """Every setting the run covers, the primary one included."""
+        return self.settings or (self.primary,)
+
+    @property
+    def steps_range(self) -> tuple[int, int]:
+        steps = [s.steps for s in self.setting_list()]
+        return min(steps), max(steps)
+
+    @property
+    def guidance_range(self) -> tuple[float, float]:
+        guidance = [s.guidance for s in self.setting_list()]
+        return min(guidance), max(guidance)
+
+    def at(self, setting) -> "RunSpec":
+        """The same run at one setting alone."""
+        setting = Setting.of(setting)
+        return replace(self, steps=setting.steps, guidance=setting.guidance, settings=())
 
     def pipeline(self):
         """The pipeline: the one given, else loaded once."""
@@ -69,9 +126,12 @@ class RunSpec:
     def reference_store(self) -> ReferenceStore:
         """The store of the pairs' uncached outputs: the one given, else one at `references` (None: the default
         folder) for this pipeline, step count and guidance."""
-        if isinstance(self.references, ReferenceStore):
-            return self.references
-        return ReferenceStore(self.pipeline(), self.model.name, self.steps, self.guidance, root=self.references)
+        store = self.references
+        if isinstance(store, ReferenceStore):
+            if (store.steps, store.guidance) == (self.steps, self.guidance):
+                return store
+            return ReferenceStore(store.pipe, store.model, self.steps, self.guidance, root=store.root)
+        return ReferenceStore(self.pipeline(), self.model.name, self.steps, self.guidance, root=store)
 
     def pair_list(self) -> list[tuple[str, int]]:
         """The training (prompt, seed) pairs."""

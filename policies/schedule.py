@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from cachepilot.runtime import FULL, STEP, Action, Signals
 
 from .base import BasePolicy, block_layout
@@ -18,6 +20,36 @@ def full_steps_schedule(num_steps: int, full_steps, reuse: Action = STEP) -> lis
     """FULL at `full_steps`, `reuse` everywhere else."""
     full = set(full_steps)
     return [FULL if s in full else reuse for s in range(num_steps)]
+
+
+def resample_schedule(schedule: Sequence[Action], num_steps: int, fulls: int) -> list[Action]:
+    """A step-level schedule carried to `num_steps` steps with `fulls` FULL steps, by the fraction of the generation
+    (a fixed function of the noise level for a given scheduler shift): the FULL steps placed where the source's FULL
+    steps of the same rank fall (interpolated between them when there are more or fewer to place), and each reuse
+    the kind of the nearest source reuse."""
+    source = _actions(schedule)
+    n0, full_at = len(source), [i for i, a in enumerate(source) if a == FULL]
+    if not full_at or n0 < 2 or num_steps < 1:
+        raise ValueError("a schedule to resample has at least two steps and a FULL one")
+    fulls = max(1, min(int(fulls), num_steps))
+    # the source's FULL fractions as a function of the FULL's rank in [0, 1], read at the target's ranks
+    ranks = [k / (len(full_at) - 1) for k in range(len(full_at))] if len(full_at) > 1 else [0.0]
+    wanted = [float(np.interp(k / (fulls - 1), ranks, [i / (n0 - 1) for i in full_at])) if fulls > 1 else 0.0
+              for k in range(fulls)]
+    steps, prev = [], -1
+    for k, fraction in enumerate(wanted):  # strictly increasing, leaving room for the FULL steps still to place
+        prev = min(max(round(fraction * (num_steps - 1)), prev + 1), num_steps - fulls + k)
+        steps.append(prev)
+    reuses = [i for i, a in enumerate(source) if a.reuses] or [None]
+    out = []
+    for step in range(num_steps):
+        if step in steps:
+            out.append(FULL)
+            continue
+        at = step / max(num_steps - 1, 1) * (n0 - 1)
+        nearest = min(reuses, key=lambda i: abs(i - at)) if reuses[0] is not None else None
+        out.append(source[nearest] if nearest is not None else STEP)
+    return out
 
 
 class FixedSchedule(BasePolicy):

@@ -36,16 +36,16 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cachepilot import checks
 from cachepilot.envs.episodes import CacheEpisodes
-from cachepilot.envs.spec import RunSpec
+from cachepilot.envs.spec import RunSpec, Setting
 from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, fulls_for_budget,
                                           measure_segments, reference_latents, stored_gain)
 from cachepilot.evaluation.search import SearchConfig, SharedSearchResult, forecast_reuses, search_shared
 from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
-from cachepilot.policies.learned import PolicyNet
+from cachepilot.policies.learned import PolicyNet, lowest_budget
 from cachepilot.policies.policy_file import PolicyBundle
-from cachepilot.policies.schedule import FixedSchedule
+from cachepilot.policies.schedule import FixedSchedule, resample_schedule
 
 from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
 from .trainer import Trainer, feasible_budgets, validated_policy
@@ -64,6 +64,7 @@ class DistillConfig:
     search_pairs: int = 8  # train pairs that searched schedule is scored on
     search_rounds: int = 6
     search_proposals: int = 8  # candidate moves per round, each run on every search pair
+    pairs_per_setting: int = 3  # train pairs taught at each setting but the primary one (which teaches them all)
     epochs: int = 200  # per round, each training a fresh network on everything gathered so far
     batch_size: int = 256
     lr: float = 3e-3
@@ -79,7 +80,7 @@ class DistillConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "gain_pairs", "gain_every", "max_gap", "num_envs",
-                     "student_val_every", "search_pairs", "search_rounds", "search_proposals"):
+                     "student_val_every", "search_pairs", "search_rounds", "search_proposals", "pairs_per_setting"):
             setattr(self, name, checks.count(name, getattr(self, name)))
         self.dagger_rounds = checks.count("dagger_rounds", self.dagger_rounds, low=0)
         self.lr = checks.positive("lr", self.lr)
@@ -187,15 +188,123 @@ def fit(arrays: dict[str, np.ndarray], run_dir: Path, config: DistillConfig, rou
 SEARCHED_FILE = "searched_schedules.json"
 
 
+class SettingOracle:
+    """The oracle at one setting of the run: its amplification profile, the segment tables of the pairs it teaches
+    there, the teacher, and each round's data at that setting, kept in its own `folder` of the run (the primary
+    setting's is the run folder itself)."""
+
+    def __init__(self, distiller: "Distiller", setting: Setting, pair_ids: list[int], folder: Path):
+        self.distiller, self.setting, self.pair_ids, self.folder = distiller, setting, list(pair_ids), folder
+        self.config, self.log = distiller.config, distiller.log
+        self._reference_latents = None
+
+    @property
+    def episodes(self) -> CacheEpisodes:
+        return self.distiller.episodes
+
+    @property
+    def primary(self) -> bool:
+        return self.setting == self.distiller.spec.primary
+
+    def gain(self) -> np.ndarray:
+        """The amplification profile. At the primary setting: the run's own, else the one beside the model's weights
+        (same weights, steps and guidance only), else measured now on validation pairs. Elsewhere the primary's,
+        carried to this step count by the fraction of the generation (it is a function of the noise level)."""
+        if not self.primary:
+            source = self.distiller.oracles[0].gain()
+            log_gain = np.interp(np.linspace(0, 1, self.setting.steps + 1), np.linspace(0, 1, len(source)),
+                                 np.log(source))
+            return np.exp(log_gain)
+        episodes, config, (steps, guidance) = self.episodes, self.config, (self.setting.steps, self.setting.guidance)
+        store = episodes.store_at(self.setting)
+        folder = pipeline_folder(episodes.pipe)
+        for path in (self.folder / GAIN_FILE, *([folder / GAIN_FILE] if folder else [])):
+            gain = stored_gain(path, store.model_hash, steps, guidance, self.log)
+            if gain is not None:
+                return gain
+        val = [prompt for prompt, _ in self.distiller.val.pairs][: config.gain_pairs]
+        self.log(f"oracle: measuring the error-amplification profile on {len(val)} val prompts")
+        gain = amplification(episodes.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], steps, guidance,
+                             config.gain_every)
+        atomic_write_npz(self.folder / GAIN_FILE, gain=gain, model_hash=np.array(store.model_hash),
+                         steps=np.array(steps), guidance=np.array(guidance))
+        return gain
+
+    def oracle_tables(self) -> dict[int, SegmentTable]:
+        """Segment tables of the pairs taught here (cached in the folder); also stores each pair's full-compute output
+        as its reference at this setting, since the oracle's reference pass computed it."""
+        episodes, config, log, steps = self.episodes, self.config, self.log, self.setting.steps
+        store = episodes.store_at(self.setting)
+        gain = self.gain()
+        path = self.folder / "oracle_tables.npz"
+        stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
+        if any(k.startswith("errors_") and v.shape != (steps, steps + 1) for k, v in stored.items()):
+            log(f"oracle: {path} holds tables for another step count; measuring them again")
+            stored = {}
+        tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
+                  for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
+        missing = [i for i in self.pair_ids if i not in tables]
+        for start in range(0, len(missing), config.num_envs):
+            chunk = missing[start : start + config.num_envs]
+            log(f"oracle, {self.setting}: segment tables for pairs {chunk[0]}..{chunk[-1]}")
+            found, frames = measure_segments(episodes.pipe, [episodes.pairs[i] for i in chunk], steps,
+                                             self.setting.guidance, config.max_gap, gain, forecast=True)
+            for i, table, output in zip(chunk, found, frames):
+                tables[i] = table
+                store.put(*episodes.pairs[i], output)
+            atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()},
+                             **{f"forecast_{i}": t.forecast for i, t in tables.items()})
+        return tables
+
+    def teacher(self, tables: dict[int, SegmentTable], searched: dict[float, SharedSearchResult]) -> OracleTeacher:
+        """The oracle's rule on this setting's tables; at the searched budgets the primary setting's searched schedule
+        (elsewhere carried to this step count, `resample_schedule`)."""
+        steps = self.setting.steps
+        schedules = {b: r.schedule if self.primary else resample_schedule(r.schedule, steps, fulls_for_budget(b, steps))
+                     for b, r in searched.items()}
+        return OracleTeacher(tables, self.episodes.actions, steps, self.episodes.num_blocks, schedules)
+
+    def round_data(self, round_: int, teacher: OracleTeacher, net, tables) -> tuple[dict, dict | None]:
+        """A round's (observation, mask, label) arrays at this setting: stored, or rolled out now (by the oracle in
+        round 0, by the student `net` after it) and labelled by the oracle; with what relabelling from the reached
+        states changed."""
+        config, episodes, log = self.config, self.episodes, self.log
+        path = self.folder / f"round{round_}-{self.distiller.rounds_key(self)}.npz"
+        arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
+        if arrays is not None:
+            return arrays, None
+        budgets = self.distiller.budgets_at(self.setting)
+        jobs = [(p, b) for p in self.pair_ids for b in budgets]
+        log(f"round {round_}, {self.setting}: {len(jobs)} episodes rolled out by the "
+            f"{'oracle' if net is None else 'student'}, labelled by the oracle")
+        rollouts = run_episodes(episodes, jobs, teacher, net=net, batch=config.num_envs, setting=self.setting)
+        relabelled = None
+        if net is not None and config.relabel == "reached":
+            clock = time.perf_counter()
+            if self._reference_latents is None:
+                self._reference_latents = reference_latents(episodes.pipe, episodes.pairs, self.setting.steps,
+                                                            self.setting.guidance)
+            changed = relabel_from_reached(episodes, rollouts, teacher, self._reference_latents, tables[self.pair_ids[0]].gain,
+                                           config.max_gap, batch=6 * config.num_envs)
+            relabelled = {"labels_changed": changed, "labels": len(rollouts.labels),
+                          "seconds": round(time.perf_counter() - clock, 1)}
+            log(f"round {round_}: relabelled from the states reached: {changed} of {len(rollouts.labels)} labels "
+                f"changed ({relabelled['seconds']:.0f} s)")
+        arrays = rollouts.arrays()
+        atomic_write_npz(path, **arrays)
+        return arrays, relabelled
+
+
 class Distiller(Trainer):
     """Distillation from the oracle with DAgger rounds, over a `RunSpec`:
     `Distiller(spec, DistillConfig(), run_dir).learn()` returns the policy, `.save(out)` writes its policy file.
+    Over several settings, the primary one teaches every train pair and each other setting `pairs_per_setting` of
+    them (a different few per setting), and one network learns from all of it.
     Everything the run produces lives in `run_dir` and is reused when it is started again."""
 
     def __init__(self, spec: RunSpec, config: DistillConfig | None = None, run_dir="runs/distill.run", log=print):
         super().__init__(spec, config or DistillConfig(), run_dir, log)
-        self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps, log)
-        self._reference_latents = None
+        self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps_range[0], log)
 
     @cached_property
     def episodes(self) -> CacheEpisodes:
@@ -204,13 +313,27 @@ class Distiller(Trainer):
 
     @cached_property
     def val(self) -> CacheEpisodes:
-        """The validation pairs' episodes, on the same pipeline and reference store."""
-        return CacheEpisodes(self.spec.validation(self.episodes.pipe, self.episodes.store))
+        """The validation pairs' episodes at the primary setting, on the same pipeline and reference store."""
+        return CacheEpisodes(self.spec.at(self.spec.primary).validation(self.episodes.pipe,
+                                                                         self.episodes.store_at(self.spec.primary)))
+
+    @cached_property
+    def oracles(self) -> list[SettingOracle]:
+        """The oracle at each setting, the primary one first."""
+        n, per = len(self.episodes.pairs), min(self.config.pairs_per_setting, len(self.episodes.pairs))
+        others = [s for s in self.spec.setting_list() if s != self.spec.primary]
+        return [SettingOracle(self, self.spec.primary, list(range(n)), self.run_dir)] + [
+            SettingOracle(self, s, sorted({(k * per + j) % n for j in range(per)}),
+                          self.run_dir / f"setting-{s.steps}-{s.guidance:g}") for k, s in enumerate(others)]
 
     @property
     def searched_budgets(self) -> tuple[float, ...]:
         """Those of the spec's budgets that `config.searched_budgets` names."""
         return tuple(b for b in self.spec.budgets if any(abs(b - s) < 1e-9 for s in self.config.searched_budgets))
+
+    def budgets_at(self, setting: Setting) -> tuple[float, ...]:
+        """The spec's budgets a generation at `setting` can keep (its first step computes in full)."""
+        return tuple(b for b in self.spec.budgets if b >= lowest_budget(setting.steps) - 1e-9)
 
     def settings(self) -> dict:
         """The config as this run applies it, with what the spec adds (for the card and the rounds' file names)."""
@@ -220,22 +343,26 @@ class Distiller(Trainer):
 
     def learn(self) -> PolicyBundle:
         """Train by distillation + DAgger (resuming what the run folder holds); the policy kept is the round's
-        student with the best mean validation PSNR."""
+        student with the best mean validation PSNR at the primary setting."""
         config, episodes, log = self.config, self.episodes, self.log
         started = time.perf_counter()
-        tables = self.oracle_tables(list(range(len(episodes.pairs))))
-        searched = self.searched_schedules(tables)
-        teacher = OracleTeacher(tables, episodes.actions, episodes.steps, episodes.num_blocks,
-                                {b: r.schedule for b, r in searched.items()})
+        tables = {o.setting: o.oracle_tables() for o in self.oracles}
+        searched = self.searched_schedules(tables[self.spec.primary])
+        teachers = {o.setting: o.teacher(tables[o.setting], searched) for o in self.oracles}
         self.logger = L.pytorch.loggers.TensorBoardLogger(self.run_dir, name="tensorboard", version=0)
         gathered, net, history, best = [], None, [], None
         for round_ in range(config.dagger_rounds + 1):
-            arrays, relabelled = self._round_data(round_, teacher, net, tables)
-            gathered.append(arrays)
+            relabelled = {}
+            for oracle in self.oracles:
+                arrays, changed = oracle.round_data(round_, teachers[oracle.setting], net, tables[oracle.setting])
+                gathered.append(arrays)
+                if changed:
+                    relabelled[str(oracle.setting)] = changed
             merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
             student_val = StudentValidation(self.val, self.eval_budgets, config.student_val_every,
                                             round_ * config.epochs)
-            net = fit(merged, self.run_dir, config, round_, "-" + self.rounds_key(), self.logger, [student_val], log)
+            net = fit(merged, self.run_dir, config, round_, "-" + self.rounds_key(self.oracles[0]), self.logger,
+                      [student_val], log)
             scores = student_val.last or evaluate_student(self.val, net, self.eval_budgets)  # None: resumed finished
             history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
                             **({"relabelled_from_reached": relabelled} if relabelled else {})})
@@ -249,106 +376,40 @@ class Distiller(Trainer):
         training = self.training_record(
             "distill", started, rounds=history, selected_round=selected,
             oracle="segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the searched "
-                   "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search)",
+                   "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search) at the "
+                   "primary setting, carried to the others by the fraction of the generation",
+            settings={str(o.setting): {"pairs": o.pair_ids} for o in self.oracles},
             searched_schedules={f"{b:g}": {"schedule": [str(a) for a in r.schedule],
                                            "train_psnr": round(float(np.mean(r.psnr)), 2), "start_psnr": r.start_psnr,
                                            "cpu_minutes": round(r.cpu_seconds / 60, 1)}
                                 for b, r in searched.items()})
-        self.policy, self.table = validated_policy(net, episodes, self.val, training, self.eval_budgets, scores, log)
+        self.policy, self.table = validated_policy(net, episodes, self.val, training, self.eval_budgets, scores, log,
+                                                   trained=(self.spec.steps_range, self.spec.guidance_range))
         return self.policy
-
-    def _round_data(self, round_: int, teacher: OracleTeacher, net, tables) -> tuple[dict, dict | None]:
-        """A round's (observation, mask, label) arrays: stored, or rolled out now (by the oracle in round 0, by the
-        student `net` after it) and labelled by the oracle; with what relabelling from the reached states changed."""
-        config, episodes, log = self.config, self.episodes, self.log
-        path = self.run_dir / f"round{round_}-{self.rounds_key()}.npz"
-        arrays = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
-        if arrays is not None:
-            return arrays, None
-        jobs = [(p, b) for p in range(len(episodes.pairs)) for b in self.spec.budgets]
-        log(f"round {round_}: {len(jobs)} episodes rolled out by the {'oracle' if net is None else 'student'}, "
-            "labelled by the oracle")
-        rollouts = run_episodes(episodes, jobs, teacher, net=net, batch=config.num_envs)
-        relabelled = None
-        if net is not None and config.relabel == "reached":
-            clock = time.perf_counter()
-            if self._reference_latents is None:
-                self._reference_latents = reference_latents(episodes.pipe, episodes.pairs, episodes.steps,
-                                                            episodes.guidance)
-            changed = relabel_from_reached(episodes, rollouts, teacher, self._reference_latents, tables[0].gain, config.max_gap,
-                                           batch=6 * config.num_envs)
-            relabelled = {"labels_changed": changed, "labels": len(rollouts.labels),
-                          "seconds": round(time.perf_counter() - clock, 1)}
-            log(f"round {round_}: relabelled from the states reached: {changed} of {len(rollouts.labels)} labels "
-                f"changed ({relabelled['seconds']:.0f} s)")
-        arrays = rollouts.arrays()
-        atomic_write_npz(path, **arrays)
-        return arrays, relabelled
-
-    def gain(self) -> np.ndarray:
-        """The amplification profile: the run's own, else the one beside the model's weights (same weights, steps
-        and guidance only), else measured now on validation pairs."""
-        episodes, config = self.episodes, self.config
-        folder = pipeline_folder(episodes.pipe)
-        for path in (self.run_dir / GAIN_FILE, *([folder / GAIN_FILE] if folder else [])):
-            gain = stored_gain(path, episodes.store.model_hash, episodes.steps, episodes.guidance, self.log)
-            if gain is not None:
-                return gain
-        val = [prompt for prompt, _ in self.val.pairs][: config.gain_pairs]
-        self.log(f"oracle: measuring the error-amplification profile on {len(val)} val prompts")
-        gain = amplification(episodes.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], episodes.steps,
-                             episodes.guidance, config.gain_every)
-        atomic_write_npz(self.run_dir / GAIN_FILE, gain=gain, model_hash=np.array(episodes.store.model_hash),
-                         steps=np.array(episodes.steps), guidance=np.array(episodes.guidance))
-        return gain
-
-    def oracle_tables(self, pair_ids: list[int]) -> dict[int, SegmentTable]:
-        """Segment tables for the training pairs `pair_ids` (cached in the run folder); also stores each pair's
-        full-compute output as its reference, since the oracle's reference pass computed it."""
-        episodes, config, log = self.episodes, self.config, self.log
-        gain = self.gain()
-        path = self.run_dir / "oracle_tables.npz"
-        stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
-        if any(k.startswith("errors_") and v.shape != (episodes.steps, episodes.steps + 1) for k, v in stored.items()):
-            log(f"oracle: {path} holds tables for another step count; measuring them again")
-            stored = {}
-        tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
-                  for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
-        missing = [i for i in pair_ids if i not in tables]
-        for start in range(0, len(missing), config.num_envs):
-            chunk = missing[start : start + config.num_envs]
-            log(f"oracle: segment tables for pairs {chunk[0]}..{chunk[-1]}")
-            found, frames = measure_segments(episodes.pipe, [episodes.pairs[i] for i in chunk], episodes.steps,
-                                             episodes.guidance, config.max_gap, gain, forecast=True)
-            for i, table, output in zip(chunk, found, frames):
-                tables[i] = table
-                episodes.store.put(*episodes.pairs[i], output)
-            atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()},
-                             **{f"forecast_{i}": t.forecast for i, t in tables.items()})
-        return tables
 
     def searched_schedules(self, tables: dict[int, SegmentTable]) -> dict[float, SharedSearchResult]:
         """Per searched budget, one schedule searched with real rollouts for the best mean PSNR on the first
-        `search_pairs` train pairs (`search_shared`), from the uniform schedules and each pair's DP schedule. At low
-        budgets the DP's segment costs stop adding up (they compound) and its schedules sit near the uniform one,
-        while such a search finds schedules that carry over to other pairs. Cached in the run folder."""
+        `search_pairs` train pairs at the primary setting (`search_shared`), from the uniform schedules and each
+        pair's DP schedule. At low budgets the DP's segment costs stop adding up (they compound) and its schedules
+        sit near the uniform one, while such a search finds schedules that carry over to other pairs. Cached in the
+        run folder."""
         if not self.searched_budgets:
             return {}
-        episodes, config, log = self.episodes, self.config, self.log
+        episodes, config, log, primary = self.episodes, self.config, self.log, self.spec.primary
+        steps, store = primary.steps, episodes.store_at(primary)
         pairs = episodes.pairs[: config.search_pairs]
         search_config = SearchConfig(rounds=config.search_rounds, proposals=config.search_proposals, seed=config.seed)
-        inputs = json.loads(json.dumps({"model": episodes.store.model_hash, "steps": episodes.steps,
-                                        "guidance": episodes.guidance, "pairs": pairs,
-                                        "search": asdict(search_config)}))  # as read back from the file
+        inputs = json.loads(json.dumps({"model": store.model_hash, "steps": steps, "guidance": primary.guidance,
+                                        "pairs": pairs, "search": asdict(search_config)}))  # as read back from the file
         path = self.run_dir / SEARCHED_FILE
         stored = read_or_set_aside(path, _searched_file, log) or {}
         found = stored["budgets"] if stored.get("inputs") == inputs else {}
-        search_spec = replace(self.spec, pairs=len(pairs), pipe=episodes.pipe, references=episodes.store)
+        search_spec = replace(self.spec.at(primary), pairs=len(pairs), pipe=episodes.pipe, references=store)
         for budget in self.searched_budgets:
             if f"{budget:g}" in found:
                 continue
-            fulls = fulls_for_budget(budget, episodes.steps)
-            uniform = list(FixedSchedule.uniform(episodes.steps, fulls / episodes.steps).actions)
+            fulls = fulls_for_budget(budget, steps)
+            uniform = list(FixedSchedule.uniform(steps, fulls / steps).actions)
             starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
             for i in range(len(pairs)):
                 try:
@@ -362,13 +423,15 @@ class Distiller(Trainer):
             atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
         return {b: SharedSearchResult.from_dict(found[f"{b:g}"]) for b in self.searched_budgets}
 
-    def rounds_key(self) -> str:
-        """A short digest of what a round's data and checkpoint depend on, in their file names: a rerun with other
-        settings (budgets, teacher, network, pairs) starts its rounds afresh instead of resuming another run's."""
+    def rounds_key(self, oracle: SettingOracle) -> str:
+        """A short digest of what a setting's round data and the checkpoints depend on, in their file names: a rerun
+        with other settings (budgets, teacher, network, pairs, generation settings) starts its rounds afresh instead
+        of resuming another run's."""
         kept = {k: v for k, v in self.settings().items() if k not in ("trainer", "student_val_every", "dagger_rounds")}
-        episodes = self.episodes
-        about = {"config": kept, "model": episodes.store.model_hash, "steps": episodes.steps,
-                 "guidance": episodes.guidance, "pairs": episodes.pairs}
+        episodes, setting = self.episodes, oracle.setting
+        about = {"config": kept, "model": episodes.store_at(setting).model_hash, "steps": setting.steps,
+                 "guidance": setting.guidance, "pairs": [episodes.pairs[i] for i in oracle.pair_ids],
+                 **({"settings": [str(s) for s in self.spec.setting_list()]} if self.spec.settings else {})}
         return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -91,7 +91,8 @@ def run_settings(config: PPOConfig, env: BatchedCacheEnv, warm_start) -> dict:
     with the same (its length, `total_timesteps`, may grow)."""
     episodes = env.episodes
     return json.loads(json.dumps({
-        "model": episodes.store.model_hash, "steps": episodes.steps, "guidance": episodes.guidance,
+        "model": episodes.store.model_hash, "steps": episodes.run.steps, "guidance": episodes.run.guidance,
+        **({"settings": [[s.steps, s.guidance] for s in episodes.settings]} if len(episodes.settings) > 1 else {}),
         "pairs": episodes.pairs, "budgets": episodes.budget_range, "num_envs": env.num_envs, "lr": config.lr,
         "n_epochs": config.n_epochs, "batch_size": config.batch_size, "ent_coef": config.ent_coef,
         "gamma": config.gamma, "hidden": config.hidden, "seed": config.seed,
@@ -100,7 +101,7 @@ def run_settings(config: PPOConfig, env: BatchedCacheEnv, warm_start) -> dict:
 
 
 # the command-line flag that sets each setting, for the message that refuses a rerun with another one
-SETTING_FLAGS = {"model": "--model / --model-path", "steps": "--steps", "guidance": "--guidance",
+SETTING_FLAGS = {"model": "--model / --model-path", "steps": "--steps", "guidance": "--guidance", "settings": "--steps / --guidance",
                  "pairs": "--pairs / --prompts-file", "budgets": "--budgets", "num_envs": "--num-envs",
                  "seed": "--seed", "init_from": "--init-from"}
 
@@ -217,7 +218,7 @@ class PPOTrainer(Trainer):
 
     def __init__(self, spec: RunSpec, config: PPOConfig | None = None, run_dir="runs/ppo.run", log=print):
         super().__init__(spec, config or PPOConfig(), run_dir, log)
-        self.eval_budgets = feasible_budgets(spec.budget_range, self.config.eval_budgets, spec.steps, log)
+        self.eval_budgets = feasible_budgets(spec.budget_range, self.config.eval_budgets, spec.steps_range[0], log)
         self.warm_start = load_policy(self.config.init_from) if self.config.init_from else None
 
     def learn(self, fresh: bool = False) -> PolicyBundle:
@@ -228,7 +229,7 @@ class PPOTrainer(Trainer):
         env.seed(config.seed)
         # validation runs on its own pipeline, references included (the same store folder, another store object): the
         # training env keeps its pipeline hooked between rollouts
-        val = CacheEpisodes(spec.validation(env.episodes.source.load(), env.episodes.store.root))
+        val = CacheEpisodes(spec.at(spec.primary).validation(env.episodes.source.load(), env.episodes.store.root))
         checkpoint, settings = self.run_dir / CHECKPOINT, run_settings(config, env, self.warm_start)
         if fresh:
             remove_state(checkpoint)
@@ -251,7 +252,8 @@ class PPOTrainer(Trainer):
             episodes=int(agent.num_timesteps // spec.steps),
             **({"init_weights_sha256": self.warm_start.weights_sha256} if self.warm_start else {}))
         self.policy, self.table = validated_policy(actor_to_net(agent, config.hidden), env.episodes, val, training,
-                                                   self.eval_budgets, log=log)
+                                                   self.eval_budgets, log=log,
+                                                   trained=(spec.steps_range, spec.guidance_range))
         return self.policy
 
     def _check_warm_start(self, env: BatchedCacheEnv) -> None:

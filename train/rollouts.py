@@ -103,13 +103,14 @@ def student_picks(net: PolicyNet, episodes: CacheEpisodes, obs: np.ndarray, mask
 
 
 def run_episodes(episodes: CacheEpisodes, jobs: list[tuple[int, float]], teacher: OracleTeacher,
-                 net: PolicyNet | None = None, batch: int = 8) -> Rollouts:
-    """Run (pair, budget) episodes, `batch` at a time: the student acts when `net` is given, else the teacher;
-    the teacher labels every state."""
+                 net: PolicyNet | None = None, batch: int = 8, setting=None) -> Rollouts:
+    """Run (pair, budget) episodes at `setting` (None: the spec's primary one), `batch` at a time: the student acts
+    when `net` is given, else the teacher; the teacher labels every state."""
     out = Rollouts()
+    at = {} if setting is None else {"steps": setting.steps, "guidance": setting.guidance}
     for start in range(0, len(jobs), batch):
         chunk = jobs[start : start + batch]
-        drawn = [episodes.draw(None, {"pair": p, "budget": b}) for p, b in chunk]
+        drawn = [episodes.draw(None, {"pair": p, "budget": b} | at) for p, b in chunk]
         obs, _ = episodes.begin(drawn)
         budgets = [e.budget for e in drawn]
         last_full, previous_full, spent = [0] * len(chunk), [None] * len(chunk), np.zeros(len(chunk))

@@ -40,17 +40,19 @@ def feasible_budgets(budgets, eval_budgets, steps: int, log=print) -> tuple[floa
 
 
 def validated_policy(net: PolicyNet, episodes, val, training: dict, eval_budgets, student: dict | None = None,
-                     log=print) -> tuple[PolicyBundle, str]:
-    """The trained network as a policy with its card, after its final validation scores (student vs the uniform
-    schedule at each of `eval_budgets`), and their table. `student`: the network's scores when the caller has them."""
+                     log=print, trained: tuple | None = None) -> tuple[PolicyBundle, str]:
+    """The trained network as a policy with its card, after its final validation scores at the primary setting (`val`'s:
+    student vs the uniform schedule at each of `eval_budgets`), and their table. `student`: the network's scores when
+    the caller has them; `trained`: the (steps, guidance) ranges it was trained over (None: the primary setting)."""
     student = student or evaluate_student(val, net, eval_budgets)
     uniform = evaluate_uniform(val, eval_budgets)
     table = summary_table(student, uniform)
-    log(f"validation, {len(val.pairs)} pairs, {episodes.steps} steps, guidance {episodes.guidance}:\n{table}")
+    log(f"validation, {len(val.pairs)} pairs, {val.steps} steps, guidance {val.guidance}:\n{table}")
+    steps_range, guidance_range = trained or (None, None)
     card = PolicyCard(model=episodes.model, model_config_hash=model_config_hash(episodes.pipe), actions=episodes.actions,
                       num_blocks=episodes.num_blocks, observation=episodes.observation_spec,
-                      budget_range=episodes.budget_range, steps=episodes.steps, guidance=episodes.guidance,
-                      hidden=net.hidden, training=training,
+                      budget_range=episodes.budget_range, steps=val.steps, guidance=val.guidance,
+                      steps_range=steps_range, guidance_range=guidance_range, hidden=net.hidden, training=training,
                       results={"split": "val", "pairs": len(val.pairs),
                                "learned": {str(b): v for b, v in student.items()},
                                "uniform": {str(b): v for b, v in uniform.items()}})
@@ -72,7 +74,8 @@ class Trainer:
         spec = self.spec
         split = spec.prompts if isinstance(spec.prompts, str) else "prompts file"
         trained_on = {"model": spec.model.name, "steps": spec.steps, "guidance": spec.guidance, "pairs": spec.pairs,
-                      "val_pairs": spec.val_pairs, "budgets": list(spec.budgets), "split": split}
+                      "val_pairs": spec.val_pairs, "budgets": list(spec.budgets), "split": split,
+                      **({"settings": [[s.steps, s.guidance] for s in spec.settings]} if spec.settings else {})}
         return {"algorithm": algorithm, "config": asdict(self.config), "spec": trained_on,
                 "train_pairs": len(spec.pair_list()), "split": split,
                 "wall_minutes": round((time.perf_counter() - started) / 60, 1), **details}

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
-from .common import COUNT, FOLDER, add_model_arguments, add_setting_arguments, budgets, model_source, read_prompts
+from .common import COUNT, FOLDER, GUIDANCES, STEP_COUNTS, add_model_arguments, budgets, model_source, read_prompts
 
 HELP = "run every cache method on the same prompts and seeds; tables, Pareto plot, GIF"
 
@@ -15,7 +16,10 @@ def add_arguments(p) -> None:
                    "with the DP), oracle-dp, uniform, learned, learned-<policy>")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--pairs", type=COUNT, help="(prompt i, seed i) pairs (default 16; --quick: 2)")
-    add_setting_arguments(p, None, None)
+    p.add_argument("--steps", type=STEP_COUNTS, help="denoising steps, or a comma list of step counts (default 50)")
+    p.add_argument("--guidance", type=GUIDANCES, help="classifier-free guidance scale, or a comma list (default 5); "
+                   "with several steps or scales every combination runs, each in its own folder of --out, and "
+                   "settings.md gives the learned policies' margins at each")
     p.add_argument("--budgets", type=budgets, help="learned policies' budgets (default 0.15,0.2,0.25,0.35,0.5,0.6)")
     p.add_argument("--oracle-budgets", type=budgets, help="the oracles' and uniform schedules' (default "
                    "0.15,0.25,0.35,0.5)")
@@ -28,16 +32,15 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from cachepilot.infer.ablation import AblationConfig, ablate  # imported when run (cachepilot.cli)
+    from cachepilot.infer.ablation import AblationConfig, ablate, ablate_settings  # imported when run (cachepilot.cli)
 
     source = model_source(args)
     settings = {"model": args.model, "model_path": args.model_path, "split": args.split, "methods": args.methods,
                 "device": source.device, "dtype": source.dtype, "options": source.options}
     if args.prompts_file:
         settings["prompts"] = tuple(read_prompts(args.prompts_file))
-    for name in ("pairs", "steps", "guidance"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
+    if args.pairs is not None:
+        settings["pairs"] = args.pairs
     if args.budgets:
         settings["budgets"] = args.budgets
     if args.oracle_budgets:
@@ -49,8 +52,14 @@ def run(args) -> int:
 
         settings["oracle_search"] = SearchConfig(rounds=args.search_rounds)
     config = AblationConfig.quick(**settings) if args.quick else AblationConfig(**settings)
+    steps, guidance = args.steps or (config.steps,), args.guidance or (config.guidance,)
     out = Path(args.out)
-    ablate(config, out)
-    print((out / "table.md").read_text())
-    print(f"wrote {out}/results.csv, results.json, table.md, pareto.png, side_by_side.gif")
+    if len(steps) == len(guidance) == 1:
+        ablate(replace(config, steps=steps[0], guidance=guidance[0]), out)
+        print((out / "table.md").read_text())
+        print(f"wrote {out}/results.csv, results.json, table.md, pareto.png, side_by_side.gif")
+        return 0
+    ablate_settings(config, [(s, g) for s in steps for g in guidance], out)
+    print((out / "settings.md").read_text())
+    print(f"wrote {out}/settings.md, and each setting's report in {out}/steps<N>-guidance<G>/")
     return 0

@@ -106,6 +106,17 @@ def budgets(text: str) -> tuple[float, ...]:
     return tuple(BUDGET(v.strip()) for v in text.split(","))
 
 
+def listed(check):
+    """An argparse type: comma-separated values that `check` (an argparse type) accepts, in the order given, each once."""
+    def values(text: str) -> tuple:
+        return tuple(dict.fromkeys(check(v.strip()) for v in text.split(",")))
+    return values
+
+
+STEP_COUNTS = listed(COUNT)
+GUIDANCES = listed(GUIDANCE)
+
+
 def budgets_or_none(text: str) -> tuple[float, ...]:
     return () if text.strip().lower() in ("", "none") else budgets(text)
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from cachepilot.errors import InvalidInputError
 
-from .common import (COUNT, COUNT0, FOLDER, RUNS, SEED, add_model_arguments, add_setting_arguments, budgets,
-                     budgets_or_none, model_source, prompts_for)
+from .common import (COUNT, COUNT0, FOLDER, GUIDANCES, RUNS, SEED, STEP_COUNTS, add_model_arguments,
+                     add_setting_arguments, budgets, budgets_or_none, model_source, prompts_for)
 
 HELP = "train a cache policy (distillation from the oracle, or PPO) and save it"
+
+# The settings a policy is trained over by default: what users of video DiTs run (20 to 100 steps, guidance 3 to 8),
+# and 10 steps and guidance 2 for the short and weak ends. --steps and --guidance are the primary setting.
+TRAIN_STEPS = (10, 20, 30, 50, 75, 100)
+TRAIN_GUIDANCE = (2, 3, 5, 7, 8)
 
 # Flags of one algorithm only, with their defaults: given with the other algorithm they are refused, not ignored.
 ALGORITHM_FLAGS = {
@@ -26,6 +31,12 @@ def add_arguments(p) -> None:
     p.add_argument("--run-dir", type=FOLDER, help="oracle tables, rollouts, checkpoints, TensorBoard logs (default: "
                    "<out>.run); a rerun resumes from it")
     add_setting_arguments(p)
+    p.add_argument("--train-steps", type=STEP_COUNTS, default=TRAIN_STEPS,
+                   help="step counts to train over, each at --guidance (default 10,20,30,50,75,100; --steps is "
+                   "always among them: --train-steps equal to --steps and --train-guidance equal to --guidance train at "
+                   "one setting)")
+    p.add_argument("--train-guidance", type=GUIDANCES, default=TRAIN_GUIDANCE,
+                   help="guidance scales to train over, each at --steps (default 2,3,5,7,8)")
     p.add_argument("--pairs", type=COUNT, default=16, help="training (prompt, seed) pairs from the train split")
     p.add_argument("--val-pairs", type=COUNT, default=8)
     p.add_argument("--budgets", type=budgets, default="0.15,0.2,0.3,0.4,0.5,0.6",
@@ -80,12 +91,13 @@ def prompt_pairs(args, family: str) -> tuple:
 
 def run_spec(args):
     """What the command trains on."""
-    from cachepilot.envs.spec import RunSpec  # imported when run (cachepilot.cli)
+    from cachepilot.envs.spec import RunSpec, Setting, setting_cross  # imported when run (cachepilot.cli)
     from cachepilot.models.registry import get_spec
 
     prompts, val_prompts = prompt_pairs(args, get_spec(args.model).family)
+    settings = setting_cross(args.train_steps, args.train_guidance, Setting(args.steps, args.guidance))
     return RunSpec(model_source(args), prompts, args.pairs, val_prompts, args.val_pairs, args.steps, args.guidance,
-                   args.budgets, args.references)
+                   args.budgets, args.references, settings)
 
 
 def trainer(args, spec, run_dir):

@@ -16,7 +16,7 @@ from .setting import Setting
 
 def learned_policies(setting: Setting) -> dict[str, object]:
     """name -> PolicyBundle for each policy folder named in `config.policies`, each of which must load and fit this
-    pipeline and step count; without names, for each policy-* folder beside the weights that does (the others are
+    pipeline, step count and guidance; without names, for each policy-* folder beside the weights that does (the others are
     reported and skipped)."""
     config = setting.config
     named = config.policies is not None
@@ -27,7 +27,7 @@ def learned_policies(setting: Setting) -> dict[str, object]:
         name = "learned-" + Path(folder).name.removeprefix("policy-")
         try:
             bundle = load_policy(folder)
-            bundle.check_pipeline(setting.pipe, config.steps)
+            bundle.check_pipeline(setting.pipe, config.steps, config.guidance)
         except (PolicyFileError, CachepilotError) as error:
             if named:
                 raise CachepilotError(f"policy {folder} cannot be ablated: {error}") from None

@@ -1,0 +1,62 @@
+"""The ablation at several generation settings (step counts, guidance scales), and the table of how the learned
+policies' margins hold across them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from cachepilot import checks
+from cachepilot.io import atomic_write_text
+from cachepilot.provenance import machine_summary
+
+from .compare import FORECASTERS, REUSERS, best_learned, best_of, by_method, delta
+from .config import AblationConfig
+from .runner import Ablation, ablate
+
+VIEWS = ("at or below", "interpolated")
+
+
+def setting_folder(out: Path, steps: int, guidance: float) -> Path:
+    return out / f"steps{steps}-guidance{guidance:g}"
+
+
+def ablate_settings(config: AblationConfig, settings, out, log=print, progress: bool = True) -> dict[tuple, Ablation]:
+    """`ablate` at each (steps, guidance) of `settings`, in its own folder of `out` (each setting's baselines
+    resampled or recalibrated for its step count as each one's paper does), then `settings.md` over all of them."""
+    out = checks.folder(out)
+    found = {}
+    for steps, guidance in settings:
+        log(f"--- {steps} steps, guidance {guidance:g}")
+        found[(steps, guidance)] = ablate(replace(config, steps=steps, guidance=guidance),
+                                          setting_folder(out, steps, guidance), log, progress)
+    atomic_write_text(out / "settings.md", margins_table(found, config))
+    return found
+
+
+def margins_table(found: dict[tuple, Ablation], config: AblationConfig) -> str:
+    """Per setting and learned budget: the best learned policy, and its margin over the best reuse cache and the best
+    forecaster, in both views, with paired bootstrap 95% CIs."""
+    lines = [f"{config.model}, {config.pairs} {config.split} pairs; {machine_summary()}", "",
+             "| steps | guidance | budget | best learned, PSNR dB | view | best reuse cache | learned - reuse [95% CI] | "
+             "best forecaster | learned - forecaster [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    for (steps, guidance), ablation in found.items():
+        grouped = by_method(ablation.runs)
+        for budget in sorted(config.budgets, reverse=True):
+            name, run = best_learned(grouped, budget)
+            if run is None:
+                continue
+            mine = np.array(run.psnr)
+            for view in VIEWS:
+                reuse, reuse_psnr = best_of(grouped, REUSERS, budget, view)
+                ahead, ahead_psnr = best_of(grouped, FORECASTERS, budget, view)
+                lines.append(f"| {steps} | {guidance:g} | {budget:g} | {name}, {mine.mean():.2f} | {view} | "
+                             f"{_shown(reuse, reuse_psnr)} | {delta(mine, reuse_psnr)} | {_shown(ahead, ahead_psnr)} | "
+                             f"{delta(mine, ahead_psnr)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _shown(name: str | None, psnr) -> str:
+    return "none reaches it" if name is None else f"{name}, {psnr.mean():.2f}"

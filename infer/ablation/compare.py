@@ -1,0 +1,90 @@
+"""How a learned policy compares with the other methods at a budget, in the two views a claim must hold in.
+
+- **at or below**: each method at the setting of its sweep that scores best with a mean computed fraction at or
+  below the budget (a learned policy at the budget: its guard keeps it within);
+- **interpolated**: each method's own Pareto front (mean computed fraction -> mean PSNR) read at the budget, per
+  pair, linearly between the two front settings around it.
+
+Differences come with paired bootstrap 95% CIs over the pairs. Methods are grouped as users weigh them: the caches
+that reuse what was computed, and those that forecast it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Methods whose reuses extrapolate the kept history (the rest add back what was computed, as it was)
+FORECASTERS = ("taylorseer", "uniform-f1", "uniform-f2", "uniform-f1-sigma", "uniform-f2-sigma", "diffusers-taylorseer",
+               "diffusers-taylorseer-parts", "cache-dit-dbcache-taylorseer")
+REUSERS = ("static", "teacache", "magcache", "first-block", "dbcache", "adacache", "mixcache", "uniform",
+           "diffusers-fbcache", "diffusers-magcache", "cache-dit-dbcache")
+
+
+def bootstrap_ci(diff: np.ndarray, rounds: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (rounds, len(diff)))].mean(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def at_or_below(runs: list, budget: float):
+    """The run scoring best among those whose mean computed fraction is within the budget (None: none is)."""
+    within = [r for r in runs if np.mean(r.computed_fraction) <= budget + 1e-9]
+    return max(within, key=lambda r: np.mean(r.psnr)) if within else None
+
+
+def interpolated(runs: list, budget: float) -> np.ndarray | None:
+    """Per-pair PSNR of the method's own front read at `budget` (None: the front does not span it)."""
+    points = sorted(((np.mean(r.computed_fraction), np.mean(r.psnr), r) for r in runs), key=lambda p: p[0])
+    front = [p for p in points if not any(q[0] <= p[0] and q[1] > p[1] for q in points if q is not p)]
+    below = [p for p in front if p[0] <= budget + 1e-9]
+    above = [p for p in front if p[0] >= budget - 1e-9]
+    if not below or not above:
+        return None
+    (f0, _, r0), (f1, _, r1) = below[-1], above[0]
+    if f1 - f0 < 1e-9:
+        return np.array(r0.psnr)
+    w = (budget - f0) / (f1 - f0)
+    return (1 - w) * np.array(r0.psnr) + w * np.array(r1.psnr)
+
+
+def delta(best: np.ndarray | None, other: np.ndarray | None) -> str:
+    """best - other, its mean and paired bootstrap CI, as a table cell."""
+    if best is None or other is None:
+        return "-"
+    diff = best - other
+    lo, hi = bootstrap_ci(diff)
+    return f"{diff.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def by_method(runs) -> dict[str, list]:
+    """An ablation's runs (the reference left out) grouped by method."""
+    grouped: dict[str, list] = {}
+    for run in runs:
+        if run.entry.kind != "reference":
+            grouped.setdefault(run.entry.method, []).append(run)
+    return grouped
+
+
+def best_learned(grouped: dict[str, list], budget: float):
+    """The learned policy scoring best at `budget` (its name and run; (None, None): none ran there)."""
+    found = {m: r for m, runs in grouped.items() if m.startswith("learned-")
+             for r in runs if abs(r.entry.knob - budget) < 1e-9}
+    name = max(found, key=lambda m: np.mean(found[m].psnr), default=None)
+    return name, found.get(name)
+
+
+def best_of(grouped: dict[str, list], names, budget: float, view: str):
+    """Of the methods `names`, the one scoring best at `budget` in `view` ("at or below" or "interpolated"): its
+    name and per-pair PSNR ((None, None): none reaches the budget)."""
+    found = {}
+    for name in names:
+        runs = grouped.get(name, [])
+        if view == "at or below":
+            run = at_or_below(runs, budget)
+            values = None if run is None else np.array(run.psnr)
+        else:
+            values = interpolated(runs, budget)
+        if values is not None:
+            found[name] = values
+    name = max(found, key=lambda n: found[n].mean(), default=None)
+    return name, found.get(name)
