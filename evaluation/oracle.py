@@ -329,11 +329,20 @@ def rollout(pipe, pairs: list[tuple[str, int]], schedules: list[list], reference
 GAIN_FILE = "oracle_gain.npz"  # beside a model's weights, or in a training run directory
 
 
-def stored_gain(path, model_hash: str, steps: int, guidance: float, log=print) -> np.ndarray | None:
-    """An amplification profile saved at `path`, if it was measured for these weights, steps and guidance (a
-    damaged file is set aside)."""
+def carried_gain(gain: np.ndarray, steps: int) -> np.ndarray:
+    """An amplification profile carried to another step count by the fraction of the generation (it is a function of
+    the noise level, which the fraction fixes for a given scheduler shift), interpolated in log space."""
+    return np.exp(np.interp(np.linspace(0, 1, steps + 1), np.linspace(0, 1, len(gain)), np.log(gain)))
+
+
+def stored_gain(path, model_hash: str, steps: int, guidance: float, log=print,
+                carry: bool = False) -> np.ndarray | None:
+    """An amplification profile saved at `path`, if it was measured for these weights, steps and guidance; with
+    `carry`, one measured for these weights at another setting, carried to `steps` (`carried_gain`). A damaged file
+    is set aside."""
     stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log)
-    if stored is None:
+    if stored is None or "model_hash" not in stored or stored["model_hash"].item() != model_hash:
         return None
-    same = {"model_hash": model_hash, "steps": steps, "guidance": guidance}
-    return stored["gain"] if all(k in stored and stored[k].item() == v for k, v in same.items()) else None
+    if all(k in stored and stored[k].item() == v for k, v in {"steps": steps, "guidance": guidance}.items()):
+        return stored["gain"]
+    return carried_gain(stored["gain"], steps) if carry else None

@@ -235,8 +235,9 @@ class Rollouts:
     num_blocks: int
 
     @classmethod
-    def of(cls, spec: RunSpec, reference: np.ndarray | None = None) -> "Rollouts":
-        pipe, pairs = spec.pipeline(), spec.pair_list()
+    def of(cls, spec: RunSpec, reference: np.ndarray | None = None, pairs=None) -> "Rollouts":
+        """On `pairs` ((prompt, seed) pairs; None: the spec's training pairs)."""
+        pipe, pairs = spec.pipeline(), spec.pair_list() if pairs is None else list(pairs)
         if reference is None:
             reference = spec.reference_store().outputs(pairs)
         scored = ScoredPairs([p for p, _ in pairs], [s for _, s in pairs], spec.steps, spec.guidance, reference)
@@ -327,12 +328,13 @@ class SharedSearchResult:
 
 
 def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[Action]],
-                  reference: np.ndarray | None = None, log=print) -> SharedSearchResult:
-    """The one schedule with the best mean final PSNR over all the pairs: what a policy that cannot tell the pairs
-    apart could at best do, and what it can learn from. Same moves as `search`; a round's candidates each run on
-    every pair (one batched generation) and the best is kept only when it raises the mean."""
+                  reference: np.ndarray | None = None, log=print, pairs=None) -> SharedSearchResult:
+    """The one schedule with the best mean final PSNR over all the pairs (`pairs`, else the spec's training pairs):
+    what a policy that cannot tell the pairs apart could at best do, and what it can learn from. Same moves as
+    `search`; a round's candidates each run on every pair (one batched generation) and the best is kept only when it
+    raises the mean. With no rounds, the best of the starts."""
     wall, cpu = time.perf_counter(), time.process_time()
-    rollouts = Rollouts.of(spec, reference)
+    rollouts = Rollouts.of(spec, reference, pairs)
     num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
 
     def mean_psnr(candidates: list[list[Action]]) -> tuple[np.ndarray, np.ndarray, bool]:

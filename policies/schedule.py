@@ -41,14 +41,17 @@ def resample_schedule(schedule: Sequence[Action], num_steps: int, fulls: int) ->
         prev = min(max(round(fraction * (num_steps - 1)), prev + 1), num_steps - fulls + k)
         steps.append(prev)
     reuses = [i for i, a in enumerate(source) if a.reuses] or [None]
-    out = []
+    out, computed = [], 0
     for step in range(num_steps):
         if step in steps:
             out.append(FULL)
+            computed += 1
             continue
         at = step / max(num_steps - 1, 1) * (n0 - 1)
         nearest = min(reuses, key=lambda i: abs(i - at)) if reuses[0] is not None else None
-        out.append(source[nearest] if nearest is not None else STEP)
+        action = source[nearest] if nearest is not None else STEP
+        # a forecast of order n extrapolates n + 1 kept values: lower it where fewer FULL steps came before
+        out.append(action.forecasting(min(action.forecast, computed - 1)) if action.forecast else action)
     return out
 
 

@@ -184,3 +184,43 @@ def test_bad_arguments_are_clear(make_env, monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
     with pytest.raises(LPIPSUnavailable, match="alexnet"):
         make_env(quality="lpips")
+
+
+def test_settings_are_drawn_per_batch_and_reported(toy_pipe, tmp_path):
+    """Over several settings, each batch runs at one of them (every environment of it), and episodes say which."""
+    spec = RunSpec(pairs=2, steps=STEPS, budgets=(0.3, 0.6), references=tmp_path / "refs", pipe=toy_pipe,
+                   settings=((STEPS, 5.0), (STEPS + 2, 5.0), (STEPS, 3.0)))
+    env = BatchedCacheEnv(spec, EpisodeConfig(), num_envs=2)
+    env.seed(0)
+    seen = set()
+    try:
+        for _ in range(8):
+            env.reset()
+            settings = {(i["steps"], i["guidance"]) for i in env.reset_infos}
+            assert len(settings) == 1
+            seen |= settings
+            obs, _, dones, infos = env.step(np.zeros(2, dtype=int))  # FULL at step 0
+            assert obs.shape == (2, env.observation_spec.size) and not dones.any()
+        assert seen == {(STEPS, 5.0), (STEPS + 2, 5.0), (STEPS, 3.0)}
+    finally:
+        env.close()
+    single = CacheEnv(spec, EpisodeConfig())
+    try:
+        _, info = single.reset(seed=1, options={"steps": STEPS + 2, "guidance": 5.0})
+        assert (info["steps"], info["guidance"]) == (STEPS + 2, 5.0)
+        steps = 1
+        while not single.step(0)[2]:
+            steps += 1
+        assert steps == STEPS + 2  # the episode ran the setting it was given
+    finally:
+        single.close()
+
+
+def test_a_batch_of_two_settings_is_refused(toy_pipe, tmp_path):
+    from cachepilot.envs import Episode
+
+    spec = RunSpec(pairs=2, steps=STEPS, references=tmp_path / "refs", pipe=toy_pipe, settings=((STEPS, 5.0), (8, 5.0)))
+    env = BatchedCacheEnv(spec, EpisodeConfig(), num_envs=2)
+    with pytest.raises(ValueError, match="share a setting"):
+        env.episodes.begin([Episode(0, "a red circle", 0, 0.5), Episode(1, "a red circle", 1, 0.5, 8, 5.0)])
+    env.close()

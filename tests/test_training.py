@@ -257,10 +257,11 @@ def trained(toy_pipe, tmp_path_factory):
     from cachepilot.train.rl import PPOConfig, PPOTrainer
 
     root = tmp_path_factory.mktemp("policies")
-    spec = RunSpec(pairs=2, val_pairs=1, steps=STEPS, budgets=(0.3, 0.5), references=root / "refs", pipe=toy_pipe)
+    spec = RunSpec(pairs=2, val_pairs=1, steps=STEPS, budgets=(0.3, 0.5), references=root / "refs", pipe=toy_pipe,
+                   settings=((STEPS, 5.0), (STEPS + 2, 5.0)))
     config = DistillConfig(dagger_rounds=1, epochs=3, gain_pairs=1, gain_every=3, max_gap=3, num_envs=2,
                            eval_budgets=(0.5,), student_val_every=2, relabel="reached", searched_budgets=(0.5,),
-                           search_rounds=1, search_proposals=2)
+                           search_rounds=1, search_proposals=2, pairs_per_setting=1)
     distiller = Distiller(spec, config, root / "distill.run", log=lambda *a: None)
     learned = distiller.learn()
     distilled = distiller.save(root / "distill")
@@ -280,7 +281,16 @@ def test_distillation_end_to_end(trained):
     assert card.training["algorithm"] == "distill" and len(card.training["rounds"]) == 2
     # the DAgger round relabelled every state it visited from the states its student reached
     relabelled = card.training["rounds"][1]["relabelled_from_reached"]
-    assert relabelled["labels"] == 2 * 2 * STEPS and 0 <= relabelled["labels_changed"] <= relabelled["labels"]
+    primary, other = relabelled[f"{STEPS} steps, guidance 5"], relabelled[f"{STEPS + 2} steps, guidance 5"]
+    assert primary["labels"] == 2 * 2 * STEPS and 0 <= primary["labels_changed"] <= primary["labels"]
+    assert other["labels"] == 1 * 2 * (STEPS + 2)  # one pair taught at the other setting, both budgets
+    # trained over both step counts: the card's range says so, and the other setting taught its own pair
+    assert card.steps_range == (STEPS, STEPS + 2) and card.guidance_range == (5.0, 5.0) and card.steps == STEPS
+    settings = card.training["settings"]
+    assert settings[f"{STEPS} steps, guidance 5"] == {"pairs": [0, 1]}
+    other = settings[f"{STEPS + 2} steps, guidance 5"]
+    assert other["pairs"] == [0] and set(other["schedules"]) == {"0.3", "0.5"}  # a schedule chosen per budget there
+    assert (root / "distill.run" / f"setting-{STEPS + 2}-5" / "searched_schedules.json").is_file()
     assert card.results["learned"]["0.5"]["computed_fraction"] <= 0.5 + 1e-9
     # budget 0.5 was taught by a schedule searched on the train pairs, no worse on them than any schedule it started from
     searched = card.training["searched_schedules"]["0.5"]
@@ -322,7 +332,7 @@ def test_a_rerun_reuses_the_searched_schedule_and_other_settings_start_new_round
     config = distill_module.DistillConfig(**bundle.card.training["config"])
     recorded = bundle.card.training["spec"]
     spec = RunSpec(pairs=recorded["pairs"], val_pairs=recorded["val_pairs"], steps=STEPS, budgets=recorded["budgets"],
-                   references=root / "refs", pipe=toy_pipe)
+                   references=root / "refs", pipe=toy_pipe, settings=[tuple(s) for s in recorded["settings"]])
 
     def distiller(config):
         return distill_module.Distiller(spec, config, run_dir, log=lambda *a: None)
@@ -354,6 +364,7 @@ def test_ppo_end_to_end_warm_started(trained):
     assert (root / "ppo.run" / "ppo_resume.json").exists()
     assert ppo.card.actions == distilled.card.actions and ppo.net.hidden == distilled.net.hidden
     assert ppo.card.training["init_weights_sha256"] == distilled.weights_sha256  # which weights it started from
+    assert ppo.card.steps_range == (STEPS, STEPS + 2)  # its episodes drew both settings
 
 
 @pytest.mark.slow

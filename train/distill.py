@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cachepilot import checks
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.envs.spec import RunSpec, Setting
-from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification, fulls_for_budget,
+from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTable, amplification,
+                                          fulls_for_budget,
                                           measure_segments, reference_latents, stored_gain)
 from cachepilot.evaluation.search import SearchConfig, SharedSearchResult, forecast_reuses, search_shared
 from cachepilot.evaluation.validation import evaluate_student
@@ -45,7 +46,7 @@ from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
 from cachepilot.policies.learned import PolicyNet, lowest_budget
 from cachepilot.policies.policy_file import PolicyBundle
-from cachepilot.policies.schedule import FixedSchedule, resample_schedule
+from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule, resample_schedule
 
 from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
 from .trainer import Trainer, feasible_budgets, validated_policy
@@ -64,7 +65,8 @@ class DistillConfig:
     search_pairs: int = 8  # train pairs that searched schedule is scored on
     search_rounds: int = 6
     search_proposals: int = 8  # candidate moves per round, each run on every search pair
-    pairs_per_setting: int = 3  # train pairs taught at each setting but the primary one (which teaches them all)
+    pairs_per_setting: int = 2  # train pairs taught at each setting but the primary one (which teaches them all)
+    setting_search_rounds: int = 0  # rounds of moves after the best start, for the other settings' schedules
     epochs: int = 200  # per round, each training a fresh network on everything gathered so far
     batch_size: int = 256
     lr: float = 3e-3
@@ -83,6 +85,7 @@ class DistillConfig:
                      "student_val_every", "search_pairs", "search_rounds", "search_proposals", "pairs_per_setting"):
             setattr(self, name, checks.count(name, getattr(self, name)))
         self.dagger_rounds = checks.count("dagger_rounds", self.dagger_rounds, low=0)
+        self.setting_search_rounds = checks.count("setting_search_rounds", self.setting_search_rounds, low=0)
         self.lr = checks.positive("lr", self.lr)
         self.seed = checks.seed(self.seed)
         self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
@@ -189,14 +192,18 @@ SEARCHED_FILE = "searched_schedules.json"
 
 
 class SettingOracle:
-    """The oracle at one setting of the run: its amplification profile, the segment tables of the pairs it teaches
-    there, the teacher, and each round's data at that setting, kept in its own `folder` of the run (the primary
-    setting's is the run folder itself)."""
+    """The oracle at one setting of the run, kept in its own `folder` of the run (the primary setting's is the run
+    folder itself). At the primary setting: the amplification profile, the segment tables of every train pair and the
+    DP's rule, with the searched schedules at the searched budgets. At every other setting, per budget, the best
+    schedule by real rollouts on the pairs it teaches there (`setting_schedules`): the DP's segment costs, measured at
+    one step size, stop adding up at others (at 20 steps its schedules score below the uniform schedule with
+    forecasts), while a schedule chosen by its real outcome does not depend on them."""
 
     def __init__(self, distiller: "Distiller", setting: Setting, pair_ids: list[int], folder: Path):
         self.distiller, self.setting, self.pair_ids, self.folder = distiller, setting, list(pair_ids), folder
         self.config, self.log = distiller.config, distiller.log
         self._reference_latents = None
+        self.chosen: dict[str, dict] = {}  # per budget, the schedule setting_schedules chose: its start and PSNR
 
     @property
     def episodes(self) -> CacheEpisodes:
@@ -207,14 +214,8 @@ class SettingOracle:
         return self.setting == self.distiller.spec.primary
 
     def gain(self) -> np.ndarray:
-        """The amplification profile. At the primary setting: the run's own, else the one beside the model's weights
-        (same weights, steps and guidance only), else measured now on validation pairs. Elsewhere the primary's,
-        carried to this step count by the fraction of the generation (it is a function of the noise level)."""
-        if not self.primary:
-            source = self.distiller.oracles[0].gain()
-            log_gain = np.interp(np.linspace(0, 1, self.setting.steps + 1), np.linspace(0, 1, len(source)),
-                                 np.log(source))
-            return np.exp(log_gain)
+        """The amplification profile at the primary setting: the run's own, else the one beside the model's weights
+        (same weights, steps and guidance only), else measured now on validation pairs."""
         episodes, config, (steps, guidance) = self.episodes, self.config, (self.setting.steps, self.setting.guidance)
         store = episodes.store_at(self.setting)
         folder = pipeline_folder(episodes.pipe)
@@ -231,8 +232,10 @@ class SettingOracle:
         return gain
 
     def oracle_tables(self) -> dict[int, SegmentTable]:
-        """Segment tables of the pairs taught here (cached in the folder); also stores each pair's full-compute output
-        as its reference at this setting, since the oracle's reference pass computed it."""
+        """Segment tables of the train pairs at the primary setting (cached in the folder; none elsewhere); also stores
+        each pair's full-compute output as its reference, since the oracle's reference pass computed it."""
+        if not self.primary:
+            return {}
         episodes, config, log, steps = self.episodes, self.config, self.log, self.setting.steps
         store = episodes.store_at(self.setting)
         gain = self.gain()
@@ -246,7 +249,7 @@ class SettingOracle:
         missing = [i for i in self.pair_ids if i not in tables]
         for start in range(0, len(missing), config.num_envs):
             chunk = missing[start : start + config.num_envs]
-            log(f"oracle, {self.setting}: segment tables for pairs {chunk[0]}..{chunk[-1]}")
+            log(f"oracle, {self.setting}: segment tables for pairs {', '.join(map(str, chunk))}")
             found, frames = measure_segments(episodes.pipe, [episodes.pairs[i] for i in chunk], steps,
                                              self.setting.guidance, config.max_gap, gain, forecast=True)
             for i, table, output in zip(chunk, found, frames):
@@ -256,13 +259,58 @@ class SettingOracle:
                              **{f"forecast_{i}": t.forecast for i, t in tables.items()})
         return tables
 
+    def setting_schedules(self, primary_tables: dict[int, SegmentTable],
+                          searched: dict[float, SharedSearchResult]) -> dict[float, list]:
+        """Per budget, the schedule with the best mean PSNR on this setting's pairs (`search_shared`, with
+        `setting_search_rounds` rounds of moves) from: the uniform schedule, with and without first-order forecasts,
+        and the primary setting's DP schedule of each of these pairs and searched schedule at that budget, carried to
+        this step count (`resample_schedule`). Cached in the folder."""
+        config, episodes, log, steps = self.config, self.episodes, self.log, self.setting.steps
+        pairs = [episodes.pairs[i] for i in self.pair_ids]
+        search_config = SearchConfig(rounds=config.setting_search_rounds, proposals=config.search_proposals,
+                                     seed=config.seed)
+        inputs = json.loads(json.dumps({"model": episodes.store_at(self.setting).model_hash, "steps": steps,
+                                        "guidance": self.setting.guidance, "pairs": pairs,
+                                        "search": asdict(search_config),
+                                        "searched": {f"{b:g}": [str(a) for a in r.schedule]
+                                                     for b, r in searched.items()}}))
+        path = self.folder / SEARCHED_FILE
+        stored = read_or_set_aside(path, _searched_file, log) or {}
+        found = stored["budgets"] if stored.get("inputs") == inputs else {}
+        spec = replace(self.distiller.spec.at(self.setting), pipe=episodes.pipe,
+                       references=episodes.store_at(self.setting))
+        primary_steps = self.distiller.spec.steps
+        for budget in self.distiller.budgets_at(self.setting):
+            if f"{budget:g}" in found:
+                continue
+            fulls = fulls_for_budget(budget, steps)
+            spaced = {round(i * (steps - 1) / (fulls - 1)) for i in range(fulls)} if fulls > 1 else {0}
+            uniform = full_steps_schedule(steps, spaced)
+            starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
+            carried = {f"primary-dp-pair{i}": primary_tables[i] for i in self.pair_ids if i in primary_tables}
+            for name, table in carried.items():
+                try:
+                    starts[name] = resample_schedule(table.schedule(fulls_for_budget(budget, primary_steps)), steps, fulls)
+                except ValueError:  # the DP's gaps cannot span the generation with this few FULL steps
+                    continue
+            if budget in searched:
+                starts["primary-searched"] = resample_schedule(searched[budget].schedule, steps, fulls)
+            result = search_shared(spec, budget, search_config, starts, log=lambda *a: None, pairs=pairs)
+            log(f"{self.setting}, budget {budget:g}: the {result.start} schedule, {np.mean(result.psnr):.2f} dB on "
+                f"{len(pairs)} pairs")
+            found[f"{budget:g}"] = result.as_dict()
+            atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
+        self.chosen = {b: {"start": r["start"], "psnr": round(float(np.mean(r["psnr"])), 2)} for b, r in found.items()}
+        return {float(b): SharedSearchResult.from_dict(r).schedule for b, r in found.items()}
+
     def teacher(self, tables: dict[int, SegmentTable], searched: dict[float, SharedSearchResult]) -> OracleTeacher:
-        """The oracle's rule on this setting's tables; at the searched budgets the primary setting's searched schedule
-        (elsewhere carried to this step count, `resample_schedule`)."""
-        steps = self.setting.steps
-        schedules = {b: r.schedule if self.primary else resample_schedule(r.schedule, steps, fulls_for_budget(b, steps))
-                     for b, r in searched.items()}
-        return OracleTeacher(tables, self.episodes.actions, steps, self.episodes.num_blocks, schedules)
+        """At the primary setting, the oracle's rule on its tables, and the searched schedules at the searched
+        budgets; elsewhere the setting's schedules (`setting_schedules`, from the primary's `tables`)."""
+        steps, episodes = self.setting.steps, self.episodes
+        if self.primary:
+            schedules = {b: r.schedule for b, r in searched.items()}
+            return OracleTeacher(tables, episodes.actions, steps, episodes.num_blocks, schedules)
+        return OracleTeacher({}, episodes.actions, steps, episodes.num_blocks, self.setting_schedules(tables, searched))
 
     def round_data(self, round_: int, teacher: OracleTeacher, net, tables) -> tuple[dict, dict | None]:
         """A round's (observation, mask, label) arrays at this setting: stored, or rolled out now (by the oracle in
@@ -279,7 +327,7 @@ class SettingOracle:
             f"{'oracle' if net is None else 'student'}, labelled by the oracle")
         rollouts = run_episodes(episodes, jobs, teacher, net=net, batch=config.num_envs, setting=self.setting)
         relabelled = None
-        if net is not None and config.relabel == "reached":
+        if net is not None and config.relabel == "reached" and self.primary:
             clock = time.perf_counter()
             if self._reference_latents is None:
                 self._reference_latents = reference_latents(episodes.pipe, episodes.pairs, self.setting.steps,
@@ -346,15 +394,15 @@ class Distiller(Trainer):
         student with the best mean validation PSNR at the primary setting."""
         config, episodes, log = self.config, self.episodes, self.log
         started = time.perf_counter()
-        tables = {o.setting: o.oracle_tables() for o in self.oracles}
-        searched = self.searched_schedules(tables[self.spec.primary])
-        teachers = {o.setting: o.teacher(tables[o.setting], searched) for o in self.oracles}
+        tables = self.oracles[0].oracle_tables()
+        searched = self.searched_schedules(tables)
+        teachers = {o.setting: o.teacher(tables, searched) for o in self.oracles}
         self.logger = L.pytorch.loggers.TensorBoardLogger(self.run_dir, name="tensorboard", version=0)
         gathered, net, history, best = [], None, [], None
         for round_ in range(config.dagger_rounds + 1):
             relabelled = {}
             for oracle in self.oracles:
-                arrays, changed = oracle.round_data(round_, teachers[oracle.setting], net, tables[oracle.setting])
+                arrays, changed = oracle.round_data(round_, teachers[oracle.setting], net, tables)
                 gathered.append(arrays)
                 if changed:
                     relabelled[str(oracle.setting)] = changed
@@ -376,9 +424,10 @@ class Distiller(Trainer):
         training = self.training_record(
             "distill", started, rounds=history, selected_round=selected,
             oracle="segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the searched "
-                   "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search) at the "
-                   "primary setting, carried to the others by the fraction of the generation",
-            settings={str(o.setting): {"pairs": o.pair_ids} for o in self.oracles},
+                   "budgets a shared schedule searched with real rollouts (cachepilot.evaluation.search); at the other "
+                   "settings, per budget, the best schedule by real rollouts on that setting's pairs",
+            settings={str(o.setting): {"pairs": o.pair_ids, **({"schedules": o.chosen} if o.chosen else {})}
+                      for o in self.oracles},
             searched_schedules={f"{b:g}": {"schedule": [str(a) for a in r.schedule],
                                            "train_psnr": round(float(np.mean(r.psnr)), 2), "start_psnr": r.start_psnr,
                                            "cpu_minutes": round(r.cpu_seconds / 60, 1)}

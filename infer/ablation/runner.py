@@ -126,11 +126,11 @@ class Runner:
         if self._gain is not None:
             return self._gain
         s, c = self.setting, self.setting.config
-        gain = stored_gain(s.weights / GAIN_FILE, s.model_hash, c.steps, c.guidance) if s.weights else None
+        gain = stored_gain(s.weights / GAIN_FILE, s.model_hash, c.steps, c.guidance, carry=True) if s.weights else None
         if gain is None:
             raise CachepilotError(f"the oracle needs the model's error-amplification profile ({GAIN_FILE} beside the "
-                                  f"weights, for {c.steps} steps and guidance {c.guidance:g}); `cachepilot train "
-                                  "--algo distill` measures one in its run folder: copy it there, or leave out the oracle")
+                                  "weights); `cachepilot train --algo distill` measures one in its run folder: copy it "
+                                  "there, or leave out the oracle")
         self._gain = gain
         return gain
 
