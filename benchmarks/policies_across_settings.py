@@ -1,7 +1,8 @@
 """One learned policy across step counts and guidance scales, against every baseline and peer at each setting.
 
     python benchmarks/policies_across_settings.py [--pairs 16] [--steps 10,20,30,40,50,75] [--guidance 3,5,6,7]
-        [--budgets 0.5,0.35,0.25] [--policies checkpoints/toy-wan/policy-distill] [--single PATH] [--out results/settings]
+        [--budgets 0.5,0.35,0.25] [--policies checkpoints/toy-wan/policy-distill] [--single PATH] [--methods LIST]
+        [--out results/settings]
 
 Every step count runs at guidance 5 and every guidance scale at 50 steps (a cross through the primary setting; the
 full grid costs the product). Each setting is one `cachepilot ablate` run of every baseline across its sweep, every
@@ -49,6 +50,8 @@ def main() -> None:
     parser.add_argument("--policies", default="checkpoints/toy-wan/policy-distill")
     parser.add_argument("--single", help="a policy trained at the primary setting alone")
     parser.add_argument("--oracles", action="store_true")
+    parser.add_argument("--methods", help="comma list of the methods compared (default: every baseline, peer and "
+                        "uniform schedule)")
     parser.add_argument("--out", default="results/settings")
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
@@ -58,8 +61,9 @@ def main() -> None:
     settings = list(dict.fromkeys([*((s, primary[1]) for s in steps_list), *((primary[0], g) for g in guidance_list)]))
     budgets = tuple(float(b) for b in args.budgets.split(","))
     folders = [p for p in args.policies.split(",") if p] + ([args.single] if args.single else [])
-    methods = [n for n in BASELINES if n != "none"] + available_peers() + list(UNIFORM) + \
-        (["oracle", "oracle-dp"] if args.oracles else [])
+    methods = args.methods.split(",") if args.methods else [n for n in BASELINES if n != "none"] + available_peers() + \
+        list(UNIFORM)
+    methods += ["oracle", "oracle-dp"] if args.oracles else []
     base = AblationConfig(pairs=args.pairs, budgets=budgets, oracle_budgets=budgets, gif_pairs=1)
     out = Path(args.out)
     print(f"toy-wan, {args.pairs} test pairs; {machine_summary()}")

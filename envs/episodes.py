@@ -51,6 +51,7 @@ class EpisodeConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     budget_guard: bool = False  # also mask what would overrun the episode's budget (as a LearnedPolicy does)
     extra_signals: tuple[str, ...] = ()  # optional signals added to the pipeline's observation
+    observation: ObservationSpec | None = None  # the observation itself (a warm start's); None: the default's
 
     def __post_init__(self):
         if self.quality not in QUALITY_METRICS:
@@ -82,7 +83,8 @@ class CacheEpisodes:
         self.actions: tuple[Action, ...] = step_actions(
             num_blocks, default_block_ks(num_blocks) if block_ks is None else block_ks, self.config.forecasts)
         try:
-            self.observation_spec = ObservationSpec.for_pipeline(self.pipe, self.config.extra_signals)
+            self.observation_spec = self.config.observation or ObservationSpec.for_pipeline(self.pipe,
+                                                                                              self.config.extra_signals)
         except ValueError as err:
             raise InvalidInputError(str(err)) from None
         self.observation_space = spaces.Box(-CLIP, CLIP, (self.observation_spec.size,), np.float32)

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -18,7 +19,8 @@ from cachepilot.models.registry import embedded_path, load_pipeline, verify_chec
 from cachepilot.policies.policy_file import PolicyFileError
 
 PROMPT = "a red circle moving left quickly on a plain background"
-SHIPPED_POLICY = embedded_path("toy-wan") / "policy-distill"
+SHIPPED_POLICY = embedded_path("toy-wan") / "policy-distill"  # trained over 10-100 steps, guidance 2-8
+SINGLE_SETTING_POLICY = embedded_path("toy-wan") / "policy-ppo"  # trained at 50 steps, guidance 5 alone
 
 
 def _one_line_error(argv, capsys) -> str:
@@ -48,7 +50,9 @@ def _one_line_error(argv, capsys) -> str:
     (["--cache", "static", "--budget", "0.2"], "--budget applies to --cache learned; static takes --knob"),
     (["--cache", "learned", "--budget", "5"], "argument --budget: budget must be > 0 and <= 1, got 5"),
     (["--cache", "learned", "--knob", "3"], "--knob applies to the baselines"),
-    (["--steps", "20", "--cache", "learned"], "trained for 50-step generations and this one has 20 steps"),
+    (["--steps", "120", "--cache", "learned"], "trained for 10-100-step generations and this one has 120 steps"),
+    (["--steps", "20", "--cache", "learned", "--policy", str(SINGLE_SETTING_POLICY)],
+     "trained for 50-step generations and this one has 20 steps"),
     (["--prompt", "  "], "the prompt is empty"),
     (["--prompt", " ".join(["a red circle"] * 10)], "the prompt has 30 words; toy-wan reads at most 24"),
 ])
@@ -96,7 +100,7 @@ def test_numeric_arguments_parse_to_a_valid_value_or_one_line(flag, text):
 def test_a_policy_is_checked_against_the_steps_it_runs_with_when_not_told(toy_pipe):
     """apply_cache as the README writes it (no num_inference_steps), then a 20-step generation of a 50-step policy:
     refused at its first decision, from the pipeline's own step count."""
-    apply_cache(toy_pipe, load_policy(SHIPPED_POLICY), budget=0.35)
+    apply_cache(toy_pipe, load_policy(SINGLE_SETTING_POLICY), budget=0.35)
     try:
         with pytest.raises(InvalidInputError, match="trained for 50-step generations and this one has 20 steps"):
             toy_pipe(PROMPT, num_inference_steps=20, generator=torch.Generator().manual_seed(0))
@@ -105,7 +109,7 @@ def test_a_policy_is_checked_against_the_steps_it_runs_with_when_not_told(toy_pi
 
 
 def test_ppo_refuses_to_warm_start_from_a_policy_of_another_step_count(capsys, tmp_path):
-    err = _one_line_error(["train", "--algo", "ppo", "--init-from", str(SHIPPED_POLICY), "--steps", "10",
+    err = _one_line_error(["train", "--algo", "ppo", "--init-from", str(SINGLE_SETTING_POLICY), "--steps", "10",
                            "--out", str(tmp_path / "policy"), "--references", str(tmp_path / "refs")], capsys)
     assert "trained for 50-step generations and this one has 10 steps" in err
 
@@ -367,7 +371,7 @@ def test_training_refuses_budgets_its_step_count_cannot_keep(capsys, tmp_path):
 
 
 def test_a_refused_run_leaves_no_folders_behind(capsys, tmp_path):
-    _one_line_error(["train", "--algo", "ppo", "--init-from", str(SHIPPED_POLICY), "--steps", "10", "--out",
+    _one_line_error(["train", "--algo", "ppo", "--init-from", str(SINGLE_SETTING_POLICY), "--steps", "10", "--out",
                      str(tmp_path / "policy"), "--references", str(tmp_path / "refs")], capsys)
     assert not (tmp_path / "policy.run").exists() and not (tmp_path / "policy").exists()
     _one_line_error(["ablate", "--methods", "static,nonsense", "--pairs", "1", "--steps", "2", "--out",
@@ -398,9 +402,9 @@ def test_a_budget_under_what_the_step_count_allows_is_refused(tmp_path, toy_pipe
 
 
 def test_a_policy_refuses_a_guidance_it_was_not_trained_at(toy_pipe, capsys, tmp_path):
-    err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--guidance", "3"], capsys)
-    assert "this policy was trained at guidance 5 and this generation runs at 3" in err
-    apply_cache(toy_pipe, load_policy(SHIPPED_POLICY), budget=0.35)
+    err = _one_line_error([*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--guidance", "9"], capsys)
+    assert "this policy was trained at guidance 2-8 and this generation runs at 9" in err
+    apply_cache(toy_pipe, load_policy(SINGLE_SETTING_POLICY), budget=0.35)
     try:
         with pytest.raises(InvalidInputError, match="trained at guidance 5 and this generation runs at 7"):
             toy_pipe(PROMPT, num_inference_steps=50, guidance_scale=7.0, generator=torch.Generator().manual_seed(0))
@@ -444,7 +448,7 @@ def test_ablate_refuses_a_named_policy_it_cannot_use(capsys, tmp_path):
     err = _one_line_error(["ablate", "--methods", "learned", "--policies", str(folder), "--pairs", "1", "--steps", "50",
                            "--out", str(tmp_path / "ablation")], capsys)
     assert f"policy {folder} cannot be ablated" in err and "does not match the checksum" in err
-    err = _one_line_error(["ablate", "--methods", "learned", "--pairs", "1", "--steps", "20", "--out",
+    err = _one_line_error(["ablate", "--methods", "learned", "--pairs", "1", "--steps", "120", "--out",
                            str(tmp_path / "ablation")], capsys)
     assert "learned cannot run on this model: no policy beside the weights fits" in err
 
@@ -526,9 +530,18 @@ def test_a_card_written_before_ranges_keeps_its_one_setting_as_its_range():
     assert card.steps_range == (50, 50) and card.guidance_range == (5.0, 5.0)
 
 
+def test_the_shipped_policy_runs_across_its_trained_settings(tmp_path):
+    card = load_policy(SHIPPED_POLICY).card
+    assert card.steps_range == (10, 100) and card.guidance_range == (2.0, 8.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the ranges: no extrapolation warning
+        assert main([*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--steps", "20",
+                     "--guidance", "6"]) == 0
+
+
 def test_generate_extrapolates_only_when_asked(tmp_path, capsys):
-    argv = [*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--steps", "20"]
-    assert "and this one has 20 steps" in _one_line_error(argv, capsys)
+    argv = [*GENERATE, "--out", str(tmp_path / "x.gif"), "--cache", "learned", "--steps", "120"]
+    assert "trained for 10-100-step generations and this one has 120 steps" in _one_line_error(argv, capsys)
     with pytest.warns(UserWarning, match="extrapolating, as asked"):
         assert main([*argv, "--extrapolate"]) == 0
     assert (tmp_path / "x.gif").is_file()

@@ -87,7 +87,7 @@ COMMANDS = {  # command -> its numeric flags
                                                                "--num-frames"],
     ("train", "--out", "{tmp}/p"): ["--steps", "--guidance", "--pairs", "--val-pairs", "--budgets", "--rounds",
                                     "--epochs", "--val-every", "--num-envs", "--seed", "--searched-budgets",
-                                    "--height", "--width", "--num-frames"],
+                                    "--height", "--width", "--num-frames", "--train-steps", "--train-guidance"],
     ("train", "--algo", "ppo", "--out", "{tmp}/p"): ["--timesteps", "--budgets", "--num-envs", "--seed"],
     ("ablate", "--out", "{tmp}/a"): ["--pairs", "--steps", "--guidance", "--budgets", "--oracle-budgets",
                                      "--search-rounds", "--height", "--width", "--num-frames"],
@@ -144,7 +144,7 @@ FIELDS = [("schema",), ("kind",), ("model",), ("model_config_hash",), ("actions"
           ("num_blocks",), ("budget_range",), ("budget_range", 0), ("budget_range", 1), ("steps",), ("guidance",),
           ("network",), ("network", "hidden"), ("network", "hidden", 0), ("training",), ("results",),
           ("observation",), ("observation", "version"), ("observation", "features"),
-          *[("observation", "features", i, key) for i in (0, 11) for key in ("name", "center", "scale", "log",
+          *[("observation", "features", i, key) for i in (0, 10) for key in ("name", "center", "scale", "log",
                                                                                "missing")]]
 
 

@@ -37,11 +37,11 @@ def test_every_command_runs_on_a_local_folder(folders, kind, tmp_path, monkeypat
     assert main(["calibrate", *model, *prompts, "--prompts", "4", "--steps", STEPS]) == 0
     assert main(["references", "build", *model, *prompts, "--pairs", "4", "--steps", STEPS]) == 0
     train = [*model, *prompts, "--pairs", "2", "--val-pairs", "2", "--steps", STEPS, "--num-envs", "2",
-             "--budgets", "0.4,0.6"]
+             "--budgets", "0.4,0.6", "--train-steps", f"{STEPS},{int(STEPS) + 1}", "--train-guidance", "5"]
     assert main(["train", *train, "--epochs", "2", "--rounds", "0"]) == 0
     policy = tmp_path / "runs" / MODELS[kind] / "policy-distill"
     card = json.loads((policy / "policy.json").read_text())
-    assert card["model"] == MODELS[kind]
+    assert card["model"] == MODELS[kind] and card["steps_range"] == [int(STEPS), int(STEPS) + 1]
     assert main(["train", *train, "--algo", "ppo", "--timesteps", "16"]) == 0
     assert main(["generate", *model, "--prompt", PROMPTS[0], "--steps", STEPS, "--cache", "learned", "--policy",
                  str(policy), "--budget", "0.5", "--out", str(tmp_path / "video.gif")]) == 0
@@ -60,7 +60,8 @@ def test_a_policy_for_one_family_is_refused_by_another(folders, tmp_path, monkey
     prompts = ["--prompts-file", str(root / "prompts.txt")]
     for kind in ("wan", "cogvideox"):  # two per-model policies
         assert main(["train", *_model_args(kind, paths[kind]), *prompts, "--pairs", "2", "--val-pairs", "2",
-                     "--steps", STEPS, "--num-envs", "2", "--epochs", "1", "--rounds", "0"]) == 0
+                     "--steps", STEPS, "--num-envs", "2", "--epochs", "1", "--rounds", "0", "--train-steps", STEPS,
+                     "--train-guidance", "5"]) == 0
     wan_policy = tmp_path / "runs" / MODELS["wan"] / "policy-distill"
     code = main(["generate", *_model_args("cogvideox", paths["cogvideox"]), "--prompt", PROMPTS[0], "--steps", STEPS,
                  "--cache", "learned", "--policy", str(wan_policy), "--out", str(tmp_path / "v.gif")])

@@ -50,13 +50,15 @@ def test_features_take_their_normalisation_from_the_signal_declarations():
             assert (feature.center, feature.scale, feature.log, feature.missing) == (s.center, s.scale, s.log, s.missing)
 
 
-def test_shipped_policies_observe_the_default_features():
-    """A policy file carries its own spec; the shipped ones were trained on today's defaults."""
+def test_shipped_policies_carry_their_observation():
+    """A policy file carries its own spec: the distilled policy was trained on today's defaults, the PPO one (trained at
+    one setting) on the features before them, which it still reads."""
     from cachepilot.models.registry import embedded_path
     from cachepilot.policies.policy_file import load_policy
 
-    for name in ("policy-distill", "policy-ppo"):
-        assert load_policy(embedded_path("toy-wan") / name).card.observation == ObservationSpec()
+    assert load_policy(embedded_path("toy-wan") / "policy-distill").card.observation == ObservationSpec()
+    ppo = load_policy(embedded_path("toy-wan") / "policy-ppo").card
+    assert "step_fraction" in ppo.observation.names and ppo.steps_range == (50, 50)
 
 
 def test_extra_signals_are_appended_to_the_default_observation_and_travel_with_it():

@@ -113,7 +113,7 @@ def test_an_ablation_killed_midway_finishes_as_an_uninterrupted_one(tmp_path):
 
 
 # ---- PPO ----------------------------------------------------------------------------------------------
-PPO = ["--algo", "ppo", "--steps", "3", "--pairs", "2", "--val-pairs", "1", "--num-envs", "2", "--timesteps", "30",
+PPO = ["--algo", "ppo", "--steps", "3", "--train-steps", "3", "--train-guidance", "5", "--pairs", "2", "--val-pairs", "1", "--num-envs", "2", "--timesteps", "30",
        "--budgets", "0.4,0.6"]
 
 

@@ -35,8 +35,10 @@ def test_a_resampled_schedule_keeps_its_shape_and_its_count():
         at = [i for i, a in enumerate(out) if a == FULL]
         assert len(out) == steps and len(at) == fulls and at[0] == 0 and at[-1] == steps - 1
         assert np.all(np.diff(at) >= 1)
-        # the reuses keep the kind of the source's reuses at the same fraction of the generation
-        assert out[1] == STEP and out[-2] == source[-2]
+        # the reuses keep the kind of the source's reuses at the same fraction of the generation, with a forecast
+        # lowered where fewer FULL steps came before than it extrapolates from
+        assert out[1] == STEP and out[-2].kind == source[-2].kind
+        assert all(a.forecast < sum(b == FULL for b in out[:i]) for i, a in enumerate(out) if a.reuses)
     with pytest.raises(ValueError, match="FULL"):
         resample_schedule([STEP] * 5, 10, 2)
 

@@ -106,7 +106,7 @@ def test_a_pickle_planted_as_the_ppo_checkpoint_never_runs(tmp_path, capsys):
     run_dir = tmp_path / "policy.run"
     _plant(run_dir / "ppo_resume.pt", marker)
     _plant(run_dir / "ppo_resume.json", marker)
-    assert main(["train", "--algo", "ppo", "--steps", "3", "--pairs", "2", "--val-pairs", "1", "--num-envs", "2",
+    assert main(["train", "--algo", "ppo", "--steps", "3", "--train-steps", "3", "--train-guidance", "5", "--pairs", "2", "--val-pairs", "1", "--num-envs", "2",
                  "--timesteps", "6", "--budgets", "0.4,0.6", "--out", str(tmp_path / "policy"),
                  "--references", str(tmp_path / "refs")]) == 0
     assert not marker.exists()

@@ -224,7 +224,9 @@ class PPOTrainer(Trainer):
     def learn(self, fresh: bool = False) -> PolicyBundle:
         config, spec, log = self.config, self.spec, self.log
         started = time.perf_counter()
-        env = BatchedCacheEnv(spec, EpisodeConfig(budget_guard=True), config.num_envs)
+        # a warm-started actor observes what the policy it starts from observes
+        observation = self.warm_start.card.observation if self.warm_start is not None else None
+        env = BatchedCacheEnv(spec, EpisodeConfig(budget_guard=True, observation=observation), config.num_envs)
         self._check_warm_start(env)
         env.seed(config.seed)
         # validation runs on its own pipeline, references included (the same store folder, another store object): the
