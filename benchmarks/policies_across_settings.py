@@ -25,18 +25,14 @@ import numpy as np
 
 from cachepilot.evaluation.peers import available_peers
 from cachepilot.infer.ablation import UNIFORM, AblationConfig, ablate
-from cachepilot.infer.ablation.across import VIEWS, setting_folder
-from cachepilot.infer.ablation.compare import FORECASTERS, REUSERS, best_learned, best_of, by_method, delta
+from cachepilot.infer.ablation.across import HEADER, VIEWS, margin_row, margins, setting_folder
+from cachepilot.infer.ablation.compare import by_method, delta
+from cachepilot.infer.ablation.plan import learned_name
 from cachepilot.policies.policy_file import load_policy
 from cachepilot.policies.registry import BASELINES
 from cachepilot.provenance import machine_summary
 
 TARGETS = {"reuse": 1.5, "forecaster": 1.0}
-
-
-def policies_at(folders: list[str], steps: int, guidance: float) -> tuple[str, ...]:
-    """The policy folders trained over this setting."""
-    return tuple(f for f in folders if not load_policy(f).card.trained().outside(steps, guidance))
 
 
 def main() -> None:
@@ -61,6 +57,7 @@ def main() -> None:
     settings = list(dict.fromkeys([*((s, primary[1]) for s in steps_list), *((primary[0], g) for g in guidance_list)]))
     budgets = tuple(float(b) for b in args.budgets.split(","))
     folders = [p for p in args.policies.split(",") if p] + ([args.single] if args.single else [])
+    trained = {f: load_policy(f).card.trained() for f in folders}  # each policy's ranges, read once
     methods = args.methods.split(",") if args.methods else [n for n in BASELINES if n != "none"] + available_peers() + \
         list(UNIFORM)
     methods += ["oracle", "oracle-dp"] if args.oracles else []
@@ -68,33 +65,25 @@ def main() -> None:
     out = Path(args.out)
     print(f"toy-wan, {args.pairs} test pairs; {machine_summary()}")
     rows, checks, single = [], [], None
+    single_name = learned_name(args.single) if args.single else None
     for steps, guidance in settings:
-        policies = policies_at(folders, steps, guidance)
+        policies = tuple(f for f, ranges in trained.items() if not ranges.outside(steps, guidance))
         config = replace(base, steps=steps, guidance=guidance, policies=policies,
-                         methods=",".join(methods + ["learned-" + Path(p).name.removeprefix("policy-") for p in policies]))
+                         methods=",".join(methods + [learned_name(p) for p in policies]))
         grouped = by_method(ablate(config, setting_folder(out, steps, guidance), log=lambda *a: None,
                                    progress=False).runs)
-        mark = " (held out)" if steps == held[0] or guidance == held[1] else ""
-        general = {m: r for m, r in grouped.items() if args.single is None or m != _name(args.single)}
-        for budget in budgets:
-            name, run = best_learned(general, budget)
-            if run is None:
-                continue
-            mine = np.array(run.psnr)
-            for view in VIEWS:
-                cells = []
-                for group, names in (("reuse", REUSERS), ("forecaster", FORECASTERS)):
-                    other, psnr = best_of(grouped, names, budget, view)
-                    margin = None if psnr is None else float((mine - psnr).mean())
-                    checks.append((steps, guidance, budget, view, group, margin))
-                    cells += [f"{other}, {psnr.mean():.2f}" if other else "none reaches it", delta(mine, psnr)]
-                rows.append(f"| {steps}{mark if steps == held[0] else ''} | {guidance:g}{mark if guidance == held[1] else ''} "
-                            f"| {budget:g} | {name}, {mine.mean():.2f} | {view} | " + " | ".join(cells) + " |")
-            if args.single and (steps, guidance) == primary and _name(args.single) in grouped:
-                other = next(r for r in grouped[_name(args.single)] if abs(r.entry.knob - budget) < 1e-9)
+        general = {m: r for m, r in grouped.items() if m != single_name}
+        shown = (f"{steps}{' (held out)' if steps == held[0] else ''}",
+                 f"{guidance:g}{' (held out)' if guidance == held[1] else ''}")
+        for budget, view, name, mine, reuse, ahead in margins(grouped, budgets, general):
+            for group, (_, psnr) in (("reuse", reuse), ("forecaster", ahead)):
+                checks.append((steps, guidance, budget, view, group,
+                               None if psnr is None else float((mine - psnr).mean())))
+            rows.append(margin_row(*shown, budget, view, name, mine, reuse, ahead))
+            if view == VIEWS[0] and (steps, guidance) == primary and single_name in grouped:
+                other = next(r for r in grouped[single_name] if abs(r.entry.knob - budget) < 1e-9)
                 single = (single or []) + [(budget, delta(mine, np.array(other.psnr)), np.mean(other.psnr))]
-    print("\n| steps | guidance | budget | best learned, PSNR dB | view | best reuse cache | learned - reuse [95% CI] | "
-          "best forecaster | learned - forecaster [95% CI] |\n|---|---|---|---|---|---|---|---|---|")
+    print("\n" + HEADER)
     print("\n".join(rows))
     print("\nTargets: learned - best reuse >= +1.5 dB and learned - best forecaster >= +1.0 dB (mean over the pairs).")
     for view in VIEWS:
@@ -107,10 +96,6 @@ def main() -> None:
     if single:
         print(f"\nGeneral vs single-setting policy at {primary[0]} steps, guidance {primary[1]:g}: " + "; ".join(
             f"budget {b:g}: {d} (single {p:.2f} dB)" for b, d, p in single))
-
-
-def _name(folder: str) -> str:
-    return "learned-" + Path(folder).name.removeprefix("policy-")
 
 
 if __name__ == "__main__":

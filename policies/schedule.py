@@ -16,6 +16,11 @@ def _actions(actions: Sequence[Action | str]) -> tuple[Action, ...]:
     return tuple(a if isinstance(a, Action) else Action.parse(a) for a in actions)
 
 
+def evenly_spaced(num_steps: int, count: int) -> set[int]:
+    """`count` steps spread evenly over the generation, the first and (for two or more) the last included."""
+    return {round(i * (num_steps - 1) / (count - 1)) for i in range(count)} if count > 1 else {0}
+
+
 def full_steps_schedule(num_steps: int, full_steps, reuse: Action = STEP) -> list[Action]:
     """FULL at `full_steps`, `reuse` everywhere else."""
     full = set(full_steps)
@@ -89,8 +94,7 @@ class FixedSchedule(BasePolicy):
                 forecast_basis: str = "step") -> "FixedSchedule":
         """FULL on evenly spaced steps (first and last included) covering `computed_fraction` of the steps."""
         n_full = max(2, round(computed_fraction * num_steps))
-        return cls(full_steps_schedule(num_steps, {round(i * (num_steps - 1) / (n_full - 1)) for i in range(n_full)}, reuse),
-                   forecast_basis, forecast)
+        return cls(full_steps_schedule(num_steps, evenly_spaced(num_steps, n_full), reuse), forecast_basis, forecast)
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         table = self.table[signals.sample] if len(self.table) > 1 else self.table[0]

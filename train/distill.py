@@ -46,7 +46,7 @@ from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
 from cachepilot.policies.learned import PolicyNet, lowest_budget
 from cachepilot.policies.policy_file import PolicyBundle
-from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule, resample_schedule
+from cachepilot.policies.schedule import FixedSchedule, evenly_spaced, full_steps_schedule, resample_schedule
 
 from .checkpoints import VerifiedCheckpoint, resumable_checkpoint
 from .trainer import Trainer, feasible_budgets, validated_policy
@@ -284,8 +284,7 @@ class SettingOracle:
             if f"{budget:g}" in found:
                 continue
             fulls = fulls_for_budget(budget, steps)
-            spaced = {round(i * (steps - 1) / (fulls - 1)) for i in range(fulls)} if fulls > 1 else {0}
-            uniform = full_steps_schedule(steps, spaced)
+            uniform = full_steps_schedule(steps, evenly_spaced(steps, fulls))
             starts = {"uniform": uniform, "uniform-f1": forecast_reuses(uniform, 1)}
             carried = {f"primary-dp-pair{i}": primary_tables[i] for i in self.pair_ids if i in primary_tables}
             for name, table in carried.items():

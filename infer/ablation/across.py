@@ -36,25 +36,36 @@ def ablate_settings(config: AblationConfig, settings, out, log=print, progress: 
     return found
 
 
+HEADER = ("| steps | guidance | budget | best learned, PSNR dB | view | best reuse cache | learned - reuse [95% CI] | "
+          "best forecaster | learned - forecaster [95% CI] |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def margins(grouped: dict[str, list], budgets, learned: dict[str, list] | None = None):
+    """Per learned budget (highest first) and view: (budget, view, the best learned policy's name and per-pair PSNR,
+    and for the best reuse cache and the best forecaster each its name and per-pair PSNR), from one setting's runs
+    grouped by method; `learned`: the runs the best learned policy is taken from (default: all of them)."""
+    for budget in sorted(budgets, reverse=True):
+        name, run = best_learned(grouped if learned is None else learned, budget)
+        if run is None:
+            continue
+        for view in VIEWS:
+            yield (budget, view, name, np.array(run.psnr), best_of(grouped, REUSERS, budget, view),
+                   best_of(grouped, FORECASTERS, budget, view))
+
+
+def margin_row(steps: str, guidance: str, budget: float, view: str, name: str, mine, reuse, ahead) -> str:
+    """One line of the margins table (`HEADER`)."""
+    return (f"| {steps} | {guidance} | {budget:g} | {name}, {mine.mean():.2f} | {view} | {_shown(*reuse)} | "
+            f"{delta(mine, reuse[1])} | {_shown(*ahead)} | {delta(mine, ahead[1])} |")
+
+
 def margins_table(found: dict[tuple, Ablation], config: AblationConfig) -> str:
     """Per setting and learned budget: the best learned policy, and its margin over the best reuse cache and the best
     forecaster, in both views, with paired bootstrap 95% CIs."""
-    lines = [f"{config.model}, {config.pairs} {config.split} pairs; {machine_summary()}", "",
-             "| steps | guidance | budget | best learned, PSNR dB | view | best reuse cache | learned - reuse [95% CI] | "
-             "best forecaster | learned - forecaster [95% CI] |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"{config.model}, {config.pairs} {config.split} pairs; {machine_summary()}", "", HEADER]
     for (steps, guidance), ablation in found.items():
-        grouped = by_method(ablation.runs)
-        for budget in sorted(config.budgets, reverse=True):
-            name, run = best_learned(grouped, budget)
-            if run is None:
-                continue
-            mine = np.array(run.psnr)
-            for view in VIEWS:
-                reuse, reuse_psnr = best_of(grouped, REUSERS, budget, view)
-                ahead, ahead_psnr = best_of(grouped, FORECASTERS, budget, view)
-                lines.append(f"| {steps} | {guidance:g} | {budget:g} | {name}, {mine.mean():.2f} | {view} | "
-                             f"{_shown(reuse, reuse_psnr)} | {delta(mine, reuse_psnr)} | {_shown(ahead, ahead_psnr)} | "
-                             f"{delta(mine, ahead_psnr)} |")
+        for budget, view, name, mine, reuse, ahead in margins(by_method(ablation.runs), config.budgets):
+            lines.append(margin_row(str(steps), f"{guidance:g}", budget, view, name, mine, reuse, ahead))
     return "\n".join(lines) + "\n"
 
 

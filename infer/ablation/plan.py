@@ -14,6 +14,11 @@ from .config import UNIFORM, Entry, Kind, sweep_entries
 from .setting import Setting
 
 
+def learned_name(folder) -> str:
+    """A policy folder's method name in the ablation: `policy-ppo` is `learned-ppo`."""
+    return "learned-" + Path(folder).name.removeprefix("policy-")
+
+
 def learned_policies(setting: Setting) -> dict[str, object]:
     """name -> PolicyBundle for each policy folder named in `config.policies`, each of which must load and fit this
     pipeline, step count and guidance; without names, for each policy-* folder beside the weights that does (the others are
@@ -24,7 +29,7 @@ def learned_policies(setting: Setting) -> dict[str, object]:
         sorted(str(p) for p in setting.weights.glob("policy-*") if p.is_dir()) if setting.weights else [])
     bundles = {}
     for folder in folders:
-        name = "learned-" + Path(folder).name.removeprefix("policy-")
+        name = learned_name(folder)
         try:
             bundle = load_policy(folder)
             bundle.check_pipeline(setting.pipe, config.steps, config.guidance)
