@@ -58,7 +58,7 @@ def main() -> None:
     budgets = tuple(float(b) for b in args.budgets.split(","))
     folders = [p for p in args.policies.split(",") if p] + ([args.single] if args.single else [])
     trained = {f: load_policy(f).card.trained() for f in folders}  # each policy's ranges, read once
-    methods = args.methods.split(",") if args.methods else [n for n in BASELINES if n != "none"] + available_peers() + \
+    methods = args.methods.split(",") if args.methods else [n for n in BASELINES if n not in ("none", *UNIFORM)] + available_peers() + \
         list(UNIFORM)
     methods += ["oracle", "oracle-dp"] if args.oracles else []
     base = AblationConfig(pairs=args.pairs, budgets=budgets, oracle_budgets=budgets, gif_pairs=1)

@@ -54,7 +54,7 @@ def main() -> None:
         by_method.setdefault(run.entry.method, []).append(run)
     at = lambda name, b: next((r for r in by_method.get(name, []) if r.entry.knob == b), None)  # noqa: E731
     learned = [m for m in by_method if m.startswith("learned-")]
-    others = [*(n for n in BASELINES if n != "none"), *available_peers()]
+    others = [*(n for n in BASELINES if n not in ("none", "uniform")), *available_peers()]
     print(f"\ntoy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {machine_summary()}")
     curves: dict[str, dict[str, list]] = {"at or below the budget": {}, "front interpolated at the budget": {}}
     for b in budgets:

@@ -18,6 +18,7 @@ from .mixcache import MixCache, MixCacheConfig
 from .static import StaticCache, StaticConfig
 from .taylorseer import TaylorSeerCache, TaylorSeerConfig
 from .teacache import TeaCache, TeaCacheConfig
+from .uniform import UniformCache, UniformConfig
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,9 @@ def _each(knob: str, values) -> tuple[dict[str, float], ...]:
 
 BASELINES: dict[str, Baseline] = {b.name: b for b in [
     Baseline("none", "-", {}, ({},), build=lambda s, cal, n: NoCache()),
+    Baseline("uniform", "fraction", {"fraction": UniformConfig.fraction, "order": UniformConfig.order},
+             tuple({"fraction": f, "order": o} for o in (1, 0, 2) for f in (0.25, 0.6, 0.5, 0.35, 0.2, 0.15)),
+             build=lambda s, cal, n: UniformCache(fraction=s["fraction"], order=s["order"])),
     Baseline("static", "interval", {"interval": StaticConfig.interval}, _each("interval", (2, 3, 4, 5, 7)),
              build=lambda s, cal, n: StaticCache(**s)),
     Baseline("teacache", "threshold", {"threshold": TeaCacheConfig.threshold},
@@ -95,7 +99,8 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in [
 # Each baseline's typed config and the policy it configures: apply_cache(pipe, TeaCacheConfig(threshold=0.1))
 CONFIG_POLICIES: dict[type, type] = {StaticConfig: StaticCache, TeaCacheConfig: TeaCache, MagCacheConfig: MagCache,
                                      TaylorSeerConfig: TaylorSeerCache, FirstBlockConfig: FirstBlockCache,
-                                     DBCacheConfig: DBCache, AdaCacheConfig: AdaCache, MixCacheConfig: MixCache}
+                                     DBCacheConfig: DBCache, AdaCacheConfig: AdaCache, MixCacheConfig: MixCache,
+                                     UniformConfig: UniformCache}
 
 
 def policy_from_config(config, calibration: dict | None = None):

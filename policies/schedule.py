@@ -21,6 +21,11 @@ def evenly_spaced(num_steps: int, count: int) -> set[int]:
     return {round(i * (num_steps - 1) / (count - 1)) for i in range(count)} if count > 1 else {0}
 
 
+def uniform_full_steps(num_steps: int, fraction: float) -> set[int]:
+    """The steps a uniform schedule computes: `fraction` of them (at least two), evenly spaced."""
+    return evenly_spaced(num_steps, max(2, round(fraction * num_steps)))
+
+
 def full_steps_schedule(num_steps: int, full_steps, reuse: Action = STEP) -> list[Action]:
     """FULL at `full_steps`, `reuse` everywhere else."""
     full = set(full_steps)
@@ -93,8 +98,8 @@ class FixedSchedule(BasePolicy):
     def uniform(cls, num_steps: int, computed_fraction: float, reuse: Action = STEP, forecast: int = 0,
                 forecast_basis: str = "step") -> "FixedSchedule":
         """FULL on evenly spaced steps (first and last included) covering `computed_fraction` of the steps."""
-        n_full = max(2, round(computed_fraction * num_steps))
-        return cls(full_steps_schedule(num_steps, evenly_spaced(num_steps, n_full), reuse), forecast_basis, forecast)
+        return cls(full_steps_schedule(num_steps, uniform_full_steps(num_steps, computed_fraction), reuse),
+                   forecast_basis, forecast)
 
     def decide(self, signals: Signals, valid: tuple[Action, ...]) -> Action:
         table = self.table[signals.sample] if len(self.table) > 1 else self.table[0]

@@ -10,6 +10,7 @@ from cachepilot.policies.magcache import MagCache, MagCacheConfig, nearest_inter
 from cachepilot.policies.mixcache import MixCache
 from cachepilot.policies.static import StaticCache
 from cachepilot.policies.teacache import TeaCache
+from cachepilot.policies.uniform import UniformCache, UniformConfig
 from cachepilot.runtime import FULL, STEP, Action, Signals, step_actions
 
 ALL = step_actions(6, (1, 2))
@@ -171,7 +172,8 @@ def test_adacache_codebook_and_moreg():
     lambda: DBCache(front_blocks=2, back_blocks=2, threshold=0.5, warmup_steps=2),
     lambda: AdaCache(threshold_scale=50.0),
     lambda: MixCache(trigger=10.0, step_threshold=10.0),
-], ids=["static", "teacache", "magcache", "first-block", "dbcache", "dbcache-F2B2", "adacache", "mixcache"])
+    lambda: UniformCache(fraction=0.3, order=1),
+], ids=["static", "teacache", "magcache", "first-block", "dbcache", "dbcache-F2B2", "adacache", "mixcache", "uniform"])
 def test_baselines_run_through_the_runtime_on_toy_wan(toy_pipe, make):
     from cachepilot import apply_cache, cache_summary, remove_cache
 
@@ -200,3 +202,44 @@ def test_taylorseer_refreshes_on_diffusers_rule_and_forecasts_up_to_its_order():
         decisions.append(str(action))
     assert decisions == ["FULL", "FULL", "STEP_F1", "FULL", "STEP_F2", "STEP_F2", "FULL", "STEP_F2", "STEP_F2"]
     assert policy.forecast_order == 2 and policy.forecast_basis == "step"
+
+
+@pytest.mark.parametrize("steps, full", [(12, {0, 6, 11}), (20, {0, 5, 10, 14, 19}), (8, {0, 7})])
+def test_uniform_computes_evenly_spaced_steps_at_any_step_count_and_forecasts_up_to_its_order(steps, full):
+    """round(fraction * steps) FULL steps (at least two), first and last included; every other step forecasts at
+    the highest order the kept history allows, up to the config's."""
+    policy = UniformCache(fraction=0.25, order=2)
+    history, computed = 0, set()
+    for step in range(steps):
+        valid = (FULL, *(STEP.forecasting(o) for o in range(min(history, 3))))
+        action = policy.decide(sig(step, steps), valid)
+        if action == FULL:
+            computed.add(step)
+            history += 1
+        else:
+            assert action == STEP.forecasting(min(history - 1, 2))
+    assert computed == full
+
+
+def test_uniform_gives_the_frames_of_the_same_fixed_schedule(toy_pipe):
+    from cachepilot import apply_cache, remove_cache
+    from cachepilot.policies.schedule import FixedSchedule
+
+    outputs = []
+    for policy in (UniformConfig(fraction=0.3, order=1), FixedSchedule.uniform(10, 0.3, forecast=1)):
+        apply_cache(toy_pipe, policy)
+        try:
+            outputs.append(toy_pipe("a red square moving up slowly on a plain background", num_inference_steps=10,
+                                    generator=torch.Generator().manual_seed(0), output_type="latent").frames)
+        finally:
+            remove_cache(toy_pipe)
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_uniform_config_refuses_a_fraction_outside_0_1_and_an_unknown_basis():
+    from cachepilot.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="fraction"):
+        UniformConfig(fraction=1.5)
+    with pytest.raises(InvalidInputError, match="basis"):
+        UniformConfig(basis="seconds")

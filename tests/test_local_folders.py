@@ -27,10 +27,7 @@ def _model_args(kind, folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.xfail(
-    strict=True, reason="choosing a schedule at a second setting replays 4 candidates x 2 pairs in one batch, which "
-    "HunyuanVideo's rotary embedding refuses (tensor sizes 8 and 4)")) if k == "hunyuanvideo" else k
-    for k in sorted(MODELS)])
+@pytest.mark.parametrize("kind", sorted(MODELS))
 def test_every_command_runs_on_a_local_folder(folders, kind, tmp_path, monkeypatch, capsys):
     root, paths = folders
     monkeypatch.chdir(tmp_path)

@@ -6,6 +6,7 @@ stack's output by the action's definition (input + cached residual, etc.).
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -221,25 +222,37 @@ class PerSample(BasePolicy):
         return self.table.get((signals.step, signals.sample), FULL)
 
 
-def test_per_sample_actions_in_one_batch_equal_running_samples_alone(tiny):
-    table = {(1, 0): STEP, (2, 0): Action.block(1), (2, 1): STEP}
+def _batched_equals_alone(tiny, table: dict, batch: int) -> None:
+    """Per-sample actions in one batch give each sample what running it alone gives."""
     attach_runtime(tiny.model, PerSample(table, block_ks=(1,)), batched_cfg=tiny.batched_cfg)
-    batched = [denoise_step(tiny, tiny.model, s, batch=2) for s in range(NUM_STEPS)]
+    batched = [denoise_step(tiny, tiny.model, s, batch=batch) for s in range(NUM_STEPS)]
     fractions = cache_summary(tiny.model).computed_fraction
     remove_cache(tiny.model)
-    singles = []
-    for sample in range(2):
+    for sample in range(batch):
         single_table = {(s, 0): a for (s, i), a in table.items() if i == sample}
         attach_runtime(tiny.model, PerSample(single_table, block_ks=(1,)), batched_cfg=tiny.batched_cfg)
-        singles.append([denoise_step(tiny, tiny.model, s, batch=2, only=sample) for s in range(NUM_STEPS)])
+        alone = [denoise_step(tiny, tiny.model, s, batch=batch, only=sample) for s in range(NUM_STEPS)]
         remove_cache(tiny.model)
-    for s in range(NUM_STEPS):
-        # batched rows are [uncond_0, uncond_1, cond_0, cond_1]; a run of sample i alone gives [uncond_i, cond_i]
-        for sample in range(2):
-            rows = [sample, 2 + sample]
-            alone = singles[sample][s]
-            assert torch.allclose(batched[s][rows], alone, atol=1e-5), (s, sample)
+        for s in range(NUM_STEPS):
+            # batched rows are [uncond_0..uncond_{b-1}, cond_0..cond_{b-1}]; alone gives [uncond_i, cond_i]
+            assert torch.allclose(batched[s][[sample, batch + sample]], alone[s], atol=1e-5), (s, sample)
     assert fractions < 1.0
+
+
+def test_per_sample_actions_in_one_batch_equal_running_samples_alone(tiny):
+    _batched_equals_alone(tiny, {(1, 0): STEP, (2, 0): Action.block(1), (2, 1): STEP}, batch=2)
+
+
+def test_a_sub_batch_keeps_rotary_tables_whole_when_the_token_count_equals_the_batch():
+    """HunyuanVideo's rotary tables are (tokens, dim): at 4 tokens and 4 samples their size matches the batch."""
+    tiny = TINY["hunyuanvideo"]()
+    make = tiny.make_inputs
+
+    def four_tokens(batch, seed):  # one latent frame of 4x4, patch 2: 4 tokens
+        return make(batch, seed) | {"hidden_states": make(batch, seed)["hidden_states"][:, :, :1, :4, :4].contiguous()}
+
+    tiny = dataclasses.replace(tiny, make_inputs=four_tokens)
+    _batched_equals_alone(tiny, {(1, 0): STEP, (1, 2): STEP, (2, 1): STEP, (2, 3): Action.block(1)}, batch=4)
 
 
 def test_optional_signals_are_computed_only_when_asked():

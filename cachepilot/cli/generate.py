@@ -20,15 +20,16 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output path ending in .gif or .mp4")
     p.add_argument("--fps", type=COUNT, default=8)
     p.add_argument("--scale", type=COUNT, default=8, help="pixel upscale factor for viewing (toy-wan is 16 px)")
-    p.add_argument("--cache", default="none", help="cache method: none, learned, static, teacache, magcache, "
-                   "first-block, dbcache, adacache, mixcache")
+    p.add_argument("--cache", default="none", help="cache method: none, learned, uniform, static, teacache, "
+                   "magcache, first-block, dbcache, adacache, mixcache")
     p.add_argument("--policy", help="learned: the policy directory (default: policy-distill beside the model's weights)")
     p.add_argument("--calibration", help="teacache / magcache: a calibration.json (default: the one beside the model's "
                    "weights, else the model's published constants)")
     p.add_argument("--budget", type=BUDGET, help="learned: fraction of full compute to spend (default 0.35)")
     p.add_argument("--extrapolate", action="store_true", help="learned: run at a step count or guidance scale outside "
                    "the ones the policy was trained over (it warns; its quality there is not measured)")
-    p.add_argument("--knob", type=NUMBER, help="the method's knob (threshold / interval / scale); default: the paper's")
+    p.add_argument("--knob", type=NUMBER, help="the method's knob (threshold / interval / scale; uniform: its "
+                   "fraction of computed steps); default: the paper's")
 
 
 def run(args) -> int:

@@ -40,6 +40,9 @@ class ModelAdapter:
     # where the parts of `parts_flops` start in a block (cross-attention families): a cache that skips a part never
     # calls its first Linear, so another library's cache can be measured part by part
     part_modules: tuple[tuple[str, str], ...] = ()
+    # block arguments that are the same for every sample (rotary tables), as (position, name): a sub-batch keeps
+    # them whole, since their leading size (the token count) may equal the batch size by chance
+    shared_args: tuple[tuple[int, str], ...] = ()
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         out = []
@@ -76,6 +79,10 @@ class ModelAdapter:
 
     def temb(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         return _arg(args, kwargs, self.temb_arg[0], self.temb_arg[1])
+
+    def is_shared(self, position: int | None, name: str | None) -> bool:
+        """Whether the block argument at `position` (positional) or `name` (keyword) is shared by all samples."""
+        return any(position == p if name is None else name == n for p, n in self.shared_args)
 
     def with_streams(self, args: tuple, kwargs: dict, streams: tuple) -> tuple[tuple, dict]:
         """The block's arguments with hidden (and, for joint blocks, encoder) states replaced."""
@@ -136,14 +143,16 @@ ADAPTERS: dict[str, ModelAdapter] = {
         ModelAdapter("wan", "WanTransformer3DModel", ("blocks",), returns_encoder=False, cfg_layout="separate",
                      attention="cross", temb_arg=(2, "temb"), time_embedder="condition_embedder",
                      teacache_indicator="temb", modulated_input=_wan_modulated, latent_frames=_wan_frames,
+                     shared_args=((3, "rotary_emb"),),
                      part_modules=(("self_attention", "attn1.to_q"), ("cross_attention", "attn2.to_q"),
                                    ("ffn", "ffn.net.0.proj"))),
         ModelAdapter("hunyuanvideo", "HunyuanVideoTransformer3DModel", ("transformer_blocks", "single_transformer_blocks"),
                      returns_encoder=True, cfg_layout="separate", attention="joint", temb_arg=(2, "temb"),
-                     teacache_indicator="modulated", modulated_input=_hunyuan_modulated, latent_frames=_hunyuan_frames),
+                     teacache_indicator="modulated", modulated_input=_hunyuan_modulated, latent_frames=_hunyuan_frames,
+                     shared_args=((4, "freqs_cis"), (4, "image_rotary_emb"))),
         ModelAdapter("cogvideox", "CogVideoXTransformer3DModel", ("transformer_blocks",), returns_encoder=True,
                      cfg_layout="batched", attention="joint", temb_arg=(2, "temb"), teacache_indicator="temb",
-                     latent_frames=_cog_frames),
+                     latent_frames=_cog_frames, shared_args=((3, "image_rotary_emb"),)),
         ModelAdapter("ltx-video", "LTXVideoTransformer3DModel", ("transformer_blocks",), returns_encoder=False,
                      cfg_layout="batched", attention="cross", temb_arg=(2, "temb"), teacache_indicator="modulated",
                      modulated_input=_ltx_modulated, latent_frames=_ltx_frames,

@@ -112,12 +112,15 @@ class Executor:
         idx = torch.tensor([i for i, r in enumerate(runs) if r], device=current[0].device)
         batch = current[0].shape[0]
 
-        def pick(x):  # slice every per-sample tensor argument, also inside tuples (rotary (cos, sin))
+        shared = rt.adapter.is_shared
+
+        def pick(x):  # slice every per-sample tensor argument, also inside tuples (per-sample rotary (cos, sin))
             if isinstance(x, (tuple, list)):
                 return type(x)(pick(v) for v in x)
             return x.index_select(0, idx) if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == batch else x
 
-        sub = forward(*[pick(a) for a in args], **{k: pick(v) for k, v in kwargs.items()})
+        sub = forward(*[a if shared(i, None) else pick(a) for i, a in enumerate(args)],
+                      **{k: v if shared(None, k) else pick(v) for k, v in kwargs.items()})
         sub = sub if isinstance(sub, tuple) else (sub,)
         merged = tuple(c.index_copy(0, idx, s) for c, s in zip(current, sub))
         return merged if rt.adapter.returns_encoder else merged[0]

@@ -48,7 +48,7 @@ def learned_policies(setting: Setting) -> dict[str, object]:
 def plan(setting: Setting, bundles: dict) -> list[Entry]:
     """The entries `config.methods` asks for, in a stable order; unknown names are an error."""
     config = setting.config
-    baselines = [n for n in BASELINES if n != "none"]
+    baselines = [n for n in BASELINES if n != "none" and n not in UNIFORM]  # the uniform schedule: its own entries
     peers = available_peers()
     known = baselines + list(PEERS) + ["oracle", "oracle-dp", *UNIFORM, "learned", *bundles]
     wanted = known if config.methods == "all" else [m.strip() for m in config.methods.split(",") if m.strip()]

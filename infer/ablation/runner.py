@@ -29,6 +29,7 @@ from cachepilot.evaluation.search import SearchResult, realise, search
 from cachepilot.io import atomic_write_npz, atomic_write_text
 from cachepilot.models.adapters import num_blocks
 from cachepilot.policies.registry import BASELINES, make_baseline
+from cachepilot.policies.uniform import UniformCache
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import Action
 
@@ -60,7 +61,7 @@ class Runner:
         fulls = fulls_for_budget(entry.knob, s.config.steps)
         if entry.kind is Kind.SCHEDULE:
             order, basis = UNIFORM[entry.method]
-            return FixedSchedule.uniform(s.config.steps, fulls / s.config.steps, forecast=order, forecast_basis=basis)
+            return UniformCache(fraction=fulls / s.config.steps, order=order, basis=basis)
         if entry.kind is Kind.DP:
             return FixedSchedule.per_sample([t.schedule(fulls) for t in self.oracle_tables()])
         if entry.kind is Kind.ORACLE:
