@@ -1,8 +1,10 @@
 """Learned policies vs every baseline and peer at equal compute, and their share of the oracle's headroom.
 
     python benchmarks/policies_vs_baselines.py [--pairs 16] [--budgets 0.5,0.35,0.25,0.15] [--out results/ablation]
+    python benchmarks/policies_vs_baselines.py --results docs/ablation/results.csv   # a stored ablation, in seconds
 
-Built on `cachepilot ablate` (same runs, same store, same report files: whatever either has computed is reused).
+Built on `cachepilot ablate` (same runs, same store, same report files: whatever either has computed is reused),
+or read from an ablation's results.csv (`--results`).
 At each budget:
 
 - **at or below**: each baseline and peer at the setting of its sweep that scores best with a mean computed
@@ -11,7 +13,9 @@ At each budget:
   per pair, linearly between the two front settings around it. Sweeps are coarse (a nearest setting can sit 0.05
   below a budget), so this compares the curves rather than whichever setting happens to fall near the budget;
 - the searched oracle (a limit) and the uniform schedule with the same FULL steps; the learned policy's share of
-  the oracle's headroom, (learned - uniform) / (oracle - uniform).
+  the oracle's headroom, (learned - uniform) / (oracle - uniform);
+- speed at equal quality: at each PSNR level from 25 to 45 dB, the compute the best non-learned front needs to
+  reach it over the compute the learned front needs.
 
 Intervals are paired bootstrap 95% CIs of (best learned - method) over the pairs. Writes a plot of both views
 beside the ablation's report (`policies_vs_baselines.png`).
@@ -27,11 +31,10 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from cachepilot.evaluation.peers import available_peers
-from cachepilot.infer.ablation import AblationConfig, ablate
-from cachepilot.infer.ablation.compare import at_or_below, delta, interpolated
+from cachepilot.infer.ablation import UNIFORM, AblationConfig, Kind, ablate
+from cachepilot.infer.ablation.compare import at_or_below, delta, interpolated, speed_at_equal_quality
+from cachepilot.infer.ablation.report import read_results
 from cachepilot.io import atomic_write_bytes
-from cachepilot.policies.registry import BASELINES
 from cachepilot.provenance import machine_summary
 
 
@@ -42,20 +45,24 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--budgets", default="0.5,0.35,0.25,0.15")
     parser.add_argument("--out", default="results/ablation")
+    parser.add_argument("--results", type=Path, help="read the runs from this results.csv instead of running them")
     args = parser.parse_args()
     budgets = [float(b) for b in args.budgets.split(",")]
     defaults = AblationConfig()
     config = AblationConfig(pairs=args.pairs, steps=args.steps, guidance=args.guidance,  # all methods: one report
                             budgets=tuple(sorted({*defaults.budgets, *budgets})),
                             oracle_budgets=tuple(sorted({*defaults.oracle_budgets, *budgets})))
-    result = ablate(config, args.out)
+    runs = read_results(args.results) if args.results else ablate(config, args.out).runs
     by_method: dict[str, list] = {}
-    for run in result.runs[1:]:
-        by_method.setdefault(run.entry.method, []).append(run)
+    for run in runs:
+        if run.entry.kind != Kind.REFERENCE:
+            by_method.setdefault(run.entry.method, []).append(run)
     at = lambda name, b: next((r for r in by_method.get(name, []) if r.entry.knob == b), None)  # noqa: E731
     learned = [m for m in by_method if m.startswith("learned-")]
-    others = [*(n for n in BASELINES if n not in ("none", "uniform")), *available_peers()]
-    print(f"\ntoy-wan, {args.pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {machine_summary()}")
+    others = [m for m, runs in by_method.items() if runs[0].entry.kind in (Kind.BASELINE, Kind.PEER)]
+    pairs = len(next(iter(by_method.values()))[0].psnr)
+    source = f"read from {args.results}" if args.results else machine_summary()
+    print(f"\ntoy-wan, {pairs} test pairs, {args.steps} steps, guidance {args.guidance}; {source}")
     curves: dict[str, dict[str, list]] = {"at or below the budget": {}, "front interpolated at the budget": {}}
     for b in budgets:
         mine = {m: at(m, b) for m in learned if at(m, b) is not None}
@@ -66,7 +73,8 @@ def main() -> None:
               "front at the budget, PSNR dB | best learned - front [95% CI] |")
         print("|---|---|---|---|---|---|---|")
         rows = [(m, r, np.array(r.psnr)) for m, r in mine.items()]
-        rows += [(m, at(m, b), None) for m in ("oracle", "oracle-dp", "uniform", "uniform-f1", "uniform-f2")]
+        rows += [(m, at(m, b), None) for m in ("oracle", "oracle-dp")]
+        rows += [(m, at(m, b), interpolated(by_method[m], b)) for m in UNIFORM if m in by_method]
         rows += [(m, at_or_below(by_method.get(m, []), b), interpolated(by_method.get(m, []), b)) for m in others]
         for name, run, front in rows:
             psnr = np.array(run.psnr) if run is not None else None
@@ -88,8 +96,16 @@ def main() -> None:
             gain, headroom = best - np.array(uniform.psnr), np.array(oracle.psnr) - np.array(uniform.psnr)
             print(f"\nshare of the oracle's headroom over uniform: {gain.mean() / headroom.mean():.0%} "
                   f"(learned - uniform {gain.mean():+.2f} dB, oracle - uniform {headroom.mean():+.2f} dB)")
-    path = Path(args.out) / "policies_vs_baselines.png"
-    atomic_write_bytes(path, plot(curves, f"toy-wan, {args.pairs} test pairs ({machine_summary()})"))
+    print("\n### Speed at equal quality\n\nThe compute each front needs to reach a PSNR level (means over the pairs; the "
+          "non-learned front takes every baseline, peer and uniform schedule together, the oracles left out):\n")
+    print("| PSNR dB | best non-learned: computed fraction | learned: computed fraction | learned speed-up at equal quality |")
+    print("|---|---|---|---|")
+    for level, others, mine in speed_at_equal_quality(by_method, np.arange(25.0, 45.1, 2.5)):
+        ratio = f"{others / mine:.2f}x" if others is not None and mine is not None else "-"
+        shown = lambda f: f"{f:.3f}" if f is not None else "not reached"  # noqa: E731
+        print(f"| {level:g} | {shown(others)} | {shown(mine)} | {ratio} |")
+    path = (args.results.parent if args.results else Path(args.out)) / "policies_vs_baselines.png"
+    atomic_write_bytes(path, plot(curves, f"toy-wan, {pairs} test pairs ({source})"))
     print(f"\nplot: {path}")
 
 

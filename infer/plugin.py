@@ -24,8 +24,8 @@ def apply_cache(pipe, method, *, budget: float | None = None, calibration: dict 
       (same model config; the trained step counts, when `num_inference_steps` is given), and each generation against
       the trained step counts and guidance scales (read from the pipeline, or given here for a bare transformer);
       `extrapolate=True` runs it outside them too, with a warning;
-    - a baseline's name ("static", "teacache", "magcache", "taylorseer", "first-block", "dbcache", "adacache",
-      "mixcache") at its paper's defaults, or with knobs given by keyword (`threshold=0.12, max_skip_steps=4`);
+    - a baseline's name ("uniform", "static", "teacache", "magcache", "taylorseer", "first-block", "dbcache",
+      "adacache", "mixcache") at its paper's defaults, or with knobs given by keyword (`threshold=0.12, max_skip_steps=4`);
       TeaCache and MagCache read `calibration` (default: `find_calibration(pipe)`, the calibration.json beside
       the weights);
     - a baseline's typed config (`TeaCacheConfig(threshold=0.1)`, `MagCacheConfig(...)`, ...), as diffusers'

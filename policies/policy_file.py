@@ -30,7 +30,7 @@ from cachepilot.runtime import FULL, Action
 
 from .learned import LearnedPolicy, PolicyNet
 from .observation import ObservationSpec
-from .trained_range import TrainedRange
+from .trained_range import TrainedRange, span
 
 SCHEMA = 1
 WEIGHTS, CARD, README = "policy.safetensors", "policy.json", "README.md"
@@ -200,8 +200,9 @@ def readme(card: PolicyCard, net: PolicyNet) -> str:
              f"- algorithm: {training.get('algorithm', '?')}; network: MLP {list(card.hidden)} tanh, "
              f"{net.num_parameters} parameters",
              f"- actions: {', '.join(map(str, card.actions))}; observation: {', '.join(card.observation.names)}",
-             f"- trained for {card.steps} steps, guidance {card.guidance:g}, budgets {card.budget_range[0]:g}-"
-             f"{card.budget_range[1]:g} (computed fraction of full compute)",
+             f"- trained for {span(card.steps_range)} steps, guidance {span(card.guidance_range)}, budgets "
+             f"{card.budget_range[0]:g}-{card.budget_range[1]:g} (computed fraction of full compute); validated at "
+             f"{card.steps} steps, guidance {card.guidance:g}",
              f"- training data: {training.get('train_pairs', '?')} (prompt, seed) pairs of the {training.get('split', '?')} "
              f"split; wall time {training.get('wall_minutes', '?')} min", ""]
     results = card.results

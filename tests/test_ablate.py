@@ -46,6 +46,20 @@ def test_quick_ablation_writes_every_output(quick):
 
 
 @pytest.mark.slow
+def test_a_stored_results_csv_reads_back_as_the_runs_it_reports(quick):
+    from cachepilot.infer.ablation.report import points, read_results
+
+    runs = read_results(quick / "results.csv")
+    summary = {row["key"]: row for row in json.loads((quick / "results.json").read_text())["summary"]}
+    assert {run.entry.key for run in runs} == set(summary)
+    for point in points(runs, reference_wall=1.0):
+        stored = summary[point.key]
+        assert point.computed_fraction == pytest.approx(stored["computed_fraction"])
+        assert (stored["psnr"] is None and math.isinf(point.psnr)) or point.psnr == pytest.approx(stored["psnr"])
+        assert point.wall_speedup == pytest.approx(stored["wall_speedup"]) and point.label == stored["label"]
+
+
+@pytest.mark.slow
 def test_rerun_reuses_stored_runs(quick, module_toy_copy, capsys):
     before = json.loads((quick / "results.json").read_text())["summary"]
     assert main(["ablate", "--quick", "--model-path", str(module_toy_copy), "--out", str(quick)]) == 0
@@ -119,3 +133,30 @@ def test_points_from_runs_speedups():
     found = {p.method: p for p in points(runs, reference_wall=10.0)}
     assert found["static"].flops_speedup == 2 and found["static"].wall_speedup == 2 and found["static"].psnr == 31
     assert math.isinf(found["none"].psnr)
+
+
+def _run(method: str, knob: float, fraction: float, psnr: list[float]):
+    from cachepilot.infer.ablation import Entry, Run
+
+    return Run(Entry(method, knob, "baseline", "k"), [fraction] * len(psnr), psnr, [1.0] * len(psnr), None, 1.0)
+
+
+def test_the_two_views_of_a_method_at_a_budget():
+    from cachepilot.infer.ablation.compare import at_or_below, interpolated
+
+    runs = [_run("a", 1, 0.2, [20.0, 22.0]), _run("a", 2, 0.4, [30.0, 34.0]), _run("a", 3, 0.3, [19.0, 19.0])]
+    assert at_or_below(runs, 0.35).entry.knob == 1  # 0.3 is within but scores lower; 0.4 is over
+    assert at_or_below(runs, 0.1) is None
+    np.testing.assert_allclose(interpolated(runs, 0.3), [25.0, 28.0])  # halfway along the front; 0.3 is dominated
+    assert interpolated(runs, 0.5) is None
+
+
+def test_speed_at_equal_quality_reads_each_front_at_the_level():
+    from cachepilot.infer.ablation.compare import compute_to_reach, speed_at_equal_quality
+
+    assert compute_to_reach([(0.2, 20.0), (0.4, 30.0), (0.3, 10.0)], 25.0) == pytest.approx(0.3)
+    assert compute_to_reach([(0.2, 20.0), (0.4, 30.0)], 15.0) == 0.2  # the front's first point already reaches it
+    assert compute_to_reach([(0.2, 20.0), (0.4, 30.0)], 31.0) is None
+    grouped = {"learned-x": [_run("learned-x", 0.25, 0.25, [30.0])], "uniform-f1": [_run("uniform-f1", 1, 0.5, [30.0])],
+               "oracle": [_run("oracle", 0.1, 0.1, [40.0])]}  # the oracle is a limit, not on either front
+    assert speed_at_equal_quality(grouped, [30.0]) == [(30.0, 0.5, 0.25)]

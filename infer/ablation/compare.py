@@ -88,3 +88,26 @@ def best_of(grouped: dict[str, list], names, budget: float, view: str):
             found[name] = values
     name = max(found, key=lambda n: found[n].mean(), default=None)
     return name, found.get(name)
+
+
+def compute_to_reach(points: list[tuple[float, float]], level: float) -> float | None:
+    """The least mean computed fraction at which a front of (fraction, mean PSNR) points reaches `level` dB,
+    linearly between the two front points around it (None: no point reaches it)."""
+    points = sorted(points)
+    front = [p for p in points if not any(q[0] <= p[0] and q[1] > p[1] for q in points if q is not p)]
+    for (f0, p0), (f1, p1) in zip([(0.0, -np.inf), *front], front):
+        if p1 >= level:
+            if not (np.isfinite(p0) and np.isfinite(p1)):  # the first front point, or a lossless one
+                return f1
+            return f0 + (level - p0) / (p1 - p0) * (f1 - f0)
+    return None
+
+
+def speed_at_equal_quality(grouped: dict[str, list], levels) -> list[tuple[float, float | None, float | None]]:
+    """At each PSNR level: the compute the best non-learned front needs to reach it (every baseline, peer and
+    uniform schedule together; the oracles left out) and the compute the learned policies' front needs. Their
+    ratio is the speed a user gains from the learned policy at that quality."""
+    mean_point = lambda r: (float(np.mean(r.computed_fraction)), float(np.mean(r.psnr)))  # noqa: E731
+    learned = [mean_point(r) for m, runs in grouped.items() if m.startswith("learned-") for r in runs]
+    others = [mean_point(r) for m, runs in grouped.items() if not m.startswith(("learned-", "oracle")) for r in runs]
+    return [(level, compute_to_reach(others, level), compute_to_reach(learned, level)) for level in levels]

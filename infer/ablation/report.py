@@ -23,7 +23,7 @@ from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.provenance import machine_summary
 from cachepilot.video import save_video
 
-from .config import Kind
+from .config import Entry, Kind, Run
 
 KIND_ORDER = {kind: i for i, kind in enumerate(Kind)}
 HINDSIGHT = (Kind.ORACLE, Kind.DP)  # schedules chosen per pair knowing its reference: not methods one can deploy
@@ -164,6 +164,29 @@ def side_by_side(videos: list[np.ndarray], labels: list[tuple[str, str]], scale:
             y, x = header + r * (cell_h + gap), c * (cell_w + gap)
             out[:, y : y + cell_h, x : x + cell_w] = big[r]
     return out
+
+
+def read_results(path: Path) -> list[Run]:
+    """The runs of a stored results.csv (per-pair scores; each run's wall time relative to the reference's): a
+    report's comparisons can be read again without generating anything."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    grouped: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        grouped.setdefault((row["method"], row["knobs"]), []).append(row)
+    runs = []
+    for (method, label), group in grouped.items():
+        first = group[0]
+        settings = [item.split("=") for item in label.split(", ")] if first["kind"] != Kind.REFERENCE else []
+        extra = tuple((name, float(value)) for name, value in settings if name != first["knob_name"])
+        wall = float(first["wall_speedup"]) if first["wall_speedup"] else 0.0
+        runs.append(Run(Entry(method, float(first["knob"]), Kind(first["kind"]), first["knob_name"], extra),
+                        [float(r["computed_fraction"]) for r in group],
+                        [float(r["psnr"]) if r["psnr"] else 1e9 for r in group],  # empty: identical to the reference
+                        [float(r["ssim"]) for r in group],
+                        [float(r["lpips"]) for r in group] if first["lpips"] else None,
+                        1 / wall if wall > 0 else 0.0))
+    return runs
 
 
 def write_report(out: Path, setting, runs) -> list[Point]:
