@@ -32,7 +32,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from cachepilot.infer.ablation import UNIFORM, AblationConfig, Kind, ablate
-from cachepilot.infer.ablation.compare import at_or_below, delta, interpolated, speed_at_equal_quality
+from cachepilot.infer.ablation.compare import at_or_below, delta, interpolated, speed_table
 from cachepilot.infer.ablation.report import read_results
 from cachepilot.io import atomic_write_bytes
 from cachepilot.provenance import machine_summary
@@ -98,12 +98,7 @@ def main() -> None:
                   f"(learned - uniform {gain.mean():+.2f} dB, oracle - uniform {headroom.mean():+.2f} dB)")
     print("\n### Speed at equal quality\n\nThe compute each front needs to reach a PSNR level (means over the pairs; the "
           "non-learned front takes every baseline, peer and uniform schedule together, the oracles left out):\n")
-    print("| PSNR dB | best non-learned: computed fraction | learned: computed fraction | learned speed-up at equal quality |")
-    print("|---|---|---|---|")
-    for level, others, mine in speed_at_equal_quality(by_method, np.arange(25.0, 45.1, 2.5)):
-        ratio = f"{others / mine:.2f}x" if others is not None and mine is not None else "-"
-        shown = lambda f: f"{f:.3f}" if f is not None else "not reached"  # noqa: E731
-        print(f"| {level:g} | {shown(others)} | {shown(mine)} | {ratio} |")
+    print(speed_table(by_method))
     path = (args.results.parent if args.results else Path(args.out)) / "policies_vs_baselines.png"
     atomic_write_bytes(path, plot(curves, f"toy-wan, {pairs} test pairs ({source})"))
     print(f"\nplot: {path}")

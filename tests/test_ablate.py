@@ -152,7 +152,7 @@ def test_the_two_views_of_a_method_at_a_budget():
 
 
 def test_speed_at_equal_quality_reads_each_front_at_the_level():
-    from cachepilot.infer.ablation.compare import compute_to_reach, speed_at_equal_quality
+    from cachepilot.infer.ablation.compare import compute_to_reach, speed_at_equal_quality, speed_table
 
     assert compute_to_reach([(0.2, 20.0), (0.4, 30.0), (0.3, 10.0)], 25.0) == pytest.approx(0.3)
     assert compute_to_reach([(0.2, 20.0), (0.4, 30.0)], 15.0) == 0.2  # the front's first point already reaches it
@@ -160,3 +160,6 @@ def test_speed_at_equal_quality_reads_each_front_at_the_level():
     grouped = {"learned-x": [_run("learned-x", 0.25, 0.25, [30.0])], "uniform-f1": [_run("uniform-f1", 1, 0.5, [30.0])],
                "oracle": [_run("oracle", 0.1, 0.1, [40.0])]}  # the oracle is a limit, not on either front
     assert speed_at_equal_quality(grouped, [30.0]) == [(30.0, 0.5, 0.25)]
+    assert "| 30 | 0.500 | 0.250 | 2.00x |" in speed_table(grouped, [30.0])
+    assert "| 35 | not reached | not reached | - |" in speed_table(grouped, [35.0])
+    assert speed_table({"uniform-f1": grouped["uniform-f1"]}) == ""  # no learned policy: nothing to compare

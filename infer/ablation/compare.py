@@ -111,3 +111,19 @@ def speed_at_equal_quality(grouped: dict[str, list], levels) -> list[tuple[float
     learned = [mean_point(r) for m, runs in grouped.items() if m.startswith("learned-") for r in runs]
     others = [mean_point(r) for m, runs in grouped.items() if not m.startswith(("learned-", "oracle")) for r in runs]
     return [(level, compute_to_reach(others, level), compute_to_reach(learned, level)) for level in levels]
+
+
+SPEED_LEVELS = tuple(np.arange(25.0, 45.1, 2.5))  # PSNR dB, where caches of video DiTs are used
+
+
+def speed_table(grouped: dict[str, list], levels=SPEED_LEVELS) -> str:
+    """`speed_at_equal_quality` as a markdown table ("" where no learned policy ran)."""
+    if not any(m.startswith("learned-") for m in grouped):
+        return ""
+    shown = lambda f: f"{f:.3f}" if f is not None else "not reached"  # noqa: E731
+    lines = ["| PSNR dB | best non-learned: computed fraction | learned: computed fraction | learned speed-up at equal "
+             "quality |", "|---|---|---|---|"]
+    for level, others, mine in speed_at_equal_quality(grouped, levels):
+        ratio = f"{others / mine:.2f}x" if others is not None and mine is not None else "-"
+        lines.append(f"| {level:g} | {shown(others)} | {shown(mine)} | {ratio} |")
+    return "\n".join(lines)

@@ -23,6 +23,7 @@ from cachepilot.io import atomic_write_bytes, atomic_write_text
 from cachepilot.provenance import machine_summary
 from cachepilot.video import save_video
 
+from .compare import by_method, speed_table
 from .config import Entry, Kind, Run
 
 KIND_ORDER = {kind: i for i, kind in enumerate(Kind)}
@@ -220,6 +221,10 @@ def write_report(out: Path, setting, runs) -> list[Point]:
     title = (f"{config.model}, {config.pairs} {config.split} pairs, {config.steps} steps, guidance {config.guidance:g}"
              f" ({machine})")
     table = pareto_table(found)
+    speed = speed_table(by_method(runs))
+    if speed:
+        table += ("\n\nSpeed at equal quality: the compute the learned policies' front needs to reach each PSNR level, "
+                  "against the front of every other method (the oracles left out):\n\n" + speed)
     atomic_write_text(out / "table.md", f"{title}\n\n{table}\n\n{setting.lpips_note or ''}\n")
     atomic_write_bytes(out / "pareto.png", plot_pareto(found, title))
     columns = gif_columns(found, config.gif_budget)
