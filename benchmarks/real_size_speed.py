@@ -24,11 +24,11 @@ import statistics
 import time
 
 import torch
-from diffusers import (CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel, LTXVideoTransformer3DModel,
-                       WanTransformer3DModel)
+import diffusers
 
 from cachepilot.evaluation.search import realise
 from cachepilot.models.adapters import adapter_for
+from cachepilot.models.published import PUBLISHED, latent_size
 from cachepilot.models.registry import load_pipeline, weights_path
 from cachepilot.models.toy_wan.scenes import load_split
 from cachepilot.policies.base import NoCache
@@ -37,28 +37,12 @@ from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.provenance import machine_summary
 from cachepilot.runtime import FULL, Action, Kind, attach_runtime, cache_summary, remove_cache
 
-# published transformer configs (the diffusers model repos' transformer/config.json), and each family's latent
-# video at its published size: (frames, height, width) in latent units
-FAMILIES = {
-    "wan": (WanTransformer3DModel, dict(  # Wan2.1 T2V 1.3B, 81 x 480 x 832
-        patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-        text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024), (21, 60, 104), 512),
-    "hunyuanvideo": (HunyuanVideoTransformer3DModel, dict(  # HunyuanVideo 13B, 129 x 720 x 1280
-        in_channels=16, out_channels=16, num_attention_heads=24, attention_head_dim=128, num_layers=20,
-        num_single_layers=40, num_refiner_layers=2, mlp_ratio=4.0, patch_size=2, patch_size_t=1, qk_norm="rms_norm",
-        guidance_embeds=True, text_embed_dim=4096, pooled_projection_dim=768, rope_axes_dim=(16, 56, 56)),
-        (33, 90, 160), 256),
-    "cogvideox": (CogVideoXTransformer3DModel, dict(  # CogVideoX 5B, 49 x 480 x 720
-        num_attention_heads=48, attention_head_dim=64, in_channels=16, out_channels=16, time_embed_dim=512,
-        text_embed_dim=4096, num_layers=42, sample_width=90, sample_height=60, sample_frames=49, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=226, use_rotary_positional_embeddings=True,
-        use_learned_positional_embeddings=False), (13, 60, 90), 226),
-    "ltx-video": (LTXVideoTransformer3DModel, dict(  # LTX-Video 2B, 161 x 512 x 704
-        in_channels=128, out_channels=128, patch_size=1, patch_size_t=1, num_attention_heads=32,
-        attention_head_dim=64, cross_attention_dim=2048, num_layers=28, caption_channels=4096),
-        (21, 16, 22), 128),
-}
+# each family's published model: its transformer class and config, its latent video at the published size, its text
+# tokens
+_MODELS = {"wan": "wan2.1-t2v-1.3b", "hunyuanvideo": "hunyuanvideo", "cogvideox": "cogvideox-5b", "ltx-video": "ltx-video"}
+FAMILIES = {family: (getattr(diffusers, PUBLISHED[name].transformer_class), PUBLISHED[name].config,
+                     latent_size(PUBLISHED[name].transformer_class, PUBLISHED[name].video), PUBLISHED[name].text_tokens)
+            for family, name in _MODELS.items()}
 LAYER_KEYS = {"wan": ("num_layers",), "hunyuanvideo": ("num_layers", "num_single_layers"),
               "cogvideox": ("num_layers",), "ltx-video": ("num_layers",)}
 

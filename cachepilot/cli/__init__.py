@@ -14,11 +14,11 @@ import sys
 
 from cachepilot.errors import CachepilotError
 
-from . import ablate, calibrate, check_model, generate, models, references, train, train_model
+from . import ablate, calibrate, check_model, generate, models, plan, references, train, train_model
 from .common import Parser, one_line
 
 COMMANDS = {"models": models, "generate": generate, "train-model": train_model, "train": train, "ablate": ablate,
-            "calibrate": calibrate, "check-model": check_model, "references": references}
+            "calibrate": calibrate, "check-model": check_model, "references": references, "plan": plan}
 
 
 def build_parser() -> Parser:
