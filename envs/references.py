@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from cachepilot import checks
 from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.parallel import Processes, Shard
 from cachepilot.models.stepping import generate_batch, generation_options
 from cachepilot.provenance import identifying_config
 from cachepilot.policies.base import BasePolicy
@@ -241,6 +242,11 @@ class ReferenceStore:
         self._write(ref)
         return ref
 
+    def missing(self, pairs, trajectory: bool = False) -> list[tuple[str, int]]:
+        """The pairs without a sound stored reference (with its trajectory, if asked), in order, once each."""
+        return [pair for pair in dict.fromkeys((p, int(s)) for p, s in pairs)
+                if self.load(*pair, trajectory=trajectory) is None]
+
     # ---- build ---------------------------------------------------------------------------
     @torch.no_grad()
     def _build(self, pairs: list[tuple[str, int]], trajectory: bool) -> list[Reference]:
@@ -279,3 +285,24 @@ class ReferenceStore:
             index = self._index(locked=True)
             index[digest] = entry
             atomic_write_text(self.index_path, json.dumps(index, indent=1, sort_keys=True))
+
+
+def build_references(source, pairs, steps: int, guidance: float, root=None, trajectory: bool = False,
+                     batch_size: int = 16, processes: Processes = Processes()) -> int | None:
+    """Build the missing references of `pairs` over `processes` (Lightning Fabric's flags); returns how many were
+    missing. The missing pairs are cut into the batches one process would build, and each process builds every
+    world-th batch: every entry is computed in the same batch as by one process, so the files are the same bytes.
+    The first process returns the count, the others None."""
+    return processes.launch(_build_shard, source, list(pairs), steps, guidance, root, trajectory, batch_size)
+
+
+def _build_shard(shard: Shard, source, pairs, steps, guidance, root, trajectory, batch_size) -> int:
+    source = replace(source, device=shard.device or source.device)
+    store = ReferenceStore(source.load(), source.name, steps=steps, guidance=guidance, root=root)
+    missing = store.missing(pairs, trajectory)
+    shard.wait()  # every process has listed what is missing before any of them writes
+    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
+    for batch in tqdm(shard.take(batches), desc=f"building references (process {shard.rank + 1}/{shard.world})",
+                      disable=not batches):
+        store._build(batch, trajectory)
+    return len(missing) if shard.rank == 0 else None

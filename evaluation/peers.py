@@ -63,10 +63,28 @@ class CacheDit:
     @staticmethod
     def enable(pipe, config) -> None:
         _cache_dit().enable_cache(_cache_dit_adapter(pipe), **config)
+        _own_process_only(True)
 
     @staticmethod
     def disable(pipe) -> None:
+        _own_process_only(False)
         _cache_dit().disable_cache(pipe)
+
+
+_CACHE_DIT_PARALLEL: dict = {}  # cache-dit's own test of parallelism, while ours replaces it
+
+
+def _own_process_only(on: bool) -> None:
+    """cache-dit reads any process group of more than one process as context parallelism, and averages its block
+    difference over the processes (a collective every step). cachepilot's processes each generate pairs of their
+    own, so while a cache-dit peer runs its blocks count only the transformer's own parallelism."""
+    from cache_dit.caching.cache_blocks.pattern_base import CachedBlocks_Pattern_Base as blocks
+
+    if on and not _CACHE_DIT_PARALLEL:
+        _CACHE_DIT_PARALLEL["test"] = blocks._is_parallelized
+        blocks._is_parallelized = lambda self: bool(getattr(self.transformer, "_is_parallelized", False))
+    elif not on and _CACHE_DIT_PARALLEL:
+        blocks._is_parallelized = _CACHE_DIT_PARALLEL.pop("test")
 
 
 @dataclass(frozen=True)

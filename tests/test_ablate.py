@@ -60,6 +60,28 @@ def test_a_stored_results_csv_reads_back_as_the_runs_it_reports(quick):
 
 
 @pytest.mark.slow
+def test_two_processes_score_every_run_as_one_does(quick, module_toy_copy, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "two"
+    methods = ",".join(["teacache", "uniform", "learned", "oracle",  # the oracles run after the rest is stored
+                        *(p for p in available_peers() if p.startswith("cache-dit"))])  # a peer that sees the group
+    done = subprocess.run([str(Path(sys.executable).parent / "cachepilot"), "ablate", "--quick", "--methods", methods,
+                           "--model-path", str(module_toy_copy), "--out", str(out), "--devices", "2", "--strategy",
+                           "ddp"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # the first process reports, once
+
+    def scores(folder):
+        rows = json.loads((folder / "results.json").read_text())["pairs"]
+        return {(r["method"], r["knobs"], r["seed"]): (r["computed_fraction"], r["psnr"], r["ssim"]) for r in rows}
+    two, one = scores(out), scores(quick)
+    assert len(two) >= 16 and two == {key: one[key] for key in two}
+
+
+@pytest.mark.slow
 def test_rerun_reuses_stored_runs(quick, module_toy_copy, capsys):
     before = json.loads((quick / "results.json").read_text())["summary"]
     assert main(["ablate", "--quick", "--model-path", str(module_toy_copy), "--out", str(quick)]) == 0

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .common import COUNT, FOLDER, GUIDANCES, STEP_COUNTS, add_model_arguments, budgets, model_source, read_prompts
+from .common import (COUNT, FOLDER, GUIDANCES, STEP_COUNTS, add_model_arguments, add_process_arguments, budgets,
+                     model_source, processes, read_prompts)
 
 HELP = "run every cache method on the same prompts and seeds; tables, Pareto plot, GIF"
 
@@ -27,12 +28,13 @@ def add_arguments(p) -> None:
                    "--quick: 2)")
     p.add_argument("--policies", help="comma list of policy folders (default: every policy-* beside the weights)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2 pairs, default knobs, one budget")
+    add_process_arguments(p)
     p.add_argument("--out", type=FOLDER, default="results/ablation", help="output folder; its runs/ are reused on a "
                    "rerun")
 
 
 def run(args) -> int:
-    from cachepilot.infer.ablation import AblationConfig, ablate, ablate_settings  # imported when run (cachepilot.cli)
+    from cachepilot.infer.ablation import AblationConfig  # imported when run (cachepilot.cli)
 
     source = model_source(args)
     settings = {"model": args.model, "model_path": args.model_path, "split": args.split, "methods": args.methods,
@@ -53,13 +55,18 @@ def run(args) -> int:
         settings["oracle_search"] = SearchConfig(rounds=args.search_rounds)
     config = AblationConfig.quick(**settings) if args.quick else AblationConfig(**settings)
     steps, guidance = args.steps or (config.steps,), args.guidance or (config.guidance,)
-    out = Path(args.out)
-    if len(steps) == len(guidance) == 1:
-        ablate(replace(config, steps=steps[0], guidance=guidance[0]), out)
-        print((out / "table.md").read_text())
-        print(f"wrote {out}/results.csv, results.json, table.md, pareto.png, side_by_side.gif")
-        return 0
-    ablate_settings(config, [(s, g) for s in steps for g in guidance], out)
-    print((out / "settings.md").read_text())
-    print(f"wrote {out}/settings.md, and each setting's report in {out}/steps<N>-guidance<G>/")
+    processes(args).launch(_ablate, config, steps, guidance, Path(args.out))
     return 0
+
+
+def _ablate(shard, config, steps, guidance, out) -> None:
+    """One process's part of the ablation; the first one prints the report."""
+    from cachepilot.infer.ablation import ablate, ablate_settings  # imported when run (cachepilot.cli)
+
+    if len(steps) == len(guidance) == 1:
+        if ablate(replace(config, steps=steps[0], guidance=guidance[0]), out, shard=shard) is not None:
+            print((out / "table.md").read_text())
+            print(f"wrote {out}/results.csv, results.json, table.md, pareto.png, side_by_side.gif")
+    elif ablate_settings(config, [(s, g) for s in steps for g in guidance], out, shard=shard) is not None:
+        print((out / "settings.md").read_text())
+        print(f"wrote {out}/settings.md, and each setting's report in {out}/steps<N>-guidance<G>/")

@@ -145,6 +145,23 @@ def add_model_arguments(p, prompts_file: str | None = None) -> None:
         p.add_argument("--prompts-file", help=prompts_file)
 
 
+def add_process_arguments(p) -> None:
+    """Lightning's flags for running a phase over several processes (`cachepilot.parallel`)."""
+    p.add_argument("--accelerator", default="cpu", help="Lightning Fabric flag (default cpu; gpu, cuda, auto)")
+    p.add_argument("--devices", default="1", help="processes per node, one per device (default 1)")
+    p.add_argument("--num-nodes", type=COUNT, default=1, help="nodes (default 1)")
+    p.add_argument("--strategy", default="auto", help="Lightning Fabric flag (default auto; ddp re-runs the command "
+                   "once per device, ddp_spawn spawns the processes)")
+
+
+def processes(args):
+    """The `Processes` the flags of `add_process_arguments` ask for."""
+    from cachepilot.parallel import Processes  # imported when run (cachepilot.cli)
+
+    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
+    return Processes(args.accelerator, devices, args.num_nodes, args.strategy)
+
+
 def add_setting_arguments(p, steps: int | None = 50, guidance: float | None = 5.0) -> None:
     """The generation setting a command runs at (None: its config's default, said in the help)."""
     p.add_argument("--steps", type=COUNT, default=steps,

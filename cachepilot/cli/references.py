@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .common import COUNT, FOLDER, add_model_arguments, add_setting_arguments, model_source, prompts_for
+from .common import (COUNT, FOLDER, add_model_arguments, add_process_arguments, add_setting_arguments, model_source,
+                     processes, prompts_for)
 
 HELP = "the store of full-compute reference outputs used by the environments"
 
@@ -18,6 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=COUNT, default=16)
     p.add_argument("--root", type=FOLDER, help="store folder (default: $CACHEPILOT_REFERENCES or "
                    "~/.cache/cachepilot/references)")
+    add_process_arguments(p)
     p.set_defaults(func=build)
 
 
@@ -27,15 +29,15 @@ def run(args) -> int:
 
 def build(args) -> int:
     # imported when run (cachepilot.cli)
-    from cachepilot.envs.references import ReferenceStore
+    from cachepilot.envs.references import build_references, default_root
     from cachepilot.envs.spec import make_pairs
     from cachepilot.models.registry import get_spec
 
     prompts = prompts_for(args, get_spec(args.model).family, args.split, "build references")
     pairs = make_pairs(args.model, prompts, args.pairs)
-    pipe = model_source(args).load()
-    store = ReferenceStore(pipe, args.model, steps=args.steps, guidance=args.guidance, root=args.root)
-    store.get_many(pairs, trajectory=args.trajectory, batch_size=args.batch_size)
-    print(f"{len(pairs)} references ready in {store.root} (model hash {store.model_hash}, {args.steps} steps, "
-          f"guidance {args.guidance}{', with trajectories' if args.trajectory else ''})")
+    built = build_references(model_source(args), pairs, args.steps, args.guidance, args.root, args.trajectory,
+                             args.batch_size, processes(args))
+    if built is not None:  # the first process says it, once
+        print(f"{len(pairs)} references ready in {args.root or default_root()} ({built} built, {args.steps} steps, "
+              f"guidance {args.guidance}{', with trajectories' if args.trajectory else ''})")
     return 0

@@ -10,6 +10,7 @@ import numpy as np
 
 from cachepilot import checks
 from cachepilot.io import atomic_write_text
+from cachepilot.parallel import Shard
 from cachepilot.provenance import machine_summary
 
 from .compare import FORECASTERS, REUSERS, best_learned, best_of, by_method, delta
@@ -23,15 +24,20 @@ def setting_folder(out: Path, steps: int, guidance: float) -> Path:
     return out / f"steps{steps}-guidance{guidance:g}"
 
 
-def ablate_settings(config: AblationConfig, settings, out, log=print, progress: bool = True) -> dict[tuple, Ablation]:
+def ablate_settings(config: AblationConfig, settings, out, log=print, progress: bool = True,
+                    shard: Shard = Shard()) -> dict[tuple, Ablation] | None:
     """`ablate` at each (steps, guidance) of `settings`, in its own folder of `out` (each setting's baselines
-    resampled or recalibrated for its step count as each one's paper does), then `settings.md` over all of them."""
+    resampled or recalibrated for its step count as each one's paper does), then `settings.md` over all of them
+    (by the first process, when `shard` is one of several; the others return None)."""
     out = checks.folder(out)
     found = {}
     for steps, guidance in settings:
-        log(f"--- {steps} steps, guidance {guidance:g}")
+        if shard.rank == 0:
+            log(f"--- {steps} steps, guidance {guidance:g}")
         found[(steps, guidance)] = ablate(replace(config, steps=steps, guidance=guidance),
-                                          setting_folder(out, steps, guidance), log, progress)
+                                          setting_folder(out, steps, guidance), log, progress, shard)
+    if shard.rank != 0:
+        return None
     atomic_write_text(out / "settings.md", margins_table(found, config))
     return found
 

@@ -13,7 +13,7 @@ the GIF.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,6 +27,7 @@ from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTab
 from cachepilot.evaluation.peers import PEERS, generate_with_peer
 from cachepilot.evaluation.search import SearchResult, realise, search
 from cachepilot.io import atomic_write_npz, atomic_write_text
+from cachepilot.parallel import Shard
 from cachepilot.models.adapters import num_blocks
 from cachepilot.policies.registry import BASELINES, make_baseline
 from cachepilot.policies.uniform import UniformCache
@@ -143,10 +144,15 @@ class Ablation:
     points: list  # report.Point per run: means, speedups, Pareto marks
 
 
-def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Ablation:
-    """Run (or reuse) every entry, then write the report into `out`."""
+def ablate(config: AblationConfig, out, log=print, progress: bool = True, shard: Shard = Shard()) -> Ablation | None:
+    """Run (or reuse) every entry, then write the report into `out`. Over several processes (`shard`), each runs
+    every world-th missing entry (one batched generation each, as one process runs it), the searched oracles after
+    every other run is stored (they start from them), and the first process writes the report (the others return
+    None)."""
     out = checks.folder(out)
-    setting = Setting(config, out, log)
+    if shard.device is not None:
+        config = replace(config, device=shard.device)
+    setting = Setting(config, out, log if shard.rank == 0 else lambda *a: None)
     bundles = learned_policies(setting)
     entries = plan(setting, bundles)
     runner = Runner(setting, bundles)
@@ -156,20 +162,40 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True) -> Abl
         except CachepilotError as error:
             if "oracle-dp" in config.methods.split(","):
                 raise
-            log(f"skipping the DP oracle (the searched one starts without it): {error}")
+            setting.log(f"skipping the DP oracle (the searched one starts without it): {error}")
             entries = [e for e in entries if e.kind is not Kind.DP]
+    if shard.rank == 0:
+        setting.load_reference()
+    shard.wait()
     setting.load_reference()
+    oracles = [e for e in entries if e.kind in (Kind.DP, Kind.ORACLE)]
+    first = [e for e in entries if e not in oracles]
     stored = {e: setting.stored(e) for e in entries}
-    missing = [e for e, run in stored.items() if run is None]
-    log(f"{len(entries)} runs, {len(entries) - len(missing)} already stored in {setting.dir}")
-    bar = tqdm(total=len(missing), desc="ablation", unit="run", disable=not progress or not missing)
-    for entry in entries:
-        if entry.kind is Kind.ORACLE:  # its inputs name the best learned run, which may have been made just above
-            stored[entry] = setting.stored(entry)
-        if stored[entry] is None:
-            bar.set_postfix_str(entry.key)
-            stored[entry] = runner.run(entry)
-            bar.update()
-    bar.close()
-    runs = [setting.reference_run(), *stored.values()]
+    setting.log(f"{len(entries)} runs, {sum(r is not None for r in stored.values())} already stored in {setting.dir}")
+    _run_missing(runner, [e for e in first if stored[e] is None], shard, progress)
+    if shard.rank == 0 and any(setting.stored(e) is None for e in oracles) and runner.has_gain():
+        runner.oracle_tables()  # measured once, before the processes share out the oracles that start from them
+    _run_missing(runner, [e for e in oracles if setting.stored(e) is None], shard, progress)
+    if shard.rank != 0:
+        return None
+    runs = {e: setting.stored(e) for e in entries}
+    lost = [e.key for e, run in runs.items() if run is None]
+    if lost:
+        raise CachepilotError(f"runs missing from {setting.dir} after every process finished: {', '.join(lost)}; "
+                              "run the command again to compute them")
+    runs = [setting.reference_run(), *runs.values()]
     return Ablation(setting, runs, write_report(out, setting, runs))
+
+
+def _run_missing(runner: Runner, missing: list[Entry], shard: Shard, progress: bool) -> None:
+    """This process's share of the missing entries (every process has listed the same ones before any runs)."""
+    shard.wait()
+    mine = shard.take(missing)
+    bar = tqdm(total=len(mine), desc="ablation" if shard.world == 1 else f"ablation, process {shard.rank + 1}/{shard.world}",
+               unit="run", disable=not progress or not mine)
+    for entry in mine:
+        bar.set_postfix_str(entry.key)
+        runner.run(entry)
+        bar.update()
+    bar.close()
+    shard.wait()

@@ -1,0 +1,68 @@
+"""A costly phase over N processes, on Lightning Fabric with the Trainer's flags (accelerator, devices, num_nodes,
+strategy): each process takes its shard of the work, and what they produce meets in a store every process can
+write (per-entry atomic files, an index merged under a lock).
+
+Launch as Fabric does: `--strategy ddp` re-runs the command once per device; `ddp_spawn` spawns the processes from
+Python; under `torchrun` (or a cluster's launcher) each process is already there and Fabric joins them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place among all of them."""
+
+    rank: int = 0
+    world: int = 1
+    device: str | None = None  # the device Fabric gave this process (None: the command's own choice)
+    barrier: Callable[[], None] | None = None
+
+    def take(self, items: Sequence) -> list:
+        """Every world-th item from the rank-th: the same split on every process, and one process takes all."""
+        return list(items)[self.rank :: self.world]
+
+    def wait(self) -> None:
+        """Until every process is here (what one process reads, all have read, before any writes)."""
+        if self.barrier is not None:
+            self.barrier()
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Lightning's flags for how many processes run a phase and where."""
+
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    @property
+    def single(self) -> bool:
+        return str(self.devices) == "1" and self.num_nodes == 1 and "WORLD_SIZE" not in os.environ
+
+    def launch(self, work: Callable, *args):
+        """`work(shard, *args)` on every process, then a barrier; one process runs it directly. Returns this process's
+        result (with ddp_spawn, rank 0's)."""
+        if self.single:
+            return work(Shard(), *args)
+        from lightning.fabric import Fabric  # Lightning loads in seconds; a single process never needs it
+
+        fabric = Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
+                        strategy=self.strategy)
+        return fabric.launch(_on_rank, work, args, self.num_nodes)
+
+
+def _on_rank(fabric, work: Callable, args: tuple, num_nodes: int):
+    if fabric.device.type == "cpu":  # processes sharing a CPU split its cores instead of each taking them all
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, fabric.world_size // num_nodes)))
+    device = None if fabric.device.type == "cpu" else str(fabric.device)
+    result = work(Shard(fabric.global_rank, fabric.world_size, device, fabric.barrier), *args)
+    fabric.barrier()
+    return result
