@@ -78,7 +78,7 @@ def _own_process_only(on: bool) -> None:
     """cache-dit reads any process group of more than one process as context parallelism, and averages its block
     difference over the processes (a collective every step). cachepilot's processes each generate pairs of their
     own, so while a cache-dit peer runs its blocks count only the transformer's own parallelism."""
-    from cache_dit.caching.cache_blocks.pattern_base import CachedBlocks_Pattern_Base as blocks
+    from cache_dit.caching.cache_blocks.pattern_base import CachedBlocks_Pattern_Base as blocks  # an optional extra
 
     if on and not _CACHE_DIT_PARALLEL:
         _CACHE_DIT_PARALLEL["test"] = blocks._is_parallelized

@@ -50,7 +50,7 @@ def no_compute(toy_pipe):
 
     patches = [(registry.ModelSource, "load", load), (plugin, "apply_cache", apply_then_stop), (registry, "load_pipeline", lambda *a, **k: toy_pipe),
                (generate, "generate_video", started), (distill.Distiller, "learn", started),
-               (rl.PPOTrainer, "learn", started), (ablation, "ablate", started), (calibrate, "calibrate", started), (ReferenceStore, "get_many", started), (ReferenceStore, "missing", started),
+               (rl.PPOTrainer, "learn", started), (ablation, "ablate", started), (ablation, "ablate_settings", started), (calibrate, "calibrate", started), (ReferenceStore, "get_many", started), (ReferenceStore, "missing", started),
                (checker, "evaluate", started), (toy_model, "train_toy_wan", started),
                (toy_model, "export_toy_wan", started)]
     mp = pytest.MonkeyPatch()
