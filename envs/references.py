@@ -222,15 +222,20 @@ class ReferenceStore:
         """References for (prompt, seed) pairs, building the missing ones in batches (with a progress bar)."""
         pairs = [(p, int(s)) for p, s in pairs]
         found = {pair: self.load(*pair, trajectory=trajectory) for pair in dict.fromkeys(pairs)}
-        missing = [pair for pair, ref in found.items() if ref is None]
-        bar = tqdm(total=len(missing), desc="building references", disable=not progress or not missing)
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            for pair, ref in zip(chunk, self._build(chunk, trajectory)):
-                found[pair] = ref
-            bar.update(len(chunk))
-        bar.close()
+        found.update(self.build([pair for pair, ref in found.items() if ref is None], trajectory, batch_size,
+                                progress=progress))
         return [found[pair] for pair in pairs]
+
+    def build(self, missing: list[tuple[str, int]], trajectory: bool = False, batch_size: int = 16,
+              shard: Shard = Shard(), progress: bool = True) -> dict[tuple[str, int], Reference]:
+        """Build and store the references of `missing` pairs in batches of `batch_size`; with `shard`, only every
+        world-th batch, from the rank-th (so each entry is computed in the batch one process computes it in)."""
+        batches = shard.take([missing[i : i + batch_size] for i in range(0, len(missing), batch_size)])
+        label = "building references" + (f" (process {shard.rank + 1}/{shard.world})" if shard.world > 1 else "")
+        built = {}
+        for batch in tqdm(batches, desc=label, unit="batch", disable=not progress or not batches):
+            built.update(zip(batch, self._build(batch, trajectory)))
+        return built
 
     def outputs(self, pairs) -> np.ndarray:
         """The full-compute frames of (prompt, seed) pairs, stacked (what a generation's frames are scored against)."""
@@ -296,13 +301,10 @@ def build_references(source, pairs, steps: int, guidance: float, root=None, traj
     return processes.launch(_build_shard, source, list(pairs), steps, guidance, root, trajectory, batch_size)
 
 
-def _build_shard(shard: Shard, source, pairs, steps, guidance, root, trajectory, batch_size) -> int:
+def _build_shard(shard: Shard, source, pairs, steps, guidance, root, trajectory, batch_size) -> int | None:
     source = replace(source, device=shard.device or source.device)
     store = ReferenceStore(source.load(), source.name, steps=steps, guidance=guidance, root=root)
     missing = store.missing(pairs, trajectory)
     shard.wait()  # every process has listed what is missing before any of them writes
-    batches = [missing[i : i + batch_size] for i in range(0, len(missing), batch_size)]
-    for batch in tqdm(shard.take(batches), desc=f"building references (process {shard.rank + 1}/{shard.world})",
-                      disable=not batches):
-        store._build(batch, trajectory)
+    store.build(missing, trajectory, batch_size, shard)
     return len(missing) if shard.rank == 0 else None

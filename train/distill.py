@@ -376,11 +376,11 @@ class Distiller(Trainer):
     @property
     def searched_budgets(self) -> tuple[float, ...]:
         """Those of the spec's budgets that `config.searched_budgets` names."""
-        return tuple(b for b in self.spec.budgets if any(abs(b - s) < 1e-9 for s in self.config.searched_budgets))
+        return named_budgets(self.spec.budgets, self.config.searched_budgets)
 
     def budgets_at(self, setting: Setting) -> tuple[float, ...]:
-        """The spec's budgets a generation at `setting` can keep (its first step computes in full)."""
-        return tuple(b for b in self.spec.budgets if b >= lowest_budget(setting.steps) - 1e-9)
+        """The spec's budgets a generation at `setting` can keep."""
+        return keepable_budgets(self.spec.budgets, setting.steps)
 
     def settings(self) -> dict:
         """The config as this run applies it, with what the spec adds (for the card and the rounds' file names)."""
@@ -481,6 +481,16 @@ class Distiller(Trainer):
                  "guidance": setting.guidance, "pairs": [episodes.pairs[i] for i in oracle.pair_ids],
                  **({"settings": [str(s) for s in self.spec.setting_list()]} if self.spec.settings else {})}
         return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def named_budgets(budgets, names) -> tuple[float, ...]:
+    """Those of `budgets` that `names` names."""
+    return tuple(b for b in budgets if any(abs(b - n) < 1e-9 for n in names))
+
+
+def keepable_budgets(budgets, steps: int) -> tuple[float, ...]:
+    """Those of `budgets` a `steps`-step generation can keep (its first step computes in full)."""
+    return tuple(b for b in budgets if b >= lowest_budget(steps) - 1e-9)
 
 
 def _searched_file(path: Path) -> dict:

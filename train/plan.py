@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from cachepilot.envs.spec import Setting
 from cachepilot.evaluation.oracle import fulls_for_budget
 from cachepilot.models.published import CallCost
-from cachepilot.policies.learned import lowest_budget
 
-from .distill import DistillConfig
+from .distill import DistillConfig, keepable_budgets, named_budgets
+from .trainer import feasible_budgets
 
 
 @dataclass
@@ -33,14 +33,19 @@ class Phase:
 
     def add(self, count: int, setting: Setting, fraction: float = 1.0) -> None:
         """`count` generations of one sample at `setting`, computing `fraction` of their calls."""
-        calls = count * setting.steps * (2 if setting.guidance > 1 else 1)
+        calls = count * setting.steps * _branches(setting)
         self.generations += count
         self.calls += calls
         self.computed_calls += calls * fraction
 
     def reuse_calls(self, count: int, setting: Setting) -> None:
         """`count` denoising steps of one sample that reuse everything (no block compute)."""
-        self.calls += count * (2 if setting.guidance > 1 else 1)
+        self.calls += count * _branches(setting)
+
+
+def _branches(setting: Setting) -> int:
+    """Transformer calls per denoising step of one sample: one per CFG branch."""
+    return 2 if setting.guidance > 1 else 1
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class Recipe:
     config: DistillConfig = field(default_factory=DistillConfig)
 
     def budgets_at(self, setting: Setting) -> tuple[float, ...]:
-        return tuple(b for b in self.budgets if b >= lowest_budget(setting.steps) - 1e-9)
+        return keepable_budgets(self.budgets, setting.steps)
 
     @property
     def others(self) -> list[Setting]:
@@ -78,8 +83,9 @@ def distill_phases(recipe: Recipe) -> list[Phase]:
     config, primary, steps = recipe.config, recipe.primary, recipe.primary.steps
     per_setting = min(config.pairs_per_setting, recipe.pairs)
     search_pairs = min(config.search_pairs, recipe.pairs)
-    eval_budgets = tuple(b for b in config.eval_budgets if b >= lowest_budget(steps) - 1e-9) or recipe.budgets
-    searched = [b for b in recipe.budgets if any(abs(b - s) < 1e-9 for s in config.searched_budgets)]
+    lowest_steps = min(s.steps for s in (primary, *recipe.settings))
+    eval_budgets = feasible_budgets(recipe.budgets, config.eval_budgets, lowest_steps, log=lambda *a: None)
+    searched = named_budgets(recipe.budgets, config.searched_budgets)
 
     references = Phase("references", "uncached outputs of the val pairs and of each other setting's pairs")
     references.add(recipe.val_pairs, primary)

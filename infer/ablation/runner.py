@@ -167,18 +167,20 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True, shard:
     if shard.rank == 0:
         setting.load_reference()
     shard.wait()
-    setting.load_reference()
+    if shard.rank != 0:
+        setting.load_reference()  # as the first process stored it
     oracles = [e for e in entries if e.kind in (Kind.DP, Kind.ORACLE)]
     first = [e for e in entries if e not in oracles]
     stored = {e: setting.stored(e) for e in entries}
     setting.log(f"{len(entries)} runs, {sum(r is not None for r in stored.values())} already stored in {setting.dir}")
-    _run_missing(runner, [e for e in first if stored[e] is None], shard, progress)
-    if shard.rank == 0 and any(setting.stored(e) is None for e in oracles) and runner.has_gain():
+    stored.update(_run_missing(runner, [e for e in first if stored[e] is None], shard, progress))
+    stored.update({e: setting.stored(e) for e in oracles})  # their inputs name the runs just made
+    if shard.rank == 0 and any(stored[e] is None for e in oracles) and runner.has_gain():
         runner.oracle_tables()  # measured once, before the processes share out the oracles that start from them
-    _run_missing(runner, [e for e in oracles if setting.stored(e) is None], shard, progress)
+    stored.update(_run_missing(runner, [e for e in oracles if stored[e] is None], shard, progress))
     if shard.rank != 0:
         return None
-    runs = {e: setting.stored(e) for e in entries}
+    runs = {e: run if run is not None else setting.stored(e) for e, run in stored.items()}  # other processes' runs
     lost = [e.key for e, run in runs.items() if run is None]
     if lost:
         raise CachepilotError(f"runs missing from {setting.dir} after every process finished: {', '.join(lost)}; "
@@ -187,15 +189,16 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True, shard:
     return Ablation(setting, runs, write_report(out, setting, runs))
 
 
-def _run_missing(runner: Runner, missing: list[Entry], shard: Shard, progress: bool) -> None:
-    """This process's share of the missing entries (every process has listed the same ones before any runs)."""
+def _run_missing(runner: Runner, missing: list[Entry], shard: Shard, progress: bool) -> dict[Entry, Run]:
+    """This process's share of the missing entries, run (every process has listed the same ones before any runs)."""
     shard.wait()
-    mine = shard.take(missing)
+    mine, done = shard.take(missing), {}
     bar = tqdm(total=len(mine), desc="ablation" if shard.world == 1 else f"ablation, process {shard.rank + 1}/{shard.world}",
                unit="run", disable=not progress or not mine)
     for entry in mine:
         bar.set_postfix_str(entry.key)
-        runner.run(entry)
+        done[entry] = runner.run(entry)
         bar.update()
     bar.close()
     shard.wait()
+    return done
