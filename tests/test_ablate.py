@@ -117,6 +117,19 @@ def test_unknown_method_is_a_clear_error_before_any_compute(tmp_path, capsys):
     assert not list(tmp_path.rglob("*.npz"))  # not even the reference was generated
 
 
+def test_schedules_skip_budgets_a_short_generation_cannot_keep(tmp_path, capsys):
+    """At 4 steps the first step alone is a quarter of the compute, and the uniform schedule's first and last step
+    half of it: each leaves out the budgets it would overspend, and the search still starts where one FULL fits."""
+    assert main(["ablate", "--pairs", "1", "--steps", "4", "--methods", "uniform,oracle", "--oracle-budgets",
+                 "0.15,0.25,0.5", "--search-rounds", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "uniform schedules skip budgets under 0.5" in out and "oracles skip budgets under 0.25" in out
+    rows = [r for r in json.loads((tmp_path / "results.json").read_text())["summary"] if r["method"] != "none"]
+    assert {(r["method"], r["knob"]) for r in rows} == {
+        ("uniform", 0.5), ("oracle-dp", 0.25), ("oracle-dp", 0.5), ("oracle", 0.25), ("oracle", 0.5)}
+    assert all(r["computed_fraction"] <= r["knob"] + 1e-9 for r in rows)
+
+
 def _point(method, speedup, quality, kind="baseline"):
     return Point(method, kind, "k", speedup, 1 / speedup, speedup, speedup, quality, 0.9, None,
                  key=f"{method}@{speedup:g}", label=f"k={speedup:g}")

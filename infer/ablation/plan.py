@@ -9,6 +9,7 @@ from cachepilot.evaluation.peers import PEERS, available_peers, unsupported_reas
 from cachepilot.policies.learned import lowest_budget
 from cachepilot.policies.policy_file import PolicyFileError, load_policy
 from cachepilot.policies.registry import BASELINES, calibration_covers
+from cachepilot.policies.schedule import uniform_full_steps
 
 from .config import UNIFORM, Entry, Kind, sweep_entries
 from .setting import Setting
@@ -82,10 +83,16 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
                 skip(name, reason)
                 continue
             entries += sweep_entries(p, Kind.PEER, config.sweeps)
+    floor = lowest_budget(config.steps)
+    evenly = len(uniform_full_steps(config.steps, 0.0)) / config.steps  # the uniform schedule's first and last step
+    scheduled = {}
+    for group, low in (("the uniform schedules", evenly), ("the oracles", floor)):
+        scheduled[group] = [float(b) for b in config.oracle_budgets if b >= low - 1e-9]
+        if len(scheduled[group]) < len(config.oracle_budgets):
+            setting.log(f"{group} skip budgets under {low:.3g}: a {config.steps}-step generation cannot keep them")
     for name in UNIFORM:  # the oracle's FULL count, evenly spaced: what the oracle's placement is worth
         if name in wanted:
-            entries += [Entry(name, float(b), Kind.SCHEDULE, "budget") for b in config.oracle_budgets]
-    floor = lowest_budget(config.steps)
+            entries += [Entry(name, b, Kind.SCHEDULE, "budget") for b in scheduled["the uniform schedules"]]
     if bundles and any(b < floor for b in config.budgets):
         setting.log(f"learned policies skip budgets under {floor:.3g}: a {config.steps}-step generation computes its "
                     "first step in full")
@@ -97,7 +104,7 @@ def plan(setting: Setting, bundles: dict) -> list[Entry]:
     if "learned" in wanted and not any(e.kind is Kind.LEARNED for e in entries):
         skip("learned", "no policy beside the weights fits this model, step count and --budgets")
     if "oracle-dp" in wanted or "oracle" in wanted:  # last: the search starts from the runs above
-        entries += [Entry("oracle-dp", float(b), Kind.DP, "budget") for b in config.oracle_budgets]
+        entries += [Entry("oracle-dp", b, Kind.DP, "budget") for b in scheduled["the oracles"]]
     if "oracle" in wanted:
-        entries += [Entry("oracle", float(b), Kind.ORACLE, "budget") for b in config.oracle_budgets]
+        entries += [Entry("oracle", b, Kind.ORACLE, "budget") for b in scheduled["the oracles"]]
     return entries

@@ -31,7 +31,7 @@ from cachepilot.parallel import Shard
 from cachepilot.models.adapters import num_blocks
 from cachepilot.policies.registry import BASELINES, make_baseline
 from cachepilot.policies.uniform import UniformCache
-from cachepilot.policies.schedule import FixedSchedule
+from cachepilot.policies.schedule import FixedSchedule, full_steps_schedule
 from cachepilot.runtime import Action
 
 from .config import UNIFORM, AblationConfig, Entry, Kind, Run, sweep_entries
@@ -87,13 +87,14 @@ class Runner:
     def search_starts(self, budget: float) -> dict[str, list[list[Action]]]:
         """The schedules the search starts from: the DP's (where the model has a gain profile), the uniform ones,
         TaylorSeer's best setting within the budget and the best learned policy at the budget (from their stored
-        runs), each as the runtime realised it on these pairs."""
+        runs), each as the runtime realised it on these pairs; and where one FULL is all the budget holds, that one."""
         s, c = self.setting, self.setting.config
         pairs = (s.prompts, s.seeds, c.steps, c.guidance)
-        starts = {}
+        starts, fulls = {}, fulls_for_budget(budget, c.steps)
         if self.has_gain():
-            fulls = fulls_for_budget(budget, c.steps)
             starts["oracle-dp"] = [t.schedule(fulls) for t in self.oracle_tables()]
+        if fulls < 2:  # the uniform schedule computes the last step too: one FULL, the first step's
+            starts["first-step"] = [full_steps_schedule(c.steps, {0})] * len(s.prompts)
         for name in ("uniform", "uniform-f1", "uniform-f2"):
             starts[name] = realise(s.pipe, self.policy(Entry(name, budget, Kind.SCHEDULE, "budget")), *pairs)
         best = [s.best_within(sweep_entries(BASELINES["taylorseer"], Kind.BASELINE, True), budget), s.best_learned(budget)]
