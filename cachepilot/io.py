@@ -4,6 +4,7 @@ gets the permissions a plain `open` would give (the umask applies), so a shared 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -49,6 +50,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def locked(folder: str | Path, name: str = ".lock"):
+    """An exclusive lock on `folder` (a file in it) for the block: what processes sharing the folder read, merge and
+    rewrite, one at a time."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def atomic_write_npz(path: str | Path, **arrays) -> None:

@@ -9,6 +9,7 @@ Python; under `torchrun` (or a cluster's launcher) each process is already there
 from __future__ import annotations
 
 import os
+from functools import partial
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -23,10 +24,15 @@ class Shard:
     world: int = 1
     device: str | None = None  # the device Fabric gave this process (None: the command's own choice)
     barrier: Callable[[], None] | None = None
+    all_gather: Callable[[object], list] | None = None
 
     def take(self, items: Sequence) -> list:
         """Every world-th item from the rank-th: the same split on every process, and one process takes all."""
         return list(items)[self.rank :: self.world]
+
+    def gather(self, value) -> list:
+        """Every process's `value` (picklable), in rank order, on every process; one process: `[value]`."""
+        return [value] if self.all_gather is None else self.all_gather(value)
 
     def wait(self) -> None:
         """Until every process is here (what one process reads, all have read, before any writes)."""
@@ -56,13 +62,25 @@ class Processes:
 
         fabric = Fabric(accelerator=self.accelerator, devices=self.devices, num_nodes=self.num_nodes,
                         strategy=self.strategy)
-        return fabric.launch(_on_rank, work, args, self.num_nodes)
+        # the work and its arguments travel as one object: Fabric walks launch arguments, and refuses frozen dataclasses
+        return fabric.launch(partial(_on_rank, work=work, args=args, num_nodes=self.num_nodes))
 
 
 def _on_rank(fabric, work: Callable, args: tuple, num_nodes: int):
-    if fabric.device.type == "cpu":  # processes sharing a CPU split its cores instead of each taking them all
+    if fabric.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # else the user's count holds
+        # processes sharing a CPU split its cores instead of each taking them all
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, fabric.world_size // num_nodes)))
     device = None if fabric.device.type == "cpu" else str(fabric.device)
-    result = work(Shard(fabric.global_rank, fabric.world_size, device, fabric.barrier), *args)
+    result = work(Shard(fabric.global_rank, fabric.world_size, device, fabric.barrier, _gather_objects), *args)
     fabric.barrier()
     return result
+
+
+def _gather_objects(value) -> list:
+    """The process group's all-gather of Python objects (the group Fabric set up; values travel between our own
+    processes only)."""
+    import torch.distributed as dist  # only a process group of several gathers
+
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out

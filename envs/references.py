@@ -9,8 +9,6 @@ Writes are atomic and the index is updated under a file lock, so concurrent proc
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from cachepilot import checks
-from cachepilot.io import atomic_write_bytes, atomic_write_text
+from cachepilot.io import atomic_write_bytes, atomic_write_text, locked
 from cachepilot.parallel import Processes, Shard
 from cachepilot.models.stepping import generate_batch, generation_options
 from cachepilot.provenance import identifying_config
@@ -142,15 +140,8 @@ class ReferenceStore:
     def index_path(self) -> Path:
         return self.root / "index.json"
 
-    @contextlib.contextmanager
     def _locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        return locked(self.root)
 
     def _read_index(self) -> dict | None:
         """The index as stored; None when it is damaged (not JSON, or entries without their fields)."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from cachepilot.envs.spec import RunSpec
 from cachepilot.models.adapters import num_blocks as count_blocks
+from cachepilot.parallel import Shard
 from cachepilot.policies.schedule import FixedSchedule
 from cachepilot.runtime import CFG, FULL, STEP, Action, Kind
 
@@ -40,6 +41,7 @@ class SearchConfig:
     block_ks: tuple[int, ...] | None = None  # None: one BLOCK_k, k = a third of the blocks
     forecast_basis: str = "step"
     seed: int = 0
+    batch: int | None = None  # rollouts per batched generation (None: a round's all at once, split over processes)
 
     def reuses(self, num_blocks: int, cfg: bool = True) -> tuple[Action, ...]:
         """The reuses the search may place (CFG only where the generation runs an uncond branch)."""
@@ -228,36 +230,57 @@ def realise(pipe, policy, prompts: list[str], seeds: list[int], steps: int, guid
 @dataclass
 class Rollouts:
     """What the search replays schedules on: a `RunSpec`'s pipeline and its training pairs, scored against their
-    uncached frames (by default the spec's reference store's)."""
+    uncached frames (by default the spec's reference store's).
+
+    Rollouts run in batched generations of `batch` samples, dealt out over the processes of `shard` and gathered
+    back, so every process holds every score. The batches are cut the same way for any number of processes, and a
+    sample's output depends on the batch it ran in (in the last bits), so with a `batch` the search is the same on
+    one process or many."""
 
     pipe: object
     pairs: ScoredPairs
     num_blocks: int
+    batch: int | None = None  # None: one generation per process
+    shard: Shard = Shard()
 
     @classmethod
-    def of(cls, spec: RunSpec, reference: np.ndarray | None = None, pairs=None) -> "Rollouts":
+    def of(cls, spec: RunSpec, reference: np.ndarray | None = None, pairs=None, batch: int | None = None,
+           shard: Shard = Shard()) -> "Rollouts":
         """On `pairs` ((prompt, seed) pairs; None: the spec's training pairs)."""
         pipe, pairs = spec.pipeline(), spec.pair_list() if pairs is None else list(pairs)
         if reference is None:
             reference = spec.reference_store().outputs(pairs)
         scored = ScoredPairs([p for p, _ in pairs], [s for _, s in pairs], spec.steps, spec.guidance, reference)
-        return cls(pipe, scored, count_blocks(pipe.transformer))
+        return cls(pipe, scored, count_blocks(pipe.transformer), batch, shard)
 
     def replay(self, schedules: list[list[Action]], owner: list[int] | None = None, basis: str = "step"):
         """`replay` of per-sample schedules, sample i on pair `owner[i]` (default: pair i)."""
         owner = list(range(len(schedules))) if owner is None else owner
-        p = self.pairs
-        return replay(self.pipe, schedules, [p.prompts[i] for i in owner], [p.seeds[i] for i in owner],
-                      p.reference[owner], p.steps, p.guidance, basis)
+        n, p = len(schedules), self.pairs
+        size = self.batch or max(1, -(-n // self.shard.world))
+        mine = []
+        for lo in self.shard.take(range(0, n, size)):
+            part = owner[lo:lo + size]
+            psnr, taken, fractions, uncond = replay(self.pipe, schedules[lo:lo + size], [p.prompts[i] for i in part],
+                                                    [p.seeds[i] for i in part], p.reference[part], p.steps,
+                                                    p.guidance, basis)
+            mine.append((lo, psnr.tolist(), [[str(a) for a in s] for s in taken], fractions, uncond))
+        parts = sorted(part for rank in self.shard.gather(mine) for part in rank)
+        psnr = np.array([v for part in parts for v in part[1]])
+        taken = [[Action.parse(a) for a in s] for part in parts for s in part[2]]
+        return psnr, taken, [f for part in parts for f in part[3]], any(part[4] for part in parts)
 
 
 def search(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[list[Action]]],
-           reference: np.ndarray | None = None, log=print) -> SearchResult:
+           reference: np.ndarray | None = None, log=print, shard: Shard = Shard()) -> SearchResult:
     """The best schedule per training pair of `spec`: from the best of `starts` (name -> one schedule per pair),
     improved by local moves kept only when a real rollout raises the final PSNR (the whole search for all pairs,
-    batched). `reference`: the pairs' uncached frames, when the caller has them (else the spec's reference store's)."""
+    batched). `reference`: the pairs' uncached frames, when the caller has them (else the spec's reference store's).
+    Over several processes (`shard`) each runs its share of every round's rollouts; every process returns the
+    result, and the first one logs."""
     wall, cpu = time.perf_counter(), time.process_time()
-    rollouts = Rollouts.of(spec, reference)
+    rollouts = Rollouts.of(spec, reference, batch=config.batch, shard=shard)
+    log = log if shard.rank == 0 else _silent
     num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
     rng = np.random.default_rng(config.seed)
     best = [None] * n
@@ -328,13 +351,15 @@ class SharedSearchResult:
 
 
 def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[Action]],
-                  reference: np.ndarray | None = None, log=print, pairs=None) -> SharedSearchResult:
+                  reference: np.ndarray | None = None, log=print, pairs=None,
+                  shard: Shard = Shard()) -> SharedSearchResult:
     """The one schedule with the best mean final PSNR over all the pairs (`pairs`, else the spec's training pairs):
     what a policy that cannot tell the pairs apart could at best do, and what it can learn from. Same moves as
     `search`; a round's candidates each run on every pair (one batched generation) and the best is kept only when it
-    raises the mean. With no rounds, the best of the starts."""
+    raises the mean. With no rounds, the best of the starts. Over several processes as `search`."""
     wall, cpu = time.perf_counter(), time.process_time()
-    rollouts = Rollouts.of(spec, reference, pairs)
+    rollouts = Rollouts.of(spec, reference, pairs, config.batch, shard)
+    log = log if shard.rank == 0 else _silent
     num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
 
     def mean_psnr(candidates: list[list[Action]]) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -370,3 +395,7 @@ def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: di
         log(f"shared schedule search, budget {budget:g}: round {r + 1}/{config.rounds}: mean PSNR {best_mean:.2f} dB")
     return SharedSearchResult(best, [float(v) for v in best_pairs], origin, start_psnr, accepted, config.rounds,
                               time.process_time() - cpu, time.perf_counter() - wall, history)
+
+
+def _silent(*args) -> None:
+    """The log of every process but the first."""

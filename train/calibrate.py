@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cachepilot.models.stepping import generate_batch
+from cachepilot.parallel import Shard
 from cachepilot.policies.base import BasePolicy
 from cachepilot.runtime import FULL, attach_runtime, cache_summary, experts_of, remove_cache
 from cachepilot.runtime.signals import rel_l1
@@ -51,45 +52,40 @@ def _polyfit(xs: list[float], ys: list[float]) -> tuple[list[float], float]:
 
 
 def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, seed: int = 0,
-              model_id: str = "model", progress: bool = True) -> dict:
-    """Run full-compute generations and return the calibration record (see module docstring)."""
+              model_id: str = "model", progress: bool = True, shard: Shard = Shard()) -> dict:
+    """Run full-compute generations and return the calibration record (see module docstring). Over several processes
+    (`shard`) each generates its share of the prompts (one per generation, as one process does) and every process
+    returns the record of all of them, pooled in prompt order: the same record as one process's."""
     recorder = _Recorder()
     outputs: list[torch.Tensor] = []
     def keep_rows(_module, _args, _kwargs, out):  # one entry per row: the runtime records one decision per row
         outputs.extend(out[0].detach().float().split(1))
     handles = [model.register_forward_hook(keep_rows, with_kwargs=True) for model in (pipe.transformer, *experts_of(pipe))]
     attach_runtime(pipe, recorder)
-    xs, ys = {}, {}  # per expert
-    ratios: dict[str, list[list[float]]] = {}
-    mid, drift = [], []
     pipe.set_progress_bar_config(disable=True)
+    measured = []
     try:
-        for i, prompt in enumerate(tqdm(prompts, desc="calibrating", disable=not progress)):
+        mine = shard.take(list(enumerate(prompts)))
+        for i, prompt in tqdm(mine, desc="calibrating", disable=not progress or shard.rank != 0):
             outputs.clear()
             recorder.indicator.clear()
             generate_batch(pipe, [prompt], [seed + i], steps, guidance, decode=False)
-            summary = cache_summary(pipe)
-            # the runtime records decisions in the order of the rows of the calls: the order of `outputs`
-            previous: dict[tuple[int, str], torch.Tensor] = {}
-            for decision, out in zip(summary.decisions, outputs):
-                x = recorder.indicator.get((decision.branch, decision.sample, decision.step))
-                key = (decision.expert, decision.branch)  # an expert's output is compared with its own only
-                if key in previous and x is not None:
-                    xs.setdefault(decision.expert, []).append(x)
-                    ys.setdefault(decision.expert, []).append(rel_l1(out, previous[key]))
-                previous[key] = out
-            per_branch: dict[str, list[float]] = {}
-            for stat in summary.full_stats:
-                ratio = stat.get("residual_norm_ratio")
-                per_branch.setdefault(stat["branch"], []).append(1.0 if ratio is None else ratio)
-                mid.append(stat.get("mid_block_change"))
-                drift.append(stat.get("residual_rel_l1"))
-            for branch, values in per_branch.items():
-                ratios.setdefault(branch, []).append(values)
+            measured.append((i, _measurements(cache_summary(pipe), recorder, outputs)))
     finally:
         remove_cache(pipe)
         for handle in handles:
             handle.remove()
+    xs, ys = {}, {}  # per expert
+    ratios: dict[str, list[list[float]]] = {}
+    mid, drift = [], []
+    for _, one in sorted(m for rank in shard.gather(measured) for m in rank):
+        for expert, pairs in one["changes"].items():
+            xs.setdefault(expert, []).extend(x for x, _ in pairs)
+            ys.setdefault(expert, []).extend(y for _, y in pairs)
+        for branch, values in one["ratios"].items():
+            ratios.setdefault(branch, []).append(values)
+        mid += one["mid"]
+        drift += one["drift"]
     fits = [_polyfit(xs[e], ys[e]) for e in sorted(xs)]
     coeffs, r2 = _polyfit(sum(xs.values(), []), sum(ys.values(), []))
     mag = {b: np.asarray(v) for b, v in ratios.items()}
@@ -106,3 +102,23 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
         "adacache": {"mid_block_change": _percentiles(mid)},
         "mixcache": {"residual_rel_l1": _percentiles(drift)},
     }
+
+
+def _measurements(summary, recorder: _Recorder, outputs: list[torch.Tensor]) -> dict:
+    """One generation's points: per expert (indicator change, output change) pairs, per branch the residual norm
+    ratios of its FULL calls, and the middle-block and residual change rates."""
+    changes: dict[int, list[tuple[float, float]]] = {}
+    # the runtime records decisions in the order of the rows of the calls: the order of `outputs`
+    previous: dict[tuple[int, str], torch.Tensor] = {}
+    for decision, out in zip(summary.decisions, outputs):
+        x = recorder.indicator.get((decision.branch, decision.sample, decision.step))
+        key = (decision.expert, decision.branch)  # an expert's output is compared with its own only
+        if key in previous and x is not None:
+            changes.setdefault(decision.expert, []).append((x, rel_l1(out, previous[key])))
+        previous[key] = out
+    ratios: dict[str, list[float]] = {}
+    for stat in summary.full_stats:
+        ratio = stat.get("residual_norm_ratio")
+        ratios.setdefault(stat["branch"], []).append(1.0 if ratio is None else ratio)
+    return {"changes": changes, "ratios": ratios, "mid": [s.get("mid_block_change") for s in summary.full_stats],
+            "drift": [s.get("residual_rel_l1") for s in summary.full_stats]}

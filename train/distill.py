@@ -42,8 +42,9 @@ from cachepilot.evaluation.oracle import (DEFAULT_MAX_GAP, GAIN_FILE, SegmentTab
                                           measure_segments, reference_latents, stored_gain)
 from cachepilot.evaluation.search import SearchConfig, SharedSearchResult, forecast_reuses, search_shared
 from cachepilot.evaluation.validation import evaluate_student
-from cachepilot.io import atomic_write_npz, atomic_write_text, read_or_set_aside
+from cachepilot.io import atomic_write_npz, atomic_write_text, locked, read_or_set_aside
 from cachepilot.models.registry import pipeline_folder
+from cachepilot.parallel import Shard
 from cachepilot.policies.learned import PolicyNet, lowest_budget
 from cachepilot.policies.policy_file import PolicyBundle
 from cachepilot.policies.schedule import FixedSchedule, evenly_spaced, full_steps_schedule, resample_schedule
@@ -65,6 +66,7 @@ class DistillConfig:
     search_pairs: int = 8  # train pairs that searched schedule is scored on
     search_rounds: int = 6
     search_proposals: int = 8  # candidate moves per round, each run on every search pair
+    search_batch: int | None = None  # rollouts per generation (None: a round's all at once, split over processes)
     pairs_per_setting: int = 2  # train pairs taught at each setting but the primary one (which teaches them all)
     setting_search_rounds: int = 0  # rounds of moves after the best start, for the other settings' schedules
     epochs: int = 200  # per round, each training a fresh network on everything gathered so far
@@ -92,6 +94,8 @@ class DistillConfig:
         self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
         self.relabel = checks.choice("relabel", self.relabel, ("reached", "reference"))
         self.searched_budgets = tuple(checks.budget(b, "searched budget") for b in self.searched_budgets)
+        if self.search_batch is not None:
+            self.search_batch = checks.count("search_batch", self.search_batch)
 
 
 class ActionDataModule(L.LightningDataModule):
@@ -227,8 +231,9 @@ class SettingOracle:
         self.log(f"oracle: measuring the error-amplification profile on {len(val)} val prompts")
         gain = amplification(episodes.pipe, [(p, 10_000 + i) for i, p in enumerate(val)], steps, guidance,
                              config.gain_every)
-        atomic_write_npz(self.folder / GAIN_FILE, gain=gain, model_hash=np.array(store.model_hash),
-                         steps=np.array(steps), guidance=np.array(guidance))
+        if self.distiller.shard.rank == 0:
+            atomic_write_npz(self.folder / GAIN_FILE, gain=gain, model_hash=np.array(store.model_hash),
+                             steps=np.array(steps), guidance=np.array(guidance))
         return gain
 
     def oracle_tables(self) -> dict[int, SegmentTable]:
@@ -237,27 +242,37 @@ class SettingOracle:
         if not self.primary:
             return {}
         episodes, config, log, steps = self.episodes, self.config, self.log, self.setting.steps
-        store = episodes.store_at(self.setting)
+        store, shard = episodes.store_at(self.setting), self.distiller.shard
         gain = self.gain()
         path = self.folder / "oracle_tables.npz"
-        stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
-        if any(k.startswith("errors_") and v.shape != (steps, steps + 1) for k, v in stored.items()):
-            log(f"oracle: {path} holds tables for another step count; measuring them again")
-            stored = {}
-        tables = {int(k.split("_")[1]): SegmentTable(v, config.max_gap, gain, stored[f"forecast_{k.split('_')[1]}"])
-                  for k, v in stored.items() if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
-        missing = [i for i in self.pair_ids if i not in tables]
-        for start in range(0, len(missing), config.num_envs):
-            chunk = missing[start : start + config.num_envs]
+        stored = self._stored_tables(path, log)
+        missing = [i for i in self.pair_ids if i not in stored]
+        shard.wait()  # every process has listed what is missing before any of them writes
+        measured = {}
+        for chunk in shard.take([missing[k : k + config.num_envs] for k in range(0, len(missing), config.num_envs)]):
             log(f"oracle, {self.setting}: segment tables for pairs {', '.join(map(str, chunk))}")
             found, frames = measure_segments(episodes.pipe, [episodes.pairs[i] for i in chunk], steps,
                                              self.setting.guidance, config.max_gap, gain, forecast=True)
             for i, table, output in zip(chunk, found, frames):
-                tables[i] = table
+                measured[i] = (table.errors, table.forecast)
                 store.put(*episodes.pairs[i], output)
-            atomic_write_npz(path, **{f"errors_{i}": t.errors for i, t in tables.items()},
-                             **{f"forecast_{i}": t.forecast for i, t in tables.items()})
-        return tables
+            with locked(self.folder, ".oracle_tables.lock"):  # merged with what other processes wrote
+                merged = self._stored_tables(path, lambda *a: None) | measured
+                atomic_write_npz(path, **{f"errors_{i}": e for i, (e, _) in merged.items()},
+                                 **{f"forecast_{i}": f for i, (_, f) in merged.items()})
+        for part in shard.gather(measured):
+            stored |= part
+        return {i: SegmentTable(e, config.max_gap, gain, f) for i, (e, f) in sorted(stored.items())}
+
+    def _stored_tables(self, path: Path, log) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per pair, the (errors, forecast) arrays stored at `path` for this step count."""
+        steps = self.setting.steps
+        stored = read_or_set_aside(path, lambda p: dict(np.load(p)), log) or {}
+        if any(k.startswith("errors_") and v.shape != (steps, steps + 1) for k, v in stored.items()):
+            log(f"oracle: {path} holds tables for another step count; measuring them again")
+            return {}
+        return {int(k.split("_")[1]): (v, stored[f"forecast_{k.split('_')[1]}"]) for k, v in stored.items()
+                if k.startswith("errors_") and f"forecast_{k.split('_')[1]}" in stored}
 
     def setting_schedules(self, primary_tables: dict[int, SegmentTable],
                           searched: dict[float, SharedSearchResult]) -> dict[float, list]:
@@ -268,7 +283,7 @@ class SettingOracle:
         config, episodes, log, steps = self.config, self.episodes, self.log, self.setting.steps
         pairs = [episodes.pairs[i] for i in self.pair_ids]
         search_config = SearchConfig(rounds=config.setting_search_rounds, proposals=config.search_proposals,
-                                     seed=config.seed)
+                                     seed=config.seed, batch=config.search_batch)
         inputs = json.loads(json.dumps({"model": episodes.store_at(self.setting).model_hash, "steps": steps,
                                         "guidance": self.setting.guidance, "pairs": pairs,
                                         "search": asdict(search_config),
@@ -294,11 +309,12 @@ class SettingOracle:
                     continue
             if budget in searched:
                 starts["primary-searched"] = resample_schedule(searched[budget].schedule, steps, fulls)
-            result = search_shared(spec, budget, search_config, starts, log=lambda *a: None, pairs=pairs)
+            result = search_shared(spec, budget, search_config, starts, log=lambda *a: None, pairs=pairs,
+                                   shard=self.distiller.shard)
             log(f"{self.setting}, budget {budget:g}: the {result.start} schedule, {np.mean(result.psnr):.2f} dB on "
                 f"{len(pairs)} pairs")
             found[f"{budget:g}"] = result.as_dict()
-            atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
+            self.distiller.write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
         self.chosen = {b: {"start": r["start"], "psnr": round(float(np.mean(r["psnr"])), 2)} for b, r in found.items()}
         return {float(b): SharedSearchResult.from_dict(r).schedule for b, r in found.items()}
 
@@ -324,7 +340,8 @@ class SettingOracle:
         jobs = [(p, b) for p in self.pair_ids for b in budgets]
         log(f"round {round_}, {self.setting}: {len(jobs)} episodes rolled out by the "
             f"{'oracle' if net is None else 'student'}, labelled by the oracle")
-        rollouts = run_episodes(episodes, jobs, teacher, net=net, batch=config.num_envs, setting=self.setting)
+        rollouts = run_episodes(episodes, jobs, teacher, net=net, batch=config.num_envs, setting=self.setting,
+                                shard=self.distiller.shard)
         relabelled = None
         if net is not None and config.relabel == "reached" and self.primary:
             clock = time.perf_counter()
@@ -338,7 +355,8 @@ class SettingOracle:
             log(f"round {round_}: relabelled from the states reached: {changed} of {len(rollouts.labels)} labels "
                 f"changed ({relabelled['seconds']:.0f} s)")
         arrays = rollouts.arrays()
-        atomic_write_npz(path, **arrays)
+        if self.distiller.shard.rank == 0:
+            atomic_write_npz(path, **arrays)
         return arrays, relabelled
 
 
@@ -349,9 +367,16 @@ class Distiller(Trainer):
     them (a different few per setting), and one network learns from all of it.
     Everything the run produces lives in `run_dir` and is reused when it is started again."""
 
-    def __init__(self, spec: RunSpec, config: DistillConfig | None = None, run_dir="runs/distill.run", log=print):
-        super().__init__(spec, config or DistillConfig(), run_dir, log)
-        self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps_range[0], log)
+    def __init__(self, spec: RunSpec, config: DistillConfig | None = None, run_dir="runs/distill.run", log=print,
+                 shard: Shard = Shard()):
+        super().__init__(spec, config or DistillConfig(), run_dir, log if shard.rank == 0 else _silent)
+        self.shard = shard
+        self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps_range[0], self.log)
+
+    def write_text(self, path: Path, text: str) -> None:
+        """A file every process holds the same content of, written by the first."""
+        if self.shard.rank == 0:
+            atomic_write_text(path, text)
 
     @cached_property
     def episodes(self) -> CacheEpisodes:
@@ -408,9 +433,10 @@ class Distiller(Trainer):
             merged = {k: np.concatenate([a[k] for a in gathered]) for k in ("obs", "masks", "labels")}
             student_val = StudentValidation(self.val, self.eval_budgets, config.student_val_every,
                                             round_ * config.epochs)
-            net = fit(merged, self.run_dir, config, round_, "-" + self.rounds_key(self.oracles[0]), self.logger,
-                      [student_val], log)
-            scores = student_val.last or evaluate_student(self.val, net, self.eval_budgets)  # None: resumed finished
+            net = self.fit(merged, round_, student_val)
+            scores = self.shard.gather(  # the first process scores the student, every one keeps its scores
+                (student_val.last or evaluate_student(self.val, net, self.eval_budgets)) if self.shard.rank == 0
+                else None)[0]  # (no scores from the callback: a finished round resumed)
             history.append({"round": round_, "samples": int(len(merged["labels"])), "val": scores,
                             **({"relabelled_from_reached": relabelled} if relabelled else {})})
             log(f"round {round_}: {len(merged['labels'])} samples; val " + ", ".join(
@@ -420,6 +446,8 @@ class Distiller(Trainer):
         self.logger.experiment.flush()
         selected, net, scores = best
         log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
+        if self.shard.rank != 0:  # the first process validates the policy and holds it
+            return None
         training = self.training_record(
             "distill", started, rounds=history, selected_round=selected,
             oracle="segment-error DP over STEP and STEP_F1 edges (cachepilot.evaluation.oracle); at the searched "
@@ -435,6 +463,23 @@ class Distiller(Trainer):
                                                    trained=(self.spec.steps_range, self.spec.guidance_range))
         return self.policy
 
+    def fit(self, arrays: dict[str, np.ndarray], round_: int, student_val: StudentValidation) -> PolicyNet:
+        """One round's network. Where the Trainer's flags spread it over this run's processes, they all train it (DDP);
+        otherwise the first process trains it as one process does and the others take its weights."""
+        config, shard = self.config, self.shard
+        flags = {"devices": 1, "num_nodes": 1, **config.trainer}
+        together = isinstance(flags["devices"], int) and flags["devices"] * flags["num_nodes"] == shard.world
+        if together or shard.rank == 0:
+            net = fit(arrays, self.run_dir, config, round_, "-" + self.rounds_key(self.oracles[0]), self.logger,
+                      [student_val], self.log)
+        if together:
+            return net
+        state = shard.gather(net.state_dict() if shard.rank == 0 else None)[0]
+        if shard.rank != 0:
+            net = DistillModule(arrays["obs"].shape[1], arrays["masks"].shape[1], config.hidden, config.lr).net
+            net.load_state_dict(state)
+        return net.eval()
+
     def searched_schedules(self, tables: dict[int, SegmentTable]) -> dict[float, SharedSearchResult]:
         """Per searched budget, one schedule searched with real rollouts for the best mean PSNR on the first
         `search_pairs` train pairs at the primary setting (`search_shared`), from the uniform schedules and each
@@ -446,7 +491,8 @@ class Distiller(Trainer):
         episodes, config, log, primary = self.episodes, self.config, self.log, self.spec.primary
         steps, store = primary.steps, episodes.store_at(primary)
         pairs = episodes.pairs[: config.search_pairs]
-        search_config = SearchConfig(rounds=config.search_rounds, proposals=config.search_proposals, seed=config.seed)
+        search_config = SearchConfig(rounds=config.search_rounds, proposals=config.search_proposals, seed=config.seed,
+                                     batch=config.search_batch)
         inputs = json.loads(json.dumps({"model": store.model_hash, "steps": steps, "guidance": primary.guidance,
                                         "pairs": pairs, "search": asdict(search_config)}))  # as read back from the file
         path = self.run_dir / SEARCHED_FILE
@@ -464,11 +510,11 @@ class Distiller(Trainer):
                     starts[f"oracle-dp-pair{i}"] = tables[i].schedule(fulls)
                 except ValueError:  # the DP's gaps cannot span the generation with this few FULL steps
                     continue
-            result = search_shared(search_spec, budget, search_config, starts, log=log)
+            result = search_shared(search_spec, budget, search_config, starts, log=log, shard=self.shard)
             log(f"shared schedule, budget {budget:g}: {np.mean(result.psnr):.2f} dB on {len(pairs)} train pairs "
                 f"({result.cpu_seconds / 60:.1f} CPU minutes)")
             found[f"{budget:g}"] = result.as_dict()
-            atomic_write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
+            self.write_text(path, json.dumps({"inputs": inputs, "budgets": found}, allow_nan=False))
         return {b: SharedSearchResult.from_dict(found[f"{b:g}"]) for b in self.searched_budgets}
 
     def rounds_key(self, oracle: SettingOracle) -> str:
@@ -505,3 +551,7 @@ def _searched_file(path: Path) -> dict:
 def mean_psnr(scores: dict[float, dict]) -> float:
     """A round's validation score: the budget guard fixes the compute at each budget, so PSNR alone ranks."""
     return float(np.mean([s["psnr"] for s in scores.values()]))
+
+
+def _silent(*args) -> None:
+    """The log of every process but the first."""

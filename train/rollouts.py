@@ -14,6 +14,7 @@ import torch
 
 from cachepilot.envs.episodes import CacheEpisodes
 from cachepilot.evaluation.oracle import ReachedSegments, SegmentTable, measure_reached
+from cachepilot.parallel import Shard
 from cachepilot.policies.learned import PolicyNet, masked_argmax, within_budget
 from cachepilot.runtime import FULL, STEP, Action
 
@@ -88,6 +89,15 @@ class Rollouts:
     jobs: list[tuple[int, float]] = field(default_factory=list)  # per episode, (pair, budget)
     taken: list[list[int]] = field(default_factory=list)  # per episode, the action index of each step
 
+    @classmethod
+    def joined(cls, parts: list["Rollouts"]) -> "Rollouts":
+        """The parts one after the other, as one collection of them in that order."""
+        out = cls()
+        for part in parts:
+            for name in ("obs", "masks", "labels", "visits", "jobs", "taken"):
+                getattr(out, name).extend(getattr(part, name))
+        return out
+
     def arrays(self) -> dict[str, np.ndarray]:
         return {"obs": np.stack(self.obs).astype(np.float32), "masks": np.stack(self.masks),
                 "labels": np.asarray(self.labels, dtype=np.int64)}
@@ -103,35 +113,43 @@ def student_picks(net: PolicyNet, episodes: CacheEpisodes, obs: np.ndarray, mask
 
 
 def run_episodes(episodes: CacheEpisodes, jobs: list[tuple[int, float]], teacher: OracleTeacher,
-                 net: PolicyNet | None = None, batch: int = 8, setting=None) -> Rollouts:
+                 net: PolicyNet | None = None, batch: int = 8, setting=None, shard: Shard = Shard()) -> Rollouts:
     """Run (pair, budget) episodes at `setting` (None: the spec's primary one), `batch` at a time: the student acts
-    when `net` is given, else the teacher; the teacher labels every state."""
+    when `net` is given, else the teacher; the teacher labels every state. Over several processes (`shard`) each runs
+    every world-th batch and every process returns all of them, in order: what one process collects."""
+    parts = [(start, _run_batch(episodes, jobs[start : start + batch], start, teacher, net, setting))
+             for start in shard.take(range(0, len(jobs), batch))]
+    return Rollouts.joined([part for _, part in sorted((p for rank in shard.gather(parts) for p in rank),
+                                                       key=lambda p: p[0])])
+
+
+def _run_batch(episodes: CacheEpisodes, chunk: list[tuple[int, float]], first: int, teacher: OracleTeacher,
+               net: PolicyNet | None, setting) -> Rollouts:
+    """One batch of episodes, the first of them episode `first` of the collection."""
     out = Rollouts()
     at = {} if setting is None else {"steps": setting.steps, "guidance": setting.guidance}
-    for start in range(0, len(jobs), batch):
-        chunk = jobs[start : start + batch]
-        drawn = [episodes.draw(None, {"pair": p, "budget": b} | at) for p, b in chunk]
-        obs, _ = episodes.begin(drawn)
-        budgets = [e.budget for e in drawn]
-        last_full, previous_full, spent = [0] * len(chunk), [None] * len(chunk), np.zeros(len(chunk))
-        out.jobs += [(e.pair, e.budget) for e in drawn]
-        out.taken += [[] for _ in drawn]
-        for step in range(episodes.steps):
-            masks = np.stack(episodes.masks)
-            labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget,
-                                  valid=masks[i]) for i, e in enumerate(drawn)]
-            out.labels += labels
-            out.obs += list(obs)
-            out.masks += list(masks)
-            out.visits += [Visit(start + i, step, last_full[i], previous_full[i], float(spent[i]))
-                           for i in range(len(chunk))]
-            picks = labels if net is None else student_picks(net, episodes, obs, masks, step, spent, budgets)
-            obs, _, _, infos = episodes.advance(picks)
-            for i, info in enumerate(infos):
-                out.taken[start + i].append(int(picks[i]))
-                spent[i] += info["step_cost"]
-                if episodes.actions[picks[i]] == FULL and step > 0:
-                    last_full[i], previous_full[i] = step, last_full[i]
+    drawn = [episodes.draw(None, {"pair": p, "budget": b} | at) for p, b in chunk]
+    obs, _ = episodes.begin(drawn)
+    budgets = [e.budget for e in drawn]
+    last_full, previous_full, spent = [0] * len(chunk), [None] * len(chunk), np.zeros(len(chunk))
+    out.jobs += [(e.pair, e.budget) for e in drawn]
+    out.taken += [[] for _ in drawn]
+    for step in range(episodes.steps):
+        masks = np.stack(episodes.masks)
+        labels = [teacher.act(e.pair, step, last_full[i], previous_full[i], float(spent[i]), e.budget,
+                              valid=masks[i]) for i, e in enumerate(drawn)]
+        out.labels += labels
+        out.obs += list(obs)
+        out.masks += list(masks)
+        out.visits += [Visit(first + i, step, last_full[i], previous_full[i], float(spent[i]))
+                       for i in range(len(chunk))]
+        picks = labels if net is None else student_picks(net, episodes, obs, masks, step, spent, budgets)
+        obs, _, _, infos = episodes.advance(picks)
+        for i, info in enumerate(infos):
+            out.taken[i].append(int(picks[i]))
+            spent[i] += info["step_cost"]
+            if episodes.actions[picks[i]] == FULL and step > 0:
+                last_full[i], previous_full[i] = step, last_full[i]
     return out
 
 

@@ -158,8 +158,12 @@ def processes(args):
     """The `Processes` the flags of `add_process_arguments` ask for."""
     from cachepilot.parallel import Processes  # imported when run (cachepilot.cli)
 
-    devices = int(args.devices) if str(args.devices).isdigit() else args.devices
-    return Processes(args.accelerator, devices, args.num_nodes, args.strategy)
+    return Processes(args.accelerator, devices(args.devices), args.num_nodes, args.strategy)
+
+
+def devices(flag):
+    """Lightning's --devices: a count, or a list or "auto" as given."""
+    return int(flag) if str(flag).isdigit() else flag
 
 
 def add_setting_arguments(p, steps: int | None = 50, guidance: float | None = 5.0) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from cachepilot.errors import InvalidInputError
 
 from .common import (COUNT, COUNT0, FOLDER, GUIDANCES, RUNS, SEED, STEP_COUNTS, add_model_arguments,
-                     add_setting_arguments, budgets, budgets_or_none, model_source, prompts_for)
+                     add_setting_arguments, budgets, budgets_or_none, devices, model_source, processes,
+                     prompts_for)
 
 HELP = "train a cache policy (distillation from the oracle, or PPO) and save it"
 
@@ -18,7 +19,7 @@ TRAIN_GUIDANCE = (2, 3, 5, 7, 8)
 # Flags of one algorithm only, with their defaults: given with the other algorithm they are refused, not ignored.
 ALGORITHM_FLAGS = {
     "distill": {"rounds": 2, "relabel": "reference", "searched_budgets": (0.15,), "epochs": 200, "val_every": 50,
-                "accelerator": "cpu", "devices": "1", "strategy": "auto"},
+                "accelerator": "cpu", "devices": "1", "num_nodes": 1, "strategy": "auto"},
     "ppo": {"timesteps": 12_000, "init_from": None, "fresh": False},
 }
 
@@ -61,9 +62,11 @@ def add_arguments(p) -> None:
     p.add_argument("--references", type=FOLDER, help="reference store folder (default: $CACHEPILOT_REFERENCES or "
                    "~/.cache)")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--accelerator", help="distill: Lightning Trainer flag (default cpu)")
-    p.add_argument("--devices", help="distill: Lightning Trainer flag (default 1; e.g. 2 with --strategy ddp)")
-    p.add_argument("--strategy", help="distill: Lightning Trainer flag (default auto; ddp, ddp_spawn, ...)")
+    p.add_argument("--accelerator", help="distill: Lightning flag (default cpu; gpu, cuda, auto)")
+    p.add_argument("--devices", help="distill: processes per node, one per device, for the rollouts and the "
+                   "Trainer's DDP (default 1; e.g. 2 with --strategy ddp)")
+    p.add_argument("--num-nodes", type=COUNT, help="distill: nodes (default 1)")
+    p.add_argument("--strategy", help="distill: Lightning flag (default auto; ddp re-runs the command once per device)")
 
 
 def algorithm_flags(args) -> None:
@@ -100,8 +103,9 @@ def run_spec(args):
                    args.budgets, args.references, settings)
 
 
-def trainer(args, spec, run_dir):
-    """The algorithm's trainer, with its config from the flags."""
+def trainer(args, spec, run_dir, shard=None):
+    """The algorithm's trainer, with its config from the flags (`shard`: this process's place among the
+    distillation's processes)."""
     # imported when run (cachepilot.cli)
     from cachepilot.train.distill import DistillConfig, Distiller
     from cachepilot.train.rl import PPOConfig, PPOTrainer
@@ -110,9 +114,9 @@ def trainer(args, spec, run_dir):
         config = DistillConfig(dagger_rounds=args.rounds, epochs=args.epochs, num_envs=args.num_envs, seed=args.seed,
                                student_val_every=args.val_every, relabel=args.relabel,
                                searched_budgets=args.searched_budgets,
-                               trainer={"accelerator": args.accelerator, "devices": args.devices,
-                                        "strategy": args.strategy})
-        return Distiller(spec, config, run_dir)
+                               trainer={"accelerator": args.accelerator, "devices": devices(args.devices),
+                                        "num_nodes": args.num_nodes, "strategy": args.strategy})
+        return Distiller(spec, config, run_dir, **({"shard": shard} if shard else {}))
     config = PPOConfig(total_timesteps=args.timesteps, num_envs=args.num_envs, init_from=args.init_from, seed=args.seed)
     return PPOTrainer(spec, config, run_dir)
 
@@ -125,9 +129,20 @@ def run(args) -> int:
     spec = run_spec(args)
     out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force,
                        weights_path(args.model, args.model_path))
-    chosen = trainer(args, spec, run_folder(out, args.run_dir))
+    run_dir = run_folder(out, args.run_dir)
+    if args.algo == "ppo":
+        _learn(None, args, spec, run_dir, out)
+    else:
+        processes(args).launch(_learn, args, spec, run_dir, out)
+    return 0
+
+
+def _learn(shard, args, spec, run_dir, out) -> None:
+    """Learn on this process (one of the distillation's, or the only one), and save from the first."""
+    chosen = trainer(args, spec, run_dir, shard)
     chosen.learn(**({"fresh": args.fresh} if args.algo == "ppo" else {}))
+    if shard is not None and shard.rank != 0:
+        return
     bundle = chosen.save(out)
     print(f"policy saved to {out} ({bundle.net.num_parameters} parameters, "
           f"{bundle.card.training['wall_minutes']} min)")
-    return 0
