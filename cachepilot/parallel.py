@@ -34,6 +34,10 @@ class Shard:
         """Every process's `value` (picklable), in rank order, on every process; one process: `[value]`."""
         return [value] if self.all_gather is None else self.all_gather(value)
 
+    def first_says(self, log: Callable) -> Callable:
+        """`log` on the first process and silence on the others: one line per event, not one per process."""
+        return log if self.rank == 0 else _silent
+
     def wait(self) -> None:
         """Until every process is here (what one process reads, all have read, before any writes)."""
         if self.barrier is not None:
@@ -84,3 +88,7 @@ def _gather_objects(value) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, value)
     return out
+
+
+def _silent(*args) -> None:
+    """The log of every process but the first."""

@@ -5,7 +5,8 @@ from .cache_env import CacheEnv
 from .episodes import CacheEpisodes, Episode, EpisodeConfig
 from .references import Reference, ReferenceStore
 from .reward import RewardConfig
+from .sharded import ShardedCacheEnv
 from .spec import RunSpec, Setting, setting_cross
 
-__all__ = ["CacheEnv", "BatchedCacheEnv", "CacheEpisodes", "Episode", "EpisodeConfig", "RunSpec", "Setting", "setting_cross", "Reference",
+__all__ = ["CacheEnv", "BatchedCacheEnv", "ShardedCacheEnv", "CacheEpisodes", "Episode", "EpisodeConfig", "RunSpec", "Setting", "setting_cross", "Reference",
            "ReferenceStore", "RewardConfig"]

@@ -19,8 +19,34 @@ from .episodes import CacheEpisodes, Episode, EpisodeConfig
 from .spec import RunSpec
 
 
-class BatchedCacheEnv(VecEnv):
+class SharedVecEnv(VecEnv):
+    """The VecEnv attribute protocol where one object serves every environment index (a batch in lockstep)."""
+
     render_mode = None
+
+    def _indices(self, indices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
+
+    def get_attr(self, attr_name, indices=None):
+        return [getattr(self, attr_name) for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name, value, indices=None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
+        if method_name == "action_masks":
+            masks = self.action_masks()
+            return [masks[i] for i in self._indices(indices)]
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
+        return [result for _ in self._indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class, indices=None):
+        return [False for _ in self._indices(indices)]
+
+
+class BatchedCacheEnv(SharedVecEnv):
     def __init__(self, spec: RunSpec | None = None, config: EpisodeConfig | None = None, num_envs: int = 8):
         num_envs = checks.count("num_envs", num_envs)
         self.episodes = CacheEpisodes(spec, config)
@@ -78,25 +104,3 @@ class BatchedCacheEnv(VecEnv):
 
     def close(self) -> None:
         self.episodes.close()
-
-    # ---- the VecEnv attribute protocol: one shared environment object serves every index ----------
-    def _indices(self, indices) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
-        return [indices] if isinstance(indices, int) else list(indices)
-
-    def get_attr(self, attr_name, indices=None):
-        return [getattr(self, attr_name) for _ in self._indices(indices)]
-
-    def set_attr(self, attr_name, value, indices=None) -> None:
-        setattr(self, attr_name, value)
-
-    def env_method(self, method_name, *method_args, indices=None, **method_kwargs):
-        if method_name == "action_masks":
-            masks = self.action_masks()
-            return [masks[i] for i in self._indices(indices)]
-        result = getattr(self, method_name)(*method_args, **method_kwargs)
-        return [result for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class, indices=None):
-        return [False for _ in self._indices(indices)]

@@ -280,7 +280,7 @@ def search(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str,
     result, and the first one logs."""
     wall, cpu = time.perf_counter(), time.process_time()
     rollouts = Rollouts.of(spec, reference, batch=config.batch, shard=shard)
-    log = log if shard.rank == 0 else _silent
+    log = shard.first_says(log)
     num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
     rng = np.random.default_rng(config.seed)
     best = [None] * n
@@ -359,7 +359,7 @@ def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: di
     raises the mean. With no rounds, the best of the starts. Over several processes as `search`."""
     wall, cpu = time.perf_counter(), time.process_time()
     rollouts = Rollouts.of(spec, reference, pairs, config.batch, shard)
-    log = log if shard.rank == 0 else _silent
+    log = shard.first_says(log)
     num_blocks, n = rollouts.num_blocks, len(rollouts.pairs.prompts)
 
     def mean_psnr(candidates: list[list[Action]]) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -395,7 +395,3 @@ def search_shared(spec: RunSpec, budget: float, config: SearchConfig, starts: di
         log(f"shared schedule search, budget {budget:g}: round {r + 1}/{config.rounds}: mean PSNR {best_mean:.2f} dB")
     return SharedSearchResult(best, [float(v) for v in best_pairs], origin, start_psnr, accepted, config.rounds,
                               time.process_time() - cpu, time.perf_counter() - wall, history)
-
-
-def _silent(*args) -> None:
-    """The log of every process but the first."""

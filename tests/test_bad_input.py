@@ -356,7 +356,8 @@ def test_check_model_never_writes_a_shipped_card_nor_a_weaker_record(capsys, mon
 @pytest.mark.parametrize("algo, flag", [
     ("distill", ["--init-from", str(SHIPPED_POLICY)]), ("distill", ["--timesteps", "100"]), ("distill", ["--fresh"]),
     ("ppo", ["--epochs", "3"]), ("ppo", ["--rounds", "1"]), ("ppo", ["--relabel", "reached"]),
-    ("ppo", ["--searched-budgets", "none"]), ("ppo", ["--val-every", "2"]), ("ppo", ["--devices", "2"]),
+    ("ppo", ["--searched-budgets", "none"]), ("ppo", ["--val-every", "2"]), ("ppo", ["--patience", "0"]),
+    ("distill", ["--env-group", "2"]),
 ])
 def test_train_refuses_the_flags_of_the_other_algorithm(algo, flag, capsys, tmp_path):
     err = _one_line_error(["train", "--algo", algo, *flag, "--out", str(tmp_path / "p")], capsys)

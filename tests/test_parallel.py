@@ -172,3 +172,37 @@ def test_distillation_over_two_processes_teaches_what_one_teaches(tmp_path):
     again = Processes(devices=2, strategy="ddp_spawn").launch(_distilled, str(tmp_path / "two"))
     assert _run_files(run) == files and all(np.array_equal(one[k], again[k]) for k in one)
     assert lost.is_file() and {p: p.stat().st_mtime_ns for p in kept} == kept  # only what was lost, redone
+
+
+def _ppo(shard: Shard, root: str, timesteps: int) -> dict | None:
+    """A tiny PPO run on 2 environments in groups of one, one group per process, in `root` (resuming what it holds);
+    the first process returns its actor's weights. One thread, as in `_distilled`."""
+    import torch
+
+    from cachepilot.envs.spec import RunSpec
+    from cachepilot.train.rl import PPOConfig, PPOTrainer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    spec = RunSpec(pairs=2, val_pairs=1, steps=6, budgets=(0.3, 0.5), references=f"{root}/refs")
+    config = PPOConfig(total_timesteps=timesteps, num_envs=2, env_group=1, batch_size=6, eval_every=1,
+                       eval_budgets=(0.5,))
+    try:
+        learned = PPOTrainer(spec, config, f"{root}/ppo.run", lambda *a: None, shard).learn()
+    finally:
+        torch.set_num_threads(threads)
+    return None if learned is None else {k: v.numpy() for k, v in learned.net.state_dict().items()}
+
+
+@pytest.mark.slow
+def test_ppo_over_two_processes_trains_what_one_trains_and_resumes(tmp_path):
+    """Each process steps its group of environments and every process gathers all of them, so both make the update
+    one process makes: the same weights. A run stopped after its second update and resumed on two processes ends
+    where an uninterrupted one does."""
+    import numpy as np
+
+    one = Processes().launch(_ppo, str(tmp_path / "one"), 36)
+    two = Processes(devices=2, strategy="ddp_spawn").launch(_ppo, str(tmp_path / "two"), 24)
+    resumed = Processes(devices=2, strategy="ddp_spawn").launch(_ppo, str(tmp_path / "two"), 36)
+    assert one.keys() == resumed.keys() and all(np.array_equal(one[k], resumed[k]) for k in one)
+    assert not all(np.array_equal(two[k], resumed[k]) for k in two)  # the resumed run trained on

@@ -305,6 +305,16 @@ def test_distillation_end_to_end(trained):
     assert card.results["learned"]["0.5"]["psnr"] == best["val"]["0.5"]["psnr"]
 
 
+def test_dagger_stops_after_its_patience_without_a_better_student():
+    from cachepilot.train.distill import DistillConfig, dagger_stops
+
+    two, three = DistillConfig(dagger_rounds=2), DistillConfig(dagger_rounds=3, dagger_patience=2)
+    assert dagger_stops(1, 0, two) and not dagger_stops(1, 1, two)  # round 1 no better than round 0: round 2 skipped
+    assert not dagger_stops(2, 0, two)  # nothing left to skip
+    assert not dagger_stops(1, 0, three) and dagger_stops(2, 0, three) and not dagger_stops(2, 1, three)
+    assert not any(dagger_stops(r, 0, DistillConfig(dagger_rounds=3, dagger_patience=0)) for r in range(4))
+
+
 @pytest.mark.slow
 def test_distillation_logs_the_students_val_quality_per_epoch(trained):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -11,7 +11,8 @@ budgets (`searched_budgets`) the table's costs stop adding up, so there the teac
 real rollouts on train pairs (`searched_schedules`), followed step by step and kept in step with its spending
 (`ScheduleFollower`). As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best
 validation score, not necessarily the last: a round's relabelled states can pull the student away from what the
-oracle does. TensorBoard gets the loss and oracle agreement per step and epoch, and every `student_val_every`
+oracle does. The rounds' rollouts are the costliest phase, so DAgger stops after `dagger_patience` rounds whose
+student is no better than the best so far. TensorBoard gets the loss and oracle agreement per step and epoch, and every `student_val_every`
 epochs the student's real PSNR and computed fraction per budget on validation pairs (`StudentValidation`).
 
 Everything a run produces lives in its run directory and is reused when the run is started again: the
@@ -61,6 +62,7 @@ class DistillConfig:
     pair rolled out at every budget per round)."""
 
     dagger_rounds: int = 2  # rounds after the oracle's own round
+    dagger_patience: int = 1  # DAgger stops after this many rounds without a better student (0: runs every round)
     relabel: str = "reference"  # DAgger's segment under way costed from the table, or "reached": from the student's state
     searched_budgets: tuple[float, ...] = (0.15,)  # those of the budgets taught by a shared searched schedule, not the DP
     search_pairs: int = 8  # train pairs that searched schedule is scored on
@@ -87,6 +89,7 @@ class DistillConfig:
                      "student_val_every", "search_pairs", "search_rounds", "search_proposals", "pairs_per_setting"):
             setattr(self, name, checks.count(name, getattr(self, name)))
         self.dagger_rounds = checks.count("dagger_rounds", self.dagger_rounds, low=0)
+        self.dagger_patience = checks.count("dagger_patience", self.dagger_patience, low=0)
         self.setting_search_rounds = checks.count("setting_search_rounds", self.setting_search_rounds, low=0)
         self.lr = checks.positive("lr", self.lr)
         self.seed = checks.seed(self.seed)
@@ -369,7 +372,7 @@ class Distiller(Trainer):
 
     def __init__(self, spec: RunSpec, config: DistillConfig | None = None, run_dir="runs/distill.run", log=print,
                  shard: Shard = Shard()):
-        super().__init__(spec, config or DistillConfig(), run_dir, log if shard.rank == 0 else _silent)
+        super().__init__(spec, config or DistillConfig(), run_dir, shard.first_says(log))
         self.shard = shard
         self.eval_budgets = feasible_budgets(spec.budgets, self.config.eval_budgets, spec.steps_range[0], self.log)
 
@@ -443,6 +446,9 @@ class Distiller(Trainer):
                 f"budget {b}: {s['psnr']:.2f} dB at {s['computed_fraction']:.2f}" for b, s in scores.items()))
             if best is None or mean_psnr(scores) > mean_psnr(best[2]):
                 best = (round_, copy.deepcopy(net), scores)
+            elif dagger_stops(round_, best[0], config):
+                log(f"round {round_}'s student is no better than round {best[0]}'s: DAgger stops here")
+                break
         self.logger.experiment.flush()
         selected, net, scores = best
         log(f"keeping round {selected}'s student: the best mean val PSNR over the budgets")
@@ -521,12 +527,19 @@ class Distiller(Trainer):
         """A short digest of what a setting's round data and the checkpoints depend on, in their file names: a rerun
         with other settings (budgets, teacher, network, pairs, generation settings) starts its rounds afresh instead
         of resuming another run's."""
-        kept = {k: v for k, v in self.settings().items() if k not in ("trainer", "student_val_every", "dagger_rounds")}
+        kept = {k: v for k, v in self.settings().items() if k not in ("trainer", "student_val_every", "dagger_rounds", "dagger_patience")}
         episodes, setting = self.episodes, oracle.setting
         about = {"config": kept, "model": episodes.store_at(setting).model_hash, "steps": setting.steps,
                  "guidance": setting.guidance, "pairs": [episodes.pairs[i] for i in oracle.pair_ids],
                  **({"settings": [str(s) for s in self.spec.setting_list()]} if self.spec.settings else {})}
         return hashlib.sha256(json.dumps(about, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def dagger_stops(round_: int, best_round: int, config: DistillConfig) -> bool:
+    """Whether DAgger ends after `round_`, its best student so far `best_round`'s: rounds are left, and
+    `dagger_patience` of them have passed without a better student (a patience of 0 runs every round)."""
+    return (bool(config.dagger_patience) and round_ < config.dagger_rounds
+            and round_ - best_round >= config.dagger_patience)
 
 
 def named_budgets(budgets, names) -> tuple[float, ...]:
@@ -551,7 +564,3 @@ def _searched_file(path: Path) -> dict:
 def mean_psnr(scores: dict[float, dict]) -> float:
     """A round's validation score: the budget guard fixes the compute at each budget, so PSNR alone ranks."""
     return float(np.mean([s["psnr"] for s in scores.values()]))
-
-
-def _silent(*args) -> None:
-    """The log of every process but the first."""

@@ -113,7 +113,9 @@ def distill_phases(recipe: Recipe) -> list[Phase]:
             starts = 2 + per_setting + (1 if b in searched else 0) + config.setting_search_rounds * config.search_proposals
             choice.add(starts * per_setting, s, fulls_for_budget(b, s.steps) / s.steps)
 
-    rollouts = Phase("DAgger rollouts", f"the oracle's round and {config.dagger_rounds} student rounds, every pair at every budget")
+    at_most = " (fewer where a round does not improve the student)" if config.dagger_rounds else ""
+    rollouts = Phase("DAgger rollouts", f"the oracle's round and {config.dagger_rounds} student rounds{at_most}, every "
+                     "pair at every budget")
     for _ in range(config.dagger_rounds + 1):
         for s, pairs in [(primary, recipe.pairs), *((s, per_setting) for s in recipe.others)]:
             for b in recipe.budgets_at(s):

@@ -1,4 +1,4 @@
-"""Reinforcement learning: MaskablePPO (sb3-contrib) on BatchedCacheEnv, budget drawn per episode.
+"""Reinforcement learning: MaskablePPO (sb3-contrib) on batched environments, budget drawn per episode.
 
 The actor is SB3's MLP with tanh, the same layout as `PolicyNet`, so a distilled policy warm-starts it
 and the trained actor exports to an ordinary policy file. The environment masks invalid actions and,
@@ -20,6 +20,7 @@ import json
 import random
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
 from cachepilot import checks
-from cachepilot.envs import BatchedCacheEnv, CacheEpisodes, EpisodeConfig, RunSpec
+from cachepilot.envs import CacheEpisodes, EpisodeConfig, RunSpec, ShardedCacheEnv
 from cachepilot.errors import InvalidInputError
 from cachepilot.evaluation.validation import evaluate_student
 from cachepilot.io import read_or_set_aside
+from cachepilot.parallel import Shard
 from cachepilot.policies.learned import PolicyNet
 from cachepilot.policies.policy_file import PolicyBundle, load_policy
 from cachepilot.state_file import read_state, remove_state, write_state
@@ -61,6 +63,7 @@ class PPOConfig:
     eval_budgets: tuple[float, ...] = (0.15, 0.25, 0.35, 0.5)
     init_from: str | None = None  # a policy file (e.g. the distilled one) to start the actor from
     seed: int = 0
+    env_group: int | None = None  # environments per batched generation (None: all, split over processes)
 
     def __post_init__(self):
         for name in ("total_timesteps", "num_envs", "n_epochs", "batch_size"):
@@ -71,6 +74,8 @@ class PPOConfig:
         self.gamma = float(checks.number("gamma", self.gamma, low=0.0, high=1.0))
         self.eval_budgets = tuple(checks.budget(b) for b in self.eval_budgets)
         self.hidden = tuple(checks.count("hidden width", h) for h in self.hidden)
+        if self.env_group is not None:
+            self.env_group = checks.count("env_group", self.env_group)
 
 
 def actor_to_net(model, hidden) -> PolicyNet:
@@ -86,14 +91,15 @@ def net_to_actor(net: PolicyNet, model) -> None:
     model.policy.action_net.load_state_dict(net.head.state_dict())
 
 
-def run_settings(config: PPOConfig, env: BatchedCacheEnv, warm_start) -> dict:
+def run_settings(config: PPOConfig, env: ShardedCacheEnv, warm_start) -> dict:
     """Everything that changes what a run trains, as stored with its checkpoint: a rerun resumes only a run made
     with the same (its length, `total_timesteps`, may grow)."""
     episodes = env.episodes
     return json.loads(json.dumps({
         "model": episodes.store.model_hash, "steps": episodes.run.steps, "guidance": episodes.run.guidance,
         **({"settings": [[s.steps, s.guidance] for s in episodes.settings]} if len(episodes.settings) > 1 else {}),
-        "pairs": episodes.pairs, "budgets": episodes.budget_range, "num_envs": env.num_envs, "lr": config.lr,
+        "pairs": episodes.pairs, "budgets": episodes.budget_range, "num_envs": env.num_envs,
+        **({"env_groups": env.sizes} if len(env.sizes) > 1 else {}), "lr": config.lr,
         "n_epochs": config.n_epochs, "batch_size": config.batch_size, "ent_coef": config.ent_coef,
         "gamma": config.gamma, "hidden": config.hidden, "seed": config.seed,
         "init_from": warm_start.weights_sha256 if warm_start is not None else None,
@@ -103,16 +109,20 @@ def run_settings(config: PPOConfig, env: BatchedCacheEnv, warm_start) -> dict:
 # the command-line flag that sets each setting, for the message that refuses a rerun with another one
 SETTING_FLAGS = {"model": "--model / --model-path", "steps": "--steps", "guidance": "--guidance", "settings": "--steps / --guidance",
                  "pairs": "--pairs / --prompts-file", "budgets": "--budgets", "num_envs": "--num-envs",
-                 "seed": "--seed", "init_from": "--init-from"}
+                 "seed": "--seed", "init_from": "--init-from", "env_groups": "--env-group / --devices"}
 
 
-def save_checkpoint(path: Path, agent, env: BatchedCacheEnv, settings: dict) -> None:
+def save_checkpoint(path: Path, agent, env: ShardedCacheEnv, settings: dict) -> None:
     """Everything a resume needs to go on exactly, taken between an update and the next rollout: the actor-critic
-    and its optimiser, the counters, every random state and the episodes the environments have begun."""
+    and its optimiser, the counters, every random state and the episodes the environments have begun. Every process
+    calls it (the environments' snapshot gathers every group's); the first one writes."""
+    snapshot = env.snapshot()
+    if env.shard.rank != 0:
+        return
     state = {"policy": agent.policy.state_dict(), "optimizer": agent.policy.optimizer.state_dict(),
              "num_timesteps": agent.num_timesteps, "n_updates": agent._n_updates, "episode_num": agent._episode_num,
              "random": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
-             "env": env.snapshot()}
+             "env": snapshot}
     write_state(path, state, {"settings": settings, "timesteps": int(agent.num_timesteps)})
 
 
@@ -137,7 +147,7 @@ def _check_same_run(path: Path, meta: dict, settings: dict, config: PPOConfig) -
                                 "--fresh to start over")
 
 
-def resume(path: Path, build_agent, env: BatchedCacheEnv, settings: dict, config: PPOConfig, log):
+def resume(path: Path, build_agent, env: ShardedCacheEnv, settings: dict, config: PPOConfig, log):
     """The agent of a checkpoint (built by `build_agent` as a fresh run builds it, then loaded), with the random
     states and the environments' episodes restored; None without one, or when it is damaged (then it is set aside
     and training starts over). Refused when it was made with other settings."""
@@ -163,6 +173,16 @@ def resume(path: Path, build_agent, env: BatchedCacheEnv, settings: dict, config
     torch.set_rng_state(state["random"]["torch"])
     log(f"resuming PPO from {path} at {agent.num_timesteps} steps")
     return agent
+
+
+@contextmanager
+def kept_random_state():
+    """Python's, numpy's and torch's random state as they were before the block, after it."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng():
+        yield
+    random.setstate(python)
+    np.random.set_state(numpy_state)
 
 
 def _callback(checkpoint: Path, settings: dict, val, eval_budgets, config: PPOConfig, env, log):
@@ -201,8 +221,9 @@ def _callback(checkpoint: Path, settings: dict, val, eval_budgets, config: PPOCo
             for index, action in enumerate(env.actions):
                 self.logger.record(f"actions/{action}", self.picks[index] / total)
             self.picks, self.finals = Counter(), []
-            if config.eval_every and self.rollouts % config.eval_every == 0:
-                scores = evaluate_student(val, actor_to_net(self.model, config.hidden), eval_budgets)
+            if val is not None and config.eval_every and self.rollouts % config.eval_every == 0:
+                with kept_random_state():  # validation leaves training as it would be without it
+                    scores = evaluate_student(val, actor_to_net(self.model, config.hidden), eval_budgets)
                 for budget, score in scores.items():
                     self.logger.record(f"val/psnr@{budget}", score["psnr"])
                     self.logger.record(f"val/computed_fraction@{budget}", score["computed_fraction"])
@@ -216,25 +237,32 @@ class PPOTrainer(Trainer):
     resumes from the checkpoint in its run folder when it was made with the same settings, and is refused when it
     was not, unless `learn(fresh=True)`: then that checkpoint is deleted and training starts over."""
 
-    def __init__(self, spec: RunSpec, config: PPOConfig | None = None, run_dir="runs/ppo.run", log=print):
-        super().__init__(spec, config or PPOConfig(), run_dir, log)
-        self.eval_budgets = feasible_budgets(spec.budget_range, self.config.eval_budgets, spec.steps_range[0], log)
+    def __init__(self, spec: RunSpec, config: PPOConfig | None = None, run_dir="runs/ppo.run", log=print,
+                 shard: Shard = Shard()):
+        super().__init__(spec, config or PPOConfig(), run_dir, shard.first_says(log))
+        self.shard = shard
+        self.eval_budgets = feasible_budgets(spec.budget_range, self.config.eval_budgets, spec.steps_range[0], self.log)
         self.warm_start = load_policy(self.config.init_from) if self.config.init_from else None
 
-    def learn(self, fresh: bool = False) -> PolicyBundle:
-        config, spec, log = self.config, self.spec, self.log
+    def learn(self, fresh: bool = False) -> PolicyBundle | None:
+        """Train (resuming the run folder's checkpoint); the policy, on the first of the run's processes (None on
+        the others, which collect their groups' rollouts and make the same updates)."""
+        config, spec, log, first = self.config, self.spec, self.log, self.shard.rank == 0
         started = time.perf_counter()
         # a warm-started actor observes what the policy it starts from observes
         observation = self.warm_start.card.observation if self.warm_start is not None else None
-        env = BatchedCacheEnv(spec, EpisodeConfig(budget_guard=True, observation=observation), config.num_envs)
+        env = ShardedCacheEnv(spec, EpisodeConfig(budget_guard=True, observation=observation), config.num_envs,
+                              config.env_group, self.shard)
         self._check_warm_start(env)
         env.seed(config.seed)
         # validation runs on its own pipeline, references included (the same store folder, another store object): the
         # training env keeps its pipeline hooked between rollouts
-        val = CacheEpisodes(spec.at(spec.primary).validation(env.episodes.source.load(), env.episodes.store.root))
+        val = CacheEpisodes(spec.at(spec.primary).validation(env.episodes.source.load(), env.episodes.store.root)) \
+            if first else None
         checkpoint, settings = self.run_dir / CHECKPOINT, run_settings(config, env, self.warm_start)
-        if fresh:
+        if fresh and first:
             remove_state(checkpoint)
+        self.shard.wait()  # a fresh run's checkpoint is gone before any process reads it
         agent = resume(checkpoint, lambda: self._agent(env), env, settings, config, log)
         if agent is None:
             agent = self._agent(env)
@@ -249,6 +277,8 @@ class PPOTrainer(Trainer):
         else:
             log(f"{checkpoint} holds a finished run of {agent.num_timesteps} steps; exporting it without training")
         env.close()
+        if not first:
+            return None
         training = self.training_record(
             "ppo", started, library="sb3-contrib MaskablePPO", timesteps=int(agent.num_timesteps),
             episodes=int(agent.num_timesteps // spec.steps),
@@ -258,7 +288,7 @@ class PPOTrainer(Trainer):
                                                    trained=(spec.steps_range, spec.guidance_range))
         return self.policy
 
-    def _check_warm_start(self, env: BatchedCacheEnv) -> None:
+    def _check_warm_start(self, env: ShardedCacheEnv) -> None:
         warm = self.warm_start
         if warm is None:
             return
@@ -268,11 +298,11 @@ class PPOTrainer(Trainer):
                                     f"({', '.join(map(str, warm.card.actions))}; {list(warm.net.hidden)}); "
                                     "cannot warm-start from it")
 
-    def _agent(self, env: BatchedCacheEnv) -> MaskablePPO:
+    def _agent(self, env: ShardedCacheEnv) -> MaskablePPO:
         config = self.config
         return MaskablePPO(
             MaskableActorCriticPolicy, env, learning_rate=config.lr, n_steps=self.spec.steps,
             batch_size=config.batch_size, n_epochs=config.n_epochs, gamma=config.gamma, ent_coef=config.ent_coef,
             seed=config.seed, verbose=0,
             policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)}, "activation_fn": nn.Tanh},
-            tensorboard_log=str(self.run_dir / "tensorboard"))
+            tensorboard_log=str(self.run_dir / "tensorboard") if self.shard.rank == 0 else None)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from cachepilot.errors import InvalidInputError
 
 from .common import (COUNT, COUNT0, FOLDER, GUIDANCES, RUNS, SEED, STEP_COUNTS, add_model_arguments,
-                     add_setting_arguments, budgets, budgets_or_none, devices, model_source, processes,
-                     prompts_for)
+                     add_process_arguments, add_setting_arguments, budgets, budgets_or_none, devices, model_source,
+                     processes, prompts_for)
 
 HELP = "train a cache policy (distillation from the oracle, or PPO) and save it"
 
@@ -18,9 +18,9 @@ TRAIN_GUIDANCE = (2, 3, 5, 7, 8)
 
 # Flags of one algorithm only, with their defaults: given with the other algorithm they are refused, not ignored.
 ALGORITHM_FLAGS = {
-    "distill": {"rounds": 2, "relabel": "reference", "searched_budgets": (0.15,), "epochs": 200, "val_every": 50,
-                "accelerator": "cpu", "devices": "1", "num_nodes": 1, "strategy": "auto"},
-    "ppo": {"timesteps": 12_000, "init_from": None, "fresh": False},
+    "distill": {"rounds": 2, "patience": 1, "relabel": "reference", "searched_budgets": (0.15,), "epochs": 200,
+                "val_every": 50},
+    "ppo": {"timesteps": 12_000, "init_from": None, "fresh": False, "env_group": None},
 }
 
 
@@ -43,6 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--budgets", type=budgets, default="0.15,0.2,0.3,0.4,0.5,0.6",
                    help="distill: the budgets each pair is rolled out at; ppo: their range is drawn from")
     p.add_argument("--rounds", type=COUNT0, help="distill: DAgger rounds after the oracle's own (default 2)")
+    p.add_argument("--patience", type=COUNT0, help="distill: DAgger stops after this many rounds whose student is no "
+                   "better on the val pairs than the best so far (default 1; 0: every round runs)")
     p.add_argument("--relabel", choices=["reference", "reached"],
                    help="distill: DAgger costs the segment under way from the oracle's table (reference, the default) "
                    "or measures it from the state the student reached (real forks of its trajectory; slower)")
@@ -62,11 +64,9 @@ def add_arguments(p) -> None:
     p.add_argument("--references", type=FOLDER, help="reference store folder (default: $CACHEPILOT_REFERENCES or "
                    "~/.cache)")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--accelerator", help="distill: Lightning flag (default cpu; gpu, cuda, auto)")
-    p.add_argument("--devices", help="distill: processes per node, one per device, for the rollouts and the "
-                   "Trainer's DDP (default 1; e.g. 2 with --strategy ddp)")
-    p.add_argument("--num-nodes", type=COUNT, help="distill: nodes (default 1)")
-    p.add_argument("--strategy", help="distill: Lightning flag (default auto; ddp re-runs the command once per device)")
+    p.add_argument("--env-group", type=COUNT, help="ppo: environments per batched generation (default: all of them, "
+                   "split over the processes; the same group gives the same run on any number of processes)")
+    add_process_arguments(p)
 
 
 def algorithm_flags(args) -> None:
@@ -103,22 +103,23 @@ def run_spec(args):
                    args.budgets, args.references, settings)
 
 
-def trainer(args, spec, run_dir, shard=None):
-    """The algorithm's trainer, with its config from the flags (`shard`: this process's place among the
-    distillation's processes)."""
+def trainer(args, spec, run_dir, shard):
+    """The algorithm's trainer, with its config from the flags, on this process's `shard` of the run."""
     # imported when run (cachepilot.cli)
     from cachepilot.train.distill import DistillConfig, Distiller
     from cachepilot.train.rl import PPOConfig, PPOTrainer
 
     if args.algo == "distill":
-        config = DistillConfig(dagger_rounds=args.rounds, epochs=args.epochs, num_envs=args.num_envs, seed=args.seed,
-                               student_val_every=args.val_every, relabel=args.relabel,
+        config = DistillConfig(dagger_rounds=args.rounds, dagger_patience=args.patience, epochs=args.epochs,
+                               num_envs=args.num_envs, seed=args.seed, student_val_every=args.val_every,
+                               relabel=args.relabel,
                                searched_budgets=args.searched_budgets,
                                trainer={"accelerator": args.accelerator, "devices": devices(args.devices),
                                         "num_nodes": args.num_nodes, "strategy": args.strategy})
-        return Distiller(spec, config, run_dir, **({"shard": shard} if shard else {}))
-    config = PPOConfig(total_timesteps=args.timesteps, num_envs=args.num_envs, init_from=args.init_from, seed=args.seed)
-    return PPOTrainer(spec, config, run_dir)
+        return Distiller(spec, config, run_dir, shard=shard)
+    config = PPOConfig(total_timesteps=args.timesteps, num_envs=args.num_envs, init_from=args.init_from, seed=args.seed,
+                       env_group=args.env_group)
+    return PPOTrainer(spec, config, run_dir, shard=shard)
 
 
 def run(args) -> int:
@@ -129,19 +130,15 @@ def run(args) -> int:
     spec = run_spec(args)
     out = check_output(args.out or RUNS / args.model / f"policy-{args.algo}", args.force,
                        weights_path(args.model, args.model_path))
-    run_dir = run_folder(out, args.run_dir)
-    if args.algo == "ppo":
-        _learn(None, args, spec, run_dir, out)
-    else:
-        processes(args).launch(_learn, args, spec, run_dir, out)
+    processes(args).launch(_learn, args, spec, run_folder(out, args.run_dir), out)
     return 0
 
 
 def _learn(shard, args, spec, run_dir, out) -> None:
-    """Learn on this process (one of the distillation's, or the only one), and save from the first."""
+    """Learn on this process (one of the run's, or the only one), and save from the first."""
     chosen = trainer(args, spec, run_dir, shard)
     chosen.learn(**({"fresh": args.fresh} if args.algo == "ppo" else {}))
-    if shard is not None and shard.rank != 0:
+    if shard.rank != 0:
         return
     bundle = chosen.save(out)
     print(f"policy saved to {out} ({bundle.net.num_parameters} parameters, "

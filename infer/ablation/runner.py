@@ -153,7 +153,7 @@ def ablate(config: AblationConfig, out, log=print, progress: bool = True, shard:
     out = checks.folder(out)
     if shard.device is not None:
         config = replace(config, device=shard.device)
-    setting = Setting(config, out, log if shard.rank == 0 else lambda *a: None)
+    setting = Setting(config, out, shard.first_says(log))
     bundles = learned_policies(setting)
     entries = plan(setting, bundles)
     runner = Runner(setting, bundles)
