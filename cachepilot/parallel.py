@@ -77,7 +77,16 @@ def _on_rank(fabric, work: Callable, args: tuple, num_nodes: int):
     device = None if fabric.device.type == "cpu" else str(fabric.device)
     result = work(Shard(fabric.global_rank, fabric.world_size, device, fabric.barrier, _gather_objects), *args)
     fabric.barrier()
+    _leave_group()
     return result
+
+
+def _leave_group() -> None:
+    """Take the process group down before the process ends: a group left to the interpreter's exit can abort it."""
+    import torch.distributed as dist  # only a process group of several is left
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _gather_objects(value) -> list:
