@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from functools import partial
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +33,12 @@ class Shard:
     def gather(self, value) -> list:
         """Every process's `value` (picklable), in rank order, on every process; one process: `[value]`."""
         return [value] if self.all_gather is None else self.all_gather(value)
+
+    def in_order(self, mine: Iterable[tuple[int, object]]) -> list:
+        """The values of every process's (index, value) pairs, in index order, on every process: what one process
+        that made them all holds."""
+        pairs = (pair for part in self.gather(list(mine)) for pair in part)
+        return [value for _, value in sorted(pairs, key=lambda pair: pair[0])]
 
     def first_says(self, log: Callable) -> Callable:
         """`log` on the first process and silence on the others: one line per event, not one per process."""

@@ -48,14 +48,10 @@ class ShardedCacheEnv(SharedVecEnv):
         for g, env in self.groups.items():
             setattr(env, name, values[self.starts[g] : self.starts[g] + self.sizes[g]])
 
-    def _gathered(self, mine: dict[int, tuple]) -> list[tuple]:
-        """Every group's result, in group order, on every process."""
-        return [part for _, part in sorted(p for rank in self.shard.gather(sorted(mine.items())) for p in rank)]
-
     def reset(self):
         self._spread("_seeds")
         self._spread("_options")
-        parts = self._gathered({g: (env.reset(), env.reset_infos) for g, env in self.groups.items()})
+        parts = self.shard.in_order((g, (env.reset(), env.reset_infos)) for g, env in self.groups.items())
         self.reset_infos = [info for _, infos in parts for info in infos]
         self._reset_seeds()
         self._reset_options()
@@ -67,16 +63,16 @@ class ShardedCacheEnv(SharedVecEnv):
             env.step_async(actions[self.starts[g] : self.starts[g] + self.sizes[g]])
 
     def step_wait(self):
-        parts = self._gathered({g: env.step_wait() for g, env in self.groups.items()})
+        parts = self.shard.in_order((g, env.step_wait()) for g, env in self.groups.items())
         return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                 np.concatenate([p[2] for p in parts]), [info for p in parts for info in p[3]])
 
     def action_masks(self) -> np.ndarray:
-        return np.concatenate(self._gathered({g: env.action_masks() for g, env in self.groups.items()}))
+        return np.concatenate(self.shard.in_order((g, env.action_masks()) for g, env in self.groups.items()))
 
     def snapshot(self) -> dict:
         """Every group's `BatchedCacheEnv.snapshot`, in group order (a collective: every process calls it)."""
-        return {"groups": self._gathered({g: env.snapshot() for g, env in self.groups.items()}),
+        return {"groups": self.shard.in_order((g, env.snapshot()) for g, env in self.groups.items()),
                 "sizes": self.sizes}
 
     def restore(self, snapshot: dict) -> np.ndarray:
@@ -88,7 +84,8 @@ class ShardedCacheEnv(SharedVecEnv):
             raise ValueError(f"a snapshot of environments in groups of {snapshot['sizes']}, not {self.sizes}")
         self._reset_seeds()
         self._reset_options()
-        return np.concatenate(self._gathered({g: env.restore(snapshot["groups"][g]) for g, env in self.groups.items()}))
+        restored = self.shard.in_order((g, env.restore(snapshot["groups"][g])) for g, env in self.groups.items())
+        return np.concatenate(restored)
 
     def close(self) -> None:
         for env in self.groups.values():

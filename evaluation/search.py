@@ -261,14 +261,11 @@ class Rollouts:
         mine = []
         for lo in self.shard.take(range(0, n, size)):
             part = owner[lo:lo + size]
-            psnr, taken, fractions, uncond = replay(self.pipe, schedules[lo:lo + size], [p.prompts[i] for i in part],
-                                                    [p.seeds[i] for i in part], p.reference[part], p.steps,
-                                                    p.guidance, basis)
-            mine.append((lo, psnr.tolist(), [[str(a) for a in s] for s in taken], fractions, uncond))
-        parts = sorted(part for rank in self.shard.gather(mine) for part in rank)
-        psnr = np.array([v for part in parts for v in part[1]])
-        taken = [[Action.parse(a) for a in s] for part in parts for s in part[2]]
-        return psnr, taken, [f for part in parts for f in part[3]], any(part[4] for part in parts)
+            mine.append((lo, replay(self.pipe, schedules[lo:lo + size], [p.prompts[i] for i in part],
+                                    [p.seeds[i] for i in part], p.reference[part], p.steps, p.guidance, basis)))
+        parts = self.shard.in_order(mine)
+        return (np.concatenate([part[0] for part in parts]), [s for part in parts for s in part[1]],
+                [f for part in parts for f in part[2]], any(part[3] for part in parts))
 
 
 def search(spec: RunSpec, budget: float, config: SearchConfig, starts: dict[str, list[list[Action]]],

@@ -78,7 +78,7 @@ def calibrate(pipe, prompts: list[str], steps: int = 50, guidance: float = 5.0, 
     xs, ys = {}, {}  # per expert
     ratios: dict[str, list[list[float]]] = {}
     mid, drift = [], []
-    for _, one in sorted(m for rank in shard.gather(measured) for m in rank):
+    for one in shard.in_order(measured):
         for expert, pairs in one["changes"].items():
             xs.setdefault(expert, []).extend(x for x, _ in pairs)
             ys.setdefault(expert, []).extend(y for _, y in pairs)

@@ -119,8 +119,7 @@ def run_episodes(episodes: CacheEpisodes, jobs: list[tuple[int, float]], teacher
     every world-th batch and every process returns all of them, in order: what one process collects."""
     parts = [(start, _run_batch(episodes, jobs[start : start + batch], start, teacher, net, setting))
              for start in shard.take(range(0, len(jobs), batch))]
-    return Rollouts.joined([part for _, part in sorted((p for rank in shard.gather(parts) for p in rank),
-                                                       key=lambda p: p[0])])
+    return Rollouts.joined(shard.in_order(parts))
 
 
 def _run_batch(episodes: CacheEpisodes, chunk: list[tuple[int, float]], first: int, teacher: OracleTeacher,

@@ -29,11 +29,10 @@ def ablate_settings(config: AblationConfig, settings, out, log=print, progress: 
     """`ablate` at each (steps, guidance) of `settings`, in its own folder of `out` (each setting's baselines
     resampled or recalibrated for its step count as each one's paper does), then `settings.md` over all of them
     (by the first process, when `shard` is one of several; the others return None)."""
-    out = checks.folder(out)
+    out, say = checks.folder(out), shard.first_says(log)
     found = {}
     for steps, guidance in settings:
-        if shard.rank == 0:
-            log(f"--- {steps} steps, guidance {guidance:g}")
+        say(f"--- {steps} steps, guidance {guidance:g}")
         found[(steps, guidance)] = ablate(replace(config, steps=steps, guidance=guidance),
                                           setting_folder(out, steps, guidance), log, progress, shard)
     if shard.rank != 0:
