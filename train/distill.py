@@ -12,8 +12,9 @@ real rollouts on train pairs (`searched_schedules`), followed step by step and k
 (`ScheduleFollower`). As in DAgger (Ross et al. 2011), the policy kept is the round's student with the best
 validation score, not necessarily the last: a round's relabelled states can pull the student away from what the
 oracle does. The rounds' rollouts are the costliest phase, so DAgger stops after `dagger_patience` rounds whose
-student is no better than the best so far. TensorBoard gets the loss and oracle agreement per step and epoch, and every `student_val_every`
-epochs the student's real PSNR and computed fraction per budget on validation pairs (`StudentValidation`).
+student is no better than the best so far. TensorBoard gets the loss and oracle agreement per step and epoch, and
+every `student_val_every` epochs the student's real PSNR and computed fraction per budget on validation pairs
+(`StudentValidation`).
 
 Everything a run produces lives in its run directory and is reused when the run is started again: the
 amplification profile, the segment tables, each round's data, Lightning's checkpoints.
@@ -527,7 +528,8 @@ class Distiller(Trainer):
         """A short digest of what a setting's round data and the checkpoints depend on, in their file names: a rerun
         with other settings (budgets, teacher, network, pairs, generation settings) starts its rounds afresh instead
         of resuming another run's."""
-        kept = {k: v for k, v in self.settings().items() if k not in ("trainer", "student_val_every", "dagger_rounds", "dagger_patience")}
+        kept = {k: v for k, v in self.settings().items()
+                if k not in ("trainer", "student_val_every", "dagger_rounds", "dagger_patience")}
         episodes, setting = self.episodes, oracle.setting
         about = {"config": kept, "model": episodes.store_at(setting).model_hash, "steps": setting.steps,
                  "guidance": setting.guidance, "pairs": [episodes.pairs[i] for i in oracle.pair_ids],
